@@ -1,0 +1,85 @@
+"""Default boxes (anchors) of SSD-ResNet34, spec section 4.
+
+Boxes are normalised to [0, 1] and y-first, as everywhere in this project (see ``src.box_coder``):
+centre form ``(cy, cx, h, w)`` and corner form ``(ymin, xmin, ymax, xmax)``.
+
+Order is location-major, matching the heads' flattening: feature map k, then row, then column,
+then the box sizes of that cell. Box ``idx = start_k + (row * F_k + col) * n_k + d``.
+
+The reference places centres at ``(i + 0.5) / (S / step_k)``; with its steps (7, 15, ...) the
+38x38 and 19x19 maps stop at 0.875 and 0.925, leaving the bottom-right without small boxes
+(spec defect 1). Steps of (8, 16, 32, 64, 100, 300) cover the image; the reference's values stay
+the default so its published results apply.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DefaultBoxes:
+    """Default boxes in both forms, float32, shape (N, 4) each."""
+
+    cyxhw: np.ndarray
+    yxyx: np.ndarray
+
+    def __len__(self):
+        return len(self.cyxhw)
+
+
+def box_sizes(scale, next_scale, ratios):
+    """(w, h) of the boxes of one cell: square, (wide, tall) per ratio, then the in-between square."""
+    sizes = [(scale, scale)]
+    for ratio in ratios:
+        root = math.sqrt(ratio)
+        sizes.append((scale * root, scale / root))
+        sizes.append((scale / root, scale * root))
+    between = math.sqrt(scale * next_scale)
+    sizes.append((between, between))
+    return sizes
+
+
+def generate_default_boxes(img_size=300, feature_size=(38, 19, 10, 5, 3, 1),
+                           steps=(7, 15, 30, 60, 100, 300), min_scale=0.2, max_scale=0.95,
+                           aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))):
+    """Generate SSD default boxes (no clipping to [0, 1], as the reference).
+
+    Args:
+        img_size: network input side S in pixels.
+        feature_size: side F_k of each square feature map.
+        steps: pixel step of each map; centres sit at (i + 0.5) * step / S.
+        min_scale, max_scale: box scale of the first and last map (linear in between; a scale of
+            1.0 follows the last one for its in-between box).
+        aspect_ratios: ratios per map; each adds a wide and a tall box.
+
+    Returns:
+        DefaultBoxes with ``cyxhw`` and ``yxyx`` arrays of shape (sum F_k^2 n_k, 4), float32.
+    """
+    maps = len(feature_size)
+    if not len(steps) == len(aspect_ratios) == maps:
+        raise ValueError(f"steps ({len(steps)}), aspect_ratios ({len(aspect_ratios)}) and "
+                         f"feature_size ({maps}) need one entry per feature map")
+    scales = [min_scale + (max_scale - min_scale) * k / (maps - 1) for k in range(maps)] + [1.0]
+    rows = []
+    for k, side in enumerate(feature_size):
+        cells_per_unit = img_size / steps[k]
+        sizes = box_sizes(scales[k], scales[k + 1], aspect_ratios[k])
+        for i in range(side):
+            for j in range(side):
+                cy, cx = (i + 0.5) / cells_per_unit, (j + 0.5) / cells_per_unit
+                rows.extend((cy, cx, h, w) for w, h in sizes)
+    cyxhw = np.array(rows, dtype=np.float32)
+    half = cyxhw[:, 2:] / np.float32(2)
+    yxyx = np.concatenate([cyxhw[:, :2] - half, cyxhw[:, :2] + half], axis=1).astype(np.float32)
+    return DefaultBoxes(cyxhw=cyxhw, yxyx=yxyx)
+
+
+def default_boxes_from_config(config):
+    """The default boxes a Config describes; checks their count against ``num_ssd_boxes``."""
+    boxes = generate_default_boxes(config.img_shape[0], config.feature_size, config.steps,
+                                   config.min_scale, config.max_scale, config.aspect_ratios)
+    if len(boxes) != config.num_ssd_boxes:
+        raise ValueError(f"the anchor settings give {len(boxes)} default boxes but num_ssd_boxes "
+                         f"is {config.num_ssd_boxes}")
+    return boxes

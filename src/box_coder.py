@@ -1,0 +1,115 @@
+"""Matching ground truth to default boxes, and encoding/decoding box offsets (spec section 5).
+
+Box conventions of the whole project (the reference's):
+
+* coordinates are normalised to [0, 1] by the image height and width, and **y-first**;
+* corner form ``(ymin, xmin, ymax, xmax)``; centre form ``(cy, cx, h, w)``;
+* ground-truth rows carry the class index last: ``(ymin, xmin, ymax, xmax, label)`` with labels
+  1..num_classes-1 (0 is background);
+* COCO's pixel ``[x, y, w, h]`` appears only when results are written as json
+  (``src.detections``).
+
+Offsets use the SSD "variances" ``prior_scaling = (0.1, 0.2)``:
+``t_y = (gcy - dcy) / (0.1 dh)``, ``t_x = (gcx - dcx) / (0.1 dw)``,
+``t_h = ln(gh / dh) / 0.2``, ``t_w = ln(gw / dw) / 0.2``.
+"""
+import numpy as np
+
+
+def iou_matrix(boxes_a, boxes_b):
+    """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): (N, M).
+
+    Corner form, plain area ratio (no "+1"), computed in float32 as the reference.
+    """
+    a = np.asarray(boxes_a, np.float32)[:, None, :]
+    b = np.asarray(boxes_b, np.float32)[None, :, :]
+    inter_hw = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]),
+                       0, None)
+    inter = inter_hw[..., 0] * inter_hw[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a + area_b - inter)
+
+
+class BoxCoder:
+    """Matches ground truth to default boxes and converts between boxes and offsets.
+
+    Args:
+        default_boxes: ``src.anchors.DefaultBoxes`` (A boxes).
+        match_threshold: IoU a default box needs (strictly) to match a ground-truth box.
+        prior_scaling: (centre variance, size variance).
+    """
+
+    def __init__(self, default_boxes, match_threshold=0.5, prior_scaling=(0.1, 0.2)):
+        self.anchors_cyxhw = np.asarray(default_boxes.cyxhw, np.float32)
+        self.anchors_yxyx = np.asarray(default_boxes.yxyx, np.float32)
+        self.match_threshold = np.float32(match_threshold)
+        self.center_scale, self.size_scale = (np.float32(s) for s in prior_scaling)
+
+    @property
+    def num_anchors(self):
+        return len(self.anchors_cyxhw)
+
+    def match(self, gt_boxes):
+        """Assign each default box the ground truth it overlaps most (spec 5, "Matching").
+
+        Equivalent to the reference's sequential loop over ground truths in file order: every
+        ground truth first claims its best default box (its IoU is set to 2.0); a default box
+        then takes the ground truth of highest IoU if that IoU is above the threshold, the
+        earliest one on ties (so an earlier ground truth keeps a contested forced box).
+
+        Args:
+            gt_boxes: (N, 4) corner-form ground truth, N may be 0.
+
+        Returns:
+            (matched index (A,) int64 with -1 for background, best IoU (A,) float32).
+        """
+        gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+        if len(gt_boxes) == 0:
+            return (np.full(self.num_anchors, -1, np.int64),
+                    np.zeros(self.num_anchors, np.float32))
+        iou = iou_matrix(gt_boxes, self.anchors_yxyx)
+        iou[np.arange(len(gt_boxes)), iou.argmax(axis=1)] = 2.0
+        best_gt = iou.argmax(axis=0)
+        best_iou = iou[best_gt, np.arange(self.num_anchors)]
+        matched = np.where(best_iou > self.match_threshold, best_gt, -1)
+        return matched, best_iou
+
+    def encode(self, boxes_yxyx):
+        """Offsets (A, 4) of corner-form boxes (A, 4) relative to the default boxes."""
+        boxes = np.asarray(boxes_yxyx, np.float32)
+        anchors = self.anchors_cyxhw
+        center = (boxes[:, :2] + boxes[:, 2:]) / np.float32(2)
+        size = boxes[:, 2:] - boxes[:, :2]
+        t_center = (center - anchors[:, :2]) / (self.center_scale * anchors[:, 2:])
+        t_size = np.log(np.maximum(size / anchors[:, 2:], np.float32(1e-6))) / self.size_scale
+        return np.concatenate([t_center, t_size], axis=1).astype(np.float32)
+
+    def encode_targets(self, gt):
+        """Training targets of one image.
+
+        Args:
+            gt: (N, 5) rows ``(ymin, xmin, ymax, xmax, label)``, normalised; N may be 0.
+
+        Returns:
+            loc (A, 4) float32 offsets (zeros where unmatched), label (A,) int32 (0 = background),
+            num_match (1,) int32.
+        """
+        gt = np.asarray(gt, np.float32).reshape(-1, 5)
+        matched, _ = self.match(gt[:, :4])
+        positive = matched >= 0
+        label = np.zeros(self.num_anchors, np.int32)
+        label[positive] = gt[matched[positive], 4].astype(np.int32)
+        assigned = np.zeros((self.num_anchors, 4), np.float32)
+        assigned[positive] = gt[matched[positive], :4]
+        loc = np.where(positive[:, None], self.encode(assigned), np.float32(0))
+        return loc, label, np.array([positive.sum()], np.int32)
+
+    def decode(self, loc):
+        """Corner-form boxes from offsets ``loc`` (..., A, 4), clipped to [0, 1]."""
+        loc = np.asarray(loc, np.float32)
+        anchors = self.anchors_cyxhw
+        center = loc[..., :2] * self.center_scale * anchors[:, 2:] + anchors[:, :2]
+        size = np.exp(loc[..., 2:] * self.size_scale) * anchors[:, 2:]
+        boxes = np.concatenate([center - size / 2, center + size / 2], axis=-1)
+        return np.clip(boxes, 0, 1).astype(np.float32)

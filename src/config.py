@@ -1,0 +1,382 @@
+"""The one configuration of the project: a dataclass, a YAML file, and command-line overrides.
+
+Precedence, lowest first: the defaults below (the reference's values, spec section 13), the YAML
+file given with ``--config``, then command-line flags. Every key is a flag (``--batch_size 8``);
+the reference's own flags keep their names and meaning (``--data_url``, ``--train_url``,
+``--mindrecord_url``, ``--run_platform`` ...). Nothing here imports MindSpore.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import yaml
+
+COCO_CLASSES = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush")
+
+# Keys of the reference's config that had no effect there (spec section 13, defect 4).
+RETIRED_KEYS = {
+    "global_step": "the step is stored in every checkpoint and restored from it",
+    "extras_in_channels": "the extra blocks' inputs follow from extras_out_channels",
+    "extras_ratios": "it was never read by the reference model",
+    "feature_extractor_base_param": "pass a backbone checkpoint with --pre_trained",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the source."""
+
+
+def _key(default, help_text, *, flags=(), choices=None, check=None, section="run"):
+    """A config field with its command-line help, extra flag names, allowed values and check."""
+    meta = {"help": help_text, "flags": tuple(flags), "choices": choices, "check": check,
+            "section": section}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+def _positive(value):
+    return value > 0
+
+
+def _non_negative(value):
+    return value >= 0
+
+
+def _fraction(value):
+    return 0.0 <= value <= 1.0
+
+
+@dataclass
+class Config:
+    """Every setting of the project. Defaults reproduce the reference (spec sections 1-8, 13)."""
+
+    # --- model (spec 1-3)
+    model: str = _key("ssd_resnet34", "model name", choices=("ssd_resnet34",), section="model")
+    img_shape: tuple = _key((300, 300), "network input (height, width)", section="model")
+    num_classes: int = _key(81, "classes including background", check=lambda v: v >= 2,
+                            section="model")
+    classes: tuple = _key(COCO_CLASSES, "class names, 'background' first (VOC/TXT data)",
+                          section="model")
+    num_default: tuple = _key((4, 6, 6, 6, 4, 4), "default boxes per cell, per feature map",
+                              section="model")
+    extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
+                                      "channels of the six feature maps", section="model")
+    extras_strides: tuple = _key((1, 1, 2, 2, 2, 1),
+                                 "strides of the extra blocks (entries 2..5 are used)",
+                                 section="model")
+    # --- default boxes (spec 4)
+    feature_size: tuple = _key((38, 19, 10, 5, 3, 1), "feature-map sizes", section="anchors")
+    min_scale: float = _key(0.2, "smallest default-box scale", check=_positive, section="anchors")
+    max_scale: float = _key(0.95, "largest default-box scale", check=_positive, section="anchors")
+    aspect_ratios: tuple = _key(((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+                                "aspect ratios per feature map", section="anchors")
+    steps: tuple = _key((7, 15, 30, 60, 100, 300),
+                        "anchor steps in pixels; the reference's (7,15,...) leave the bottom-right "
+                        "uncovered (spec defect 1), (8,16,32,64,100,300) cover it",
+                        section="anchors")
+    num_ssd_boxes: int = _key(8732, "number of default boxes (checked against the generator)",
+                              check=_positive, section="anchors")
+    # --- matching and box coding (spec 5)
+    match_threshold: float = _key(0.5, "IoU above which a default box matches a ground truth",
+                                  check=_fraction, section="boxes")
+    prior_scaling: tuple = _key((0.1, 0.2), "box-coding variances (centre, size)",
+                                section="boxes")
+    # --- loss (spec 6)
+    gamma: float = _key(2.0, "focal-loss gamma", check=_non_negative, section="loss")
+    alpha: float = _key(0.75, "focal-loss alpha", check=_fraction, section="loss")
+    # --- post-processing (spec 9)
+    min_score: float = _key(0.1, "score threshold (strictly above) per class", check=_fraction,
+                            section="postprocess")
+    nms_threshold: float = _key(0.6, "NMS IoU threshold (boxes above it are suppressed)",
+                                check=_fraction, section="postprocess")
+    max_boxes: int = _key(100, "detections kept per class per image", check=_positive,
+                          section="postprocess")
+    max_detections_per_image: int = _key(0, "detections kept per image across classes "
+                                            "(0 = no cap, as the reference)",
+                                         check=_non_negative, section="postprocess")
+    nms_plus_one: bool = _key(True, "IoU of pixel boxes with the '+1' convention, as the "
+                                    "reference (spec defect 24)", section="postprocess")
+    # --- optimisation (spec 8)
+    lr: float = _key(0.05, "peak learning rate (the reference's scripts pass 0.075 for a global "
+                           "batch of 256)", check=_positive, section="train")
+    lr_init: float = _key(0.001, "learning rate at the start of warm-up", check=_non_negative,
+                          section="train")
+    lr_end_rate: float = _key(0.001, "final learning rate as a fraction of --lr",
+                              check=_non_negative, section="train")
+    warmup_epochs: float = _key(2.0, "linear warm-up length in epochs", check=_non_negative,
+                                section="train")
+    weight_decay: float = _key(4e-5, "weight decay on conv weights and head biases",
+                               check=_non_negative, section="train")
+    momentum: float = _key(0.9, "SGD momentum", check=_fraction, section="train")
+    loss_scale: float = _key(1024.0, "loss scale (forced to 1 for fp32 on CPU)", check=_positive,
+                             section="train")
+    loss_scale_mode: str = _key("static", "static: fixed --loss_scale; dynamic: backs off on "
+                                          "overflow and skips that step",
+                                choices=("static", "dynamic"), section="train")
+    precision: str = _key("auto", "auto: fp16 on GPU (as the reference), fp32 elsewhere",
+                          choices=("auto", "fp32", "fp16"), section="train")
+    epoch_size: int = _key(500, "epochs to train", check=_positive, section="train")
+    batch_size: int = _key(32, "images per step per device", check=_positive, section="train")
+    seed: int = _key(1, "random seed (weights, data order, augmentation)", check=_non_negative,
+                     section="train")
+    pre_trained: str = _key("", "checkpoint to start from", section="train")
+    pre_trained_epoch_size: int = _key(0, "epochs the --pre_trained checkpoint was trained for: "
+                                          "the schedule resumes there",
+                                       check=_non_negative, section="train")
+    filter_weight: bool = _key(False, "drop the class and box heads of --pre_trained "
+                                      "(to train another class count)", section="train")
+    save_checkpoint_epochs: int = _key(10, "save a checkpoint every N epochs",
+                                       check=_positive, section="train")
+    keep_checkpoint_max: int = _key(20, "newest checkpoints kept", check=_positive,
+                                    section="train")
+    # --- data (spec 7)
+    dataset: str = _key("coco", "dataset format", choices=("coco", "voc", "other"),
+                        section="data")
+    coco_root: str = _key("", "COCO root (annotations/, train2017/, val2017/); --data_url sets it",
+                          section="data")
+    voc_root: str = _key("", "Pascal VOC root; --data_url sets it for --dataset voc",
+                         section="data")
+    image_dir: str = _key("", "image folder of the TXT ('other') format", section="data")
+    anno_path: str = _key("", "annotation file of the TXT ('other') format", section="data")
+    train_data_type: str = _key("train2017", "COCO training split", section="data")
+    val_data_type: str = _key("val2017", "COCO validation split", section="data")
+    instances_set: str = _key("annotations/instances_{}.json", "COCO annotation file pattern",
+                              section="data")
+    voc_json: str = _key("annotations/voc_instances_val.json",
+                         "ground-truth json written for VOC evaluation", section="data")
+    mindrecord_dir: str = _key("", "where MindRecord files are written "
+                                   "(default: <output_dir>/mindrecord)",
+                               flags=("--mindrecord_url", "--mindrecord"), section="data")
+    mindrecord_shards: int = _key(8, "MindRecord shard files per set", check=_positive,
+                                  section="data")
+    only_create_dataset: bool = _key(False, "convert to MindRecord, then exit", section="data")
+    num_parallel_workers: int = _key(2, "data-pipeline worker threads/processes",
+                                     check=_positive, section="data")
+    eval_batch_size: int = _key(8, "images per inference batch in evaluation", check=_positive,
+                                section="data")
+    # --- run
+    config: str = _key("", "YAML file with any of these keys", section="run")
+    run_platform: str = _key("auto", "device: auto, CPU, GPU or Ascend",
+                             flags=("--device_target",),
+                             choices=("auto", "CPU", "GPU", "Ascend"), section="run")
+    device_id: int = _key(0, "device index (the DEVICE_ID environment variable if set)",
+                          check=_non_negative, section="run")
+    output_dir: str = _key("", "where checkpoints, logs and results go (default: outputs/train "
+                               "for training, outputs/eval for evaluation)",
+                           flags=("--train_url",), section="run")
+    checkpoint_path: str = _key("", "checkpoint to evaluate", section="run")
+    progress: str = _key("auto", "auto: a progress bar on a terminal, periodic lines otherwise",
+                         choices=("auto", "bar", "lines", "off"), section="run")
+
+    def validate(self):
+        """Check values and their agreement; raise ConfigError naming the key."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices, check = f.metadata["choices"], f.metadata["check"]
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            if check and not check(value):
+                raise ConfigError(f"{f.name}: {value!r} is out of range ({f.metadata['help']})")
+        maps = len(self.feature_size)
+        for name in ("num_default", "extras_out_channels", "steps", "aspect_ratios"):
+            if len(getattr(self, name)) != maps:
+                raise ConfigError(f"{name} has {len(getattr(self, name))} entries but feature_size "
+                                  f"has {maps}: one per feature map")
+        for k, (ratios, count) in enumerate(zip(self.aspect_ratios, self.num_default)):
+            if count != 2 + 2 * len(ratios):
+                raise ConfigError(f"num_default[{k}] = {count}, but aspect_ratios[{k}] = "
+                                  f"{list(ratios)} gives {2 + 2 * len(ratios)} boxes per cell")
+        if self.min_scale >= self.max_scale:
+            raise ConfigError(f"min_scale ({self.min_scale}) must be below max_scale "
+                              f"({self.max_scale})")
+        if len(self.img_shape) != 2 or len(self.prior_scaling) != 2:
+            raise ConfigError("img_shape and prior_scaling take two values each")
+        if self.dataset != "coco" and len(self.classes) != self.num_classes:
+            raise ConfigError(f"classes lists {len(self.classes)} names but num_classes is "
+                              f"{self.num_classes} (background included)")
+        return self
+
+    def to_dict(self):
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def save(self, path):
+        """Write the resolved config as YAML (loadable again with --config)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("# Resolved configuration of this run: python train.py --config <this file>\n")
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False, allow_unicode=True)
+        os.replace(tmp, path)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def data_root(self):
+        """Root folder of the selected dataset format."""
+        return {"coco": self.coco_root, "voc": self.voc_root, "other": self.image_dir}[self.dataset]
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _as_tuple(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _coerce(name, value, default):
+    """Convert a YAML or command-line value to the type of the key's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith(("[", "(")):
+                text = f"[{text}]"
+            try:
+                value = yaml.safe_load(text.replace("(", "[").replace(")", "]"))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{name}: cannot read {value!r} as a list") from exc
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return _as_tuple(value)
+    if isinstance(default, (int, float)):
+        kind = type(default)
+        try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            number = kind(float(value)) if kind is int else float(value)
+        except (TypeError, ValueError):
+            noun = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{name}: expected {noun}, got {value!r}") from None
+        return number
+    if value is None:
+        return ""
+    return str(value)
+
+
+def load_yaml(path):
+    """Read a YAML config file into {key: value}; unknown keys are errors naming the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    defaults = {f.name: f.default for f in fields(Config)}
+    values = {}
+    for name, value in data.items():
+        if name in RETIRED_KEYS:
+            raise ConfigError(f"{path}: key {name!r} is not used here: {RETIRED_KEYS[name]}")
+        if name not in defaults:
+            raise ConfigError(f"{path}: unknown key {name!r}")
+        values[name] = _coerce(f"{path}: {name}", value, defaults[name])
+    return values
+
+
+def build_parser(description, script_keys=None):
+    """An argparse parser with one flag per config key plus the reference's flag names.
+
+    Flags not given on the command line are absent from the parsed namespace, so YAML values are
+    only overridden by what the user typed.
+    """
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = {}
+    for f in fields(Config):
+        section = f.metadata["section"]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section)
+        names = [f"--{f.name}", *f.metadata["flags"]]
+        kwargs = {"dest": f.name, "help": f"{f.metadata['help']} (default: {_plain(f.default)})"}
+        if isinstance(f.default, bool):
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        elif f.metadata["choices"]:
+            kwargs["metavar"] = "|".join(f.metadata["choices"])
+        groups[section].add_argument(*names, **kwargs)
+    parser.add_argument("--data_url", dest="data_url",
+                        help="dataset root for --dataset (sets coco_root, voc_root or image_dir)")
+    return parser
+
+
+def parse_config(argv=None, description="", overrides=None):
+    """Parse flags (and the YAML named by --config) into a validated Config.
+
+    ``overrides`` are script-specific defaults applied before the YAML file, e.g. an output folder.
+    Errors print the usage line and exit with status 2, as argparse does.
+    """
+    parser = build_parser(description)
+    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    try:
+        return config_from_values(args, overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return None
+
+
+def config_from_values(args, overrides=None):
+    """Config from a {key: raw value} mapping of flags (see ``parse_config``)."""
+    args = dict(args)
+    defaults = {f.name: f.default for f in fields(Config)}
+    values = dict(overrides or {})
+    config_file = args.get("config")
+    if config_file:
+        values.update(load_yaml(config_file))
+    data_url = args.pop("data_url", None)
+    for name, raw in args.items():
+        values[name] = _coerce(f"--{name}", raw, defaults[name])
+    if data_url is not None:
+        dataset = values.get("dataset", defaults["dataset"])
+        values[{"coco": "coco_root", "voc": "voc_root", "other": "image_dir"}[dataset]] = data_url
+    if "DEVICE_ID" in os.environ and "device_id" not in args:
+        values["device_id"] = _coerce("DEVICE_ID", os.environ["DEVICE_ID"], 0)
+    return _make(values)
+
+
+def _make(values):
+    platform = str(values.get("run_platform", "auto"))
+    spelled = {p.lower(): p for p in ("auto", "CPU", "GPU", "Ascend")}
+    values["run_platform"] = spelled.get(platform.lower(), platform)
+    return Config(**values).validate()
+
+
+def load_config(path: Optional[str] = None, **changes):
+    """A Config from defaults, an optional YAML file and keyword changes (for Python callers)."""
+    values = load_yaml(path) if path else {}
+    defaults = {f.name: f.default for f in fields(Config)}
+    for name, value in changes.items():
+        if name not in defaults:
+            raise ConfigError(f"unknown key {name!r}")
+        values[name] = _coerce(name, value, defaults[name])
+    if path:
+        values["config"] = path
+    return _make(values)

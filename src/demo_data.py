@@ -1,0 +1,500 @@
+"""Deterministic synthetic object-detection data set in the COCO 2017 layout.
+
+Usage::
+
+    python -m src.demo_data --out DIR --num_train N --num_val M --seed S
+
+writes::
+
+    DIR/train2017/000000000001.jpg ...
+    DIR/val2017/0000000000NN.jpg ...
+    DIR/annotations/instances_train2017.json
+    DIR/annotations/instances_val2017.json
+
+Each image shows 1 to ``max_objects`` filled, coloured shapes (``CLASS_NAMES``) on a textured
+background; a fraction ``empty_fraction`` of the train images shows none. Train image ids are
+``1..N`` and val ids ``N+1..N+M``, so the two splits never collide.
+
+Conventions:
+
+* Images are ``uint8`` arrays of shape ``(height, width, 3)`` in OpenCV's BGR order.
+* Pixel ``(row, col)`` covers the continuous square ``[col, col + 1) x [row, row + 1)``.
+* ``bbox`` is COCO's ``[x, y, w, h]`` in float pixels: the tight box of the shape's own drawn
+  pixels before any occlusion, ``x = min col``, ``y = min row``, ``w = max col - min col + 1``,
+  ``h = max row - min row + 1``.
+* ``area`` is the number of drawn pixels of the shape (before occlusion).
+* ``segmentation`` is one polygon ``[x1, y1, x2, y2, ...]`` of the shape's geometric outline in
+  continuous coordinates (drawing vertex + 0.5).
+
+Every image is rendered from ``numpy.random.default_rng([seed, split_index, image_index])``, so
+the output depends only on the arguments, never on generation order.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+CLASS_NAMES = ("circle", "square", "triangle")
+SPLITS = ("train2017", "val2017")
+SUPERCATEGORY = "shape"
+
+DEFAULT_OPTIONS = {
+    "min_size": 320,
+    "max_size": 640,
+    "max_objects": 6,
+    "empty_fraction": 0.05,
+    "quality": 90,
+}
+
+MIN_SHAPE_SIZE = 24
+MAX_SHAPE_FRACTION = 0.6
+MAX_BOX_IOU = 0.3
+MIN_VISIBLE_FRACTION = 0.6
+MIN_COLOR_DISTANCE = 100.0
+MASK_ALPHA_FLOOR = 64
+PLACEMENT_ATTEMPTS = 40
+DRAW_SHIFT = 4
+ELLIPSE_VERTICES = 64
+IMAGE_FILE_PATTERN = re.compile(r"^\d{12}\.jpg$")
+
+
+@dataclass
+class ShapeObject:
+    """One drawn shape.
+
+    ``mask`` is the shape's own coverage (``uint8``, 0 = not drawn, 64..255 = blend weight),
+    full image size, before occlusion; ``visible`` is the boolean part not covered by later shapes.
+    ``bbox`` follows the module's COCO convention; ``polygon`` is the flat continuous outline.
+    """
+
+    category_id: int
+    color: tuple
+    polygon: list
+    mask: np.ndarray
+    bbox: list
+    area: float
+    visible: np.ndarray = field(repr=False, default=None)
+
+
+@dataclass
+class Sample:
+    """A rendered image: ``background`` is the texture alone, ``image`` adds the shapes."""
+
+    image: np.ndarray
+    background: np.ndarray
+    objects: list
+
+
+def category_list():
+    """COCO ``categories`` entries: ids 1.. in ``CLASS_NAMES`` order."""
+    return [{"id": i + 1, "name": name, "supercategory": SUPERCATEGORY}
+            for i, name in enumerate(CLASS_NAMES)]
+
+
+def image_file_name(image_id):
+    """COCO's 12-digit zero-padded file name for ``image_id``."""
+    return f"{image_id:012d}.jpg"
+
+
+def make_background(rng, width, height):
+    """Smooth colour gradient + low-frequency blobs + faint lines + pixel noise, ``uint8`` BGR."""
+    corners = rng.uniform(70, 190, size=(2, 2, 3)).astype(np.float32)
+    image = cv2.resize(corners, (width, height), interpolation=cv2.INTER_LINEAR)
+    grid = rng.normal(0.0, 18.0, size=(int(rng.integers(3, 8)), int(rng.integers(3, 8)), 3))
+    image += cv2.resize(grid.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    lines = np.zeros((height, width, 3), np.float32)
+    for _ in range(int(rng.integers(3, 9))):
+        p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        p2 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        shade = float(rng.uniform(-25, 25))
+        cv2.line(lines, p1, p2, (shade, shade, shade), int(rng.integers(1, 4)), cv2.LINE_AA)
+    image += lines
+    image += rng.integers(-9, 10, size=(height, width, 3), dtype=np.int8)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def sample_shape_size(rng, width, height):
+    """Nominal longest side of a shape, log-uniform in ``[24, 0.6 * min(width, height)]``."""
+    upper = max(MIN_SHAPE_SIZE, MAX_SHAPE_FRACTION * min(width, height))
+    return float(np.exp(rng.uniform(np.log(MIN_SHAPE_SIZE), np.log(upper))))
+
+
+def ellipse_outline(rng, size):
+    """Ellipse (aspect in [0.7, 1.4], random angle) around the origin; returns (vertices, radius)."""
+    ratio = rng.uniform(0.7, 1.4)
+    semi_x, semi_y = (size / 2, size / (2 * ratio)) if ratio >= 1 else (size * ratio / 2, size / 2)
+    t = np.linspace(0.0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
+    return rotate(np.stack([semi_x * np.cos(t), semi_y * np.sin(t)], 1), rng.uniform(0, np.pi)), size / 2
+
+
+def square_outline(rng, size):
+    """Square (half the time) or rectangle with aspect in [0.6, 1.6], tilted by up to 20 degrees."""
+    aspect = 1.0 if rng.random() < 0.5 else rng.uniform(0.6, 1.6)
+    w, h = (size, size / aspect) if aspect >= 1 else (size * aspect, size)
+    corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+    tilt = np.deg2rad(rng.uniform(-20, 20)) if rng.random() < 0.5 else 0.0
+    return rotate(corners, tilt), float(np.hypot(w, h) / 2)
+
+
+def triangle_outline(rng, size):
+    """Upright equilateral triangle, or a randomly rotated and jittered one."""
+    radius = size / 2
+    if rng.random() < 0.4:
+        angles = -np.pi / 2 + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
+        radii = np.full(3, radius)
+    else:
+        angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
+        angles += rng.uniform(-np.pi / 6, np.pi / 6, size=3) * np.array([0.0, 1.0, 1.0])
+        radii = radius * rng.uniform(0.8, 1.0, size=3)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1), radius
+
+
+OUTLINES = (ellipse_outline, square_outline, triangle_outline)
+
+
+def rotate(points, angle):
+    """Rotate ``(n, 2)`` points by ``angle`` radians about the origin."""
+    c, s = np.cos(angle), np.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def propose_polygon(rng, category_id, width, height):
+    """Random outline of class ``category_id`` placed fully inside the image (drawing coords)."""
+    outline, radius = OUTLINES[category_id - 1](rng, sample_shape_size(rng, width, height))
+    margin = radius + 1.0
+    center = np.array([rng.uniform(margin, max(margin, width - 1 - margin)),
+                       rng.uniform(margin, max(margin, height - 1 - margin))])
+    return outline + center
+
+
+def rasterize(polygon, width, height):
+    """Anti-aliased coverage mask of ``polygon``; weights below ``MASK_ALPHA_FLOOR`` are dropped."""
+    mask = np.zeros((height, width), np.uint8)
+    fixed = np.rint(polygon * (1 << DRAW_SHIFT)).astype(np.int32)
+    cv2.fillPoly(mask, [fixed], 255, cv2.LINE_AA, shift=DRAW_SHIFT)
+    mask[mask < MASK_ALPHA_FLOOR] = 0
+    return mask
+
+
+def mask_bbox(mask):
+    """COCO ``[x, y, w, h]`` (floats) of the non-zero pixels of ``mask``, or None if empty."""
+    x, y, w, h = cv2.boundingRect(mask)
+    return [float(x), float(y), float(w), float(h)] if w > 0 and h > 0 else None
+
+
+def box_iou(a, b):
+    """IoU of two COCO ``[x, y, w, h]`` boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def box_slices(bbox):
+    """``(rows, cols)`` slices selecting a COCO ``[x, y, w, h]`` pixel box."""
+    x, y, w, h = (int(v) for v in bbox)
+    return slice(y, y + h), slice(x, x + w)
+
+
+def occludes_too_much(mask, bbox, objects):
+    """True if drawing ``mask`` (extent ``bbox``) on top would leave an earlier object < 60% visible."""
+    window = box_slices(bbox)
+    covered = mask[window] > 0
+    for obj in objects:
+        hidden = np.count_nonzero(obj.visible[window] & covered)
+        remaining = np.count_nonzero(obj.visible) - hidden
+        if remaining < MIN_VISIBLE_FRACTION * obj.area:
+            return True
+    return False
+
+
+def acceptable(bbox, mask, objects):
+    """Placement rule: big enough, box IoU <= 0.3 with every earlier box, limited occlusion."""
+    if bbox is None or min(bbox[2], bbox[3]) < MIN_SHAPE_SIZE / 2:
+        return False
+    if any(box_iou(bbox, obj.bbox) > MAX_BOX_IOU for obj in objects):
+        return False
+    return not occludes_too_much(mask, bbox, objects)
+
+
+def pick_color(rng, canvas, mask, bbox, objects):
+    """Random BGR colour at least ``MIN_COLOR_DISTANCE`` from the canvas under ``mask`` and from
+    every earlier shape it overlaps; falls back to the most distant of the tried colours."""
+    window = box_slices(bbox)
+    covered = mask[window] > 0
+    references = [canvas[window][covered].mean(axis=0)]
+    references += [np.array(obj.color, float) for obj in objects
+                   if np.any(obj.visible[window] & covered)]
+    best, best_distance = None, -1.0
+    for _ in range(32):
+        color = rng.integers(0, 256, size=3).astype(float)
+        distance = min(np.linalg.norm(color - ref) for ref in references)
+        if distance >= MIN_COLOR_DISTANCE:
+            return tuple(int(c) for c in color)
+        if distance > best_distance:
+            best, best_distance = color, distance
+    return tuple(int(c) for c in best)
+
+
+def blend(canvas, mask, bbox, color):
+    """Alpha-blend ``color`` into ``canvas`` with weight ``mask / 255``; untouched where mask is 0."""
+    window = box_slices(bbox)
+    region, weights = canvas[window], mask[window]
+    drawn = weights > 0
+    alpha = weights[drawn].astype(np.float32)[:, None] / 255.0
+    pixels = region[drawn].astype(np.float32)
+    region[drawn] = np.rint(pixels * (1 - alpha) + np.array(color, np.float32) * alpha)
+
+
+def polygon_to_coco(polygon, width, height):
+    """Flat ``[x1, y1, ...]`` continuous-coordinate outline clipped to the image, 2 decimals."""
+    shifted = polygon + 0.5
+    shifted[:, 0] = np.clip(shifted[:, 0], 0, width)
+    shifted[:, 1] = np.clip(shifted[:, 1], 0, height)
+    return [round(float(v), 2) for v in shifted.reshape(-1)]
+
+
+def place_shape(rng, canvas, objects):
+    """Try to add one random shape to ``canvas`` (in place); returns the new object or None."""
+    height, width = canvas.shape[:2]
+    category_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
+    for _ in range(PLACEMENT_ATTEMPTS):
+        polygon = propose_polygon(rng, category_id, width, height)
+        mask = rasterize(polygon, width, height)
+        bbox = mask_bbox(mask)
+        if not acceptable(bbox, mask, objects):
+            continue
+        color = pick_color(rng, canvas, mask, bbox, objects)
+        blend(canvas, mask, bbox, color)
+        covered = mask > 0
+        for obj in objects:
+            obj.visible &= ~covered
+        return ShapeObject(category_id, color, polygon_to_coco(polygon, width, height), mask, bbox,
+                           float(np.count_nonzero(covered)), covered.copy())
+    return None
+
+
+def render_sample(seed, split_index, image_index, min_size=DEFAULT_OPTIONS["min_size"],
+                  max_size=DEFAULT_OPTIONS["max_size"], max_objects=DEFAULT_OPTIONS["max_objects"],
+                  empty_fraction=0.0):
+    """Render image ``image_index`` of split ``split_index`` (0 train, 1 val) for ``seed``.
+
+    The image has no shapes with probability ``empty_fraction``, otherwise 1..``max_objects``
+    (at least one is always placed on an empty image).
+    """
+    rng = np.random.default_rng([seed, split_index, image_index])
+    width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    background = make_background(rng, width, height)
+    canvas = background.copy()
+    objects = []
+    empty = rng.random() < empty_fraction
+    target = 0 if empty else int(rng.integers(1, max_objects + 1))
+    for _ in range(target):
+        obj = place_shape(rng, canvas, objects)
+        if obj is not None:
+            objects.append(obj)
+    return Sample(canvas, background, objects)
+
+
+def encode_jpeg(image, quality):
+    """JPEG bytes of a BGR ``uint8`` image (deterministic for a given OpenCV build)."""
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("cv2.imencode failed to encode a JPEG")
+    return buffer.tobytes()
+
+
+def annotation_entries(objects, image_id, first_annotation_id):
+    """COCO ``annotations`` entries for ``objects``; ids count up from ``first_annotation_id``."""
+    return [{
+        "id": first_annotation_id + k,
+        "image_id": image_id,
+        "category_id": obj.category_id,
+        "bbox": obj.bbox,
+        "area": obj.area,
+        "iscrowd": 0,
+        "segmentation": [obj.polygon],
+    } for k, obj in enumerate(objects)]
+
+
+def coco_document(images, annotations, seed, split):
+    """A complete COCO instances document (``info``, ``licenses``, ``images``, ...)."""
+    return {
+        "info": {
+            "description": f"Synthetic shapes detection data ({split}, seed {seed}), src.demo_data",
+            "version": "1.0",
+            "year": 2017,
+            "contributor": "src.demo_data",
+            "date_created": "2017-01-01 00:00:00",
+        },
+        "licenses": [{"id": 1, "name": "CC0 1.0",
+                      "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+        "images": images,
+        "annotations": annotations,
+        "categories": category_list(),
+    }
+
+
+def write_json_atomic(document, path):
+    """Write ``document`` to ``path`` through a temporary file and ``os.replace``."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(document, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def remove_stale_images(image_dir, keep):
+    """Delete COCO-named JPEGs in ``image_dir`` that are not in ``keep`` (a previous, larger run)."""
+    for name in os.listdir(image_dir):
+        if IMAGE_FILE_PATTERN.match(name) and name not in keep:
+            os.remove(os.path.join(image_dir, name))
+
+
+def write_split(out_dir, split_index, first_image_id, count, seed, options):
+    """Render and write one split's JPEGs; returns (images, annotations, empty image count)."""
+    split = SPLITS[split_index]
+    image_dir = os.path.join(out_dir, split)
+    os.makedirs(image_dir, exist_ok=True)
+    empty_fraction = options["empty_fraction"] if split_index == 0 else 0.0
+    images, annotations, empty = [], [], 0
+    for index in range(count):
+        image_id = first_image_id + index
+        sample = render_sample(seed, split_index, index, options["min_size"], options["max_size"],
+                               options["max_objects"], empty_fraction)
+        name = image_file_name(image_id)
+        with open(os.path.join(image_dir, name), "wb") as f:
+            f.write(encode_jpeg(sample.image, options["quality"]))
+        height, width = sample.image.shape[:2]
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height, "license": 1})
+        annotations += annotation_entries(sample.objects, image_id, len(annotations) + 1)
+        empty += not sample.objects
+    remove_stale_images(image_dir, {img["file_name"] for img in images})
+    return images, annotations, empty
+
+
+def validate(num_train, num_val, seed, options):
+    """Raise ValueError for arguments ``generate`` cannot honour."""
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option(s): {sorted(unknown)}")
+    checks = [
+        (num_train >= 1, f"num_train must be >= 1, got {num_train}"),
+        (num_val >= 1, f"num_val must be >= 1, got {num_val}"),
+        (seed >= 0, f"seed must be >= 0, got {seed}"),
+        (64 <= options["min_size"] <= options["max_size"] <= 4096,
+         f"need 64 <= min_size <= max_size <= 4096, got {options['min_size']}, {options['max_size']}"),
+        (options["max_objects"] >= 1, f"max_objects must be >= 1, got {options['max_objects']}"),
+        (0.0 <= options["empty_fraction"] <= 1.0,
+         f"empty_fraction must be in [0, 1], got {options['empty_fraction']}"),
+        (1 <= options["quality"] <= 100, f"quality must be in [1, 100], got {options['quality']}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def generate(out_dir, num_train, num_val, seed, **options):
+    """Write the data set under ``out_dir`` and return a summary dict.
+
+    ``options``: ``min_size``/``max_size`` (image side range in pixels), ``max_objects``,
+    ``empty_fraction`` (train only), ``quality`` (JPEG). An existing data set in ``out_dir`` is
+    replaced: old annotation files are removed first, images are rewritten, stale images deleted,
+    and the JSON files are written last, atomically.
+    """
+    options = {**DEFAULT_OPTIONS, **options}
+    validate(num_train, num_val, seed, options)
+    ann_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    ann_paths = [os.path.join(ann_dir, f"instances_{split}.json") for split in SPLITS]
+    for path in ann_paths:
+        if os.path.exists(path):
+            os.remove(path)
+    summary = {"out_dir": os.path.abspath(out_dir), "seed": seed, "options": options, "splits": {}}
+    documents = []
+    for split_index, (count, first_id) in enumerate([(num_train, 1), (num_val, num_train + 1)]):
+        images, annotations, empty = write_split(out_dir, split_index, first_id, count, seed, options)
+        documents.append(coco_document(images, annotations, seed, SPLITS[split_index]))
+        per_class = {name: sum(a["category_id"] == i + 1 for a in annotations)
+                     for i, name in enumerate(CLASS_NAMES)}
+        summary["splits"][SPLITS[split_index]] = {
+            "images": len(images), "boxes": len(annotations), "empty_images": empty,
+            "per_class": per_class, "image_dir": os.path.abspath(os.path.join(out_dir, SPLITS[split_index])),
+            "annotation_file": os.path.abspath(ann_paths[split_index]),
+        }
+    for document, path in zip(documents, ann_paths):
+        write_json_atomic(document, path)
+    return summary
+
+
+def summary_line(summary):
+    """One human-readable line describing ``generate``'s result."""
+    parts = []
+    for split, info in summary["splits"].items():
+        classes = ", ".join(f"{k}={v}" for k, v in info["per_class"].items())
+        parts.append(f"{split}: {info['images']} images ({info['empty_images']} empty), "
+                     f"{info['boxes']} boxes ({classes})")
+    return f"demo_data: {'; '.join(parts)}; written to {summary['out_dir']}"
+
+
+def bounded_int(low, high=None):
+    """argparse ``type`` accepting integers in ``[low, high]``."""
+    def parse(text):
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def fraction(text):
+    """argparse ``type`` accepting a float in ``[0, 1]``."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def build_parser():
+    """Command-line interface of ``python -m src.demo_data``."""
+    p = argparse.ArgumentParser(prog="python -m src.demo_data", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output directory (COCO 2017 layout)")
+    p.add_argument("--num_train", type=bounded_int(1), required=True, help="number of train images")
+    p.add_argument("--num_val", type=bounded_int(1), required=True, help="number of val images")
+    p.add_argument("--seed", type=bounded_int(0), default=0, help="random seed (default 0)")
+    p.add_argument("--min_size", type=bounded_int(64, 4096), default=DEFAULT_OPTIONS["min_size"],
+                   help="smallest image side in pixels (default %(default)s)")
+    p.add_argument("--max_size", type=bounded_int(64, 4096), default=DEFAULT_OPTIONS["max_size"],
+                   help="largest image side in pixels (default %(default)s)")
+    p.add_argument("--max_objects", type=bounded_int(1), default=DEFAULT_OPTIONS["max_objects"],
+                   help="most shapes per image (default %(default)s)")
+    p.add_argument("--empty_fraction", type=fraction, default=DEFAULT_OPTIONS["empty_fraction"],
+                   help="fraction of train images without shapes (default %(default)s)")
+    p.add_argument("--quality", type=bounded_int(1, 100), default=DEFAULT_OPTIONS["quality"],
+                   help="JPEG quality (default %(default)s)")
+    return p
+
+
+def main(argv=None):
+    """Parse ``argv``, generate the data set and print a one-line summary; returns 0."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.min_size > args.max_size:
+        parser.error(f"--min_size ({args.min_size}) must not exceed --max_size ({args.max_size})")
+    summary = generate(args.out, args.num_train, args.num_val, args.seed, min_size=args.min_size,
+                       max_size=args.max_size, max_objects=args.max_objects,
+                       empty_fraction=args.empty_fraction, quality=args.quality)
+    print(summary_line(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Device set-up: the oneDNN instruction-set cap, device choice, graph mode and seeds.
+
+This module must not import MindSpore at module level: ``cap_onednn_isa`` has to run before
+MindSpore (and with it oneDNN) is loaded.
+"""
+import glob
+import os
+import shutil
+import sys
+import warnings
+
+PLATFORMS = ("CPU", "GPU", "Ascend")
+ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+
+
+def cap_onednn_isa():
+    """Cap oneDNN at AVX2 unless the user chose a value; returns the value in effect.
+
+    Why: MindSpore 2.10's CPU convolution hands oneDNN fixed plain layouts (NCHW activations,
+    OIHW weights). On AVX-512/AMX processors oneDNN's fast kernels refuse those layouts and it
+    falls back to a reference kernel about 35x slower; capped at AVX2 it uses im2col + GEMM
+    (a 64->128 3x3 convolution: 3.3 s -> 0.05 s). oneDNN reads the variable once, when the
+    library loads, so this must run before ``import mindspore``. GPU and Ascend kernels do not
+    use oneDNN, so the cap costs them nothing.
+    """
+    if ONEDNN_ISA_VARIABLE not in os.environ and "mindspore" in sys.modules:
+        warnings.warn(f"mindspore was imported before src: {ONEDNN_ISA_VARIABLE} cannot take effect "
+                      "and CPU convolutions may run ~35x slower; import src first.", stacklevel=2)
+    return os.environ.setdefault(ONEDNN_ISA_VARIABLE, "AVX2")
+
+
+def detect_platform():
+    """Best available device without importing MindSpore: Ascend, then GPU, then CPU."""
+    if glob.glob("/dev/davinci[0-9]*"):
+        return "Ascend"
+    if glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi"):
+        return "GPU"
+    return "CPU"
+
+
+def resolve_platform(name):
+    """Turn a user's platform name ('auto', 'cpu', 'GPU', ...) into one of PLATFORMS."""
+    if name is None or str(name).lower() == "auto":
+        return detect_platform()
+    for platform in PLATFORMS:
+        if str(name).lower() == platform.lower():
+            return platform
+    raise ValueError(f"unknown platform {name!r}: expected auto, {', '.join(PLATFORMS)}")
+
+
+def init_device(platform, device_id=0, seed=1):
+    """Select the device, switch to GRAPH_MODE and seed MindSpore and numpy.
+
+    Returns the platform actually in use.
+    """
+    import mindspore as ms
+    import numpy as np
+
+    platform = resolve_platform(platform)
+    if platform == "CPU":
+        ms.set_device("CPU")
+    else:
+        ms.set_device(platform, int(device_id))
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(int(seed))
+    np.random.seed(int(seed))
+    return platform

@@ -1,0 +1,147 @@
+"""SSD-ResNet34 detector (spec sections 2-3): backbone, five extra blocks, six pairs of heads.
+
+Shapes for a (B, 3, 300, 300) input: feature maps 256x38x38, 512x19x19, 512x10x10, 256x5x5,
+256x3x3, 256x1x1; outputs ``loc`` (B, 8732, 4) box offsets and ``cls`` (B, 8732, num_classes)
+logits in training mode, sigmoid scores in eval mode (column 0 is background). Attribute names
+follow the reference (``feature_extractor.module``, ``feature_extractor.additional_blocks``,
+``multi_box.multi_loc_layers`` / ``multi_cls_layers``) so the reference's checkpoints load.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from src.model.resnet34 import ResNet34Backbone
+
+EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
+INIT_SIGMA = 0.02
+
+
+class SSDFeatureExtractor(nn.Cell):
+    """Backbone map plus five extra blocks (1x1 conv, ReLU, 3x3 conv, ReLU; no BN, no bias).
+
+    The 3x3 conv of extra block i has stride ``strides[min(i + 2, 5)]`` (the reference reads
+    entries 2..5 of its six strides), padding 1 when it downsamples and none ("valid") otherwise.
+    """
+
+    def __init__(self, out_channels=(256, 512, 512, 256, 256, 256),
+                 strides=(1, 1, 2, 2, 2, 1)):
+        super().__init__()
+        self.module = ResNet34Backbone()
+        blocks = []
+        for i, mid in enumerate(EXTRAS_MID_CHANNELS):
+            stride = strides[min(i + 2, len(strides) - 1)]
+            padding = {"pad_mode": "pad", "padding": 1} if stride > 1 else {"pad_mode": "valid"}
+            blocks.append(nn.SequentialCell([
+                nn.Conv2d(out_channels[i], mid, 1),
+                nn.ReLU(),
+                nn.Conv2d(mid, out_channels[i + 1], 3, stride, **padding),
+                nn.ReLU()]))
+        self.additional_blocks = nn.CellList(blocks)
+
+    def construct(self, x):
+        feature = self.module(x)
+        features = (feature,)
+        for block in self.additional_blocks:
+            feature = block(feature)
+            features += (feature,)
+        return features
+
+
+def separable_head(channels, outputs):
+    """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias."""
+    return nn.SequentialCell([
+        nn.Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels),
+        nn.BatchNorm2d(channels, eps=1e-3, momentum=0.97),
+        nn.ReLU6(),
+        nn.Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros")])
+
+
+class MultiBox(nn.Cell):
+    """Box and class heads on every feature map, flattened location-major and concatenated.
+
+    Box index ``start_k + (y * W_k + x) * n_k + d`` matches ``src.anchors``.
+    """
+
+    def __init__(self, num_classes, out_channels, num_default, num_boxes):
+        super().__init__()
+        self.num_boxes = num_boxes
+        self.multi_loc_layers = nn.CellList(
+            [separable_head(c, 4 * n) for c, n in zip(out_channels, num_default)])
+        self.multi_cls_layers = nn.CellList(
+            [separable_head(c, num_classes * n) for c, n in zip(out_channels, num_default)])
+
+    def flatten(self, outputs):
+        batch = outputs[0].shape[0]
+        flat = [ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (batch, -1)) for x in outputs]
+        return ops.reshape(ops.concat(flat, axis=1), (batch, self.num_boxes, -1))
+
+    def construct(self, features):
+        loc = ()
+        cls = ()
+        for i, feature in enumerate(features):
+            loc += (self.multi_loc_layers[i](feature),)
+            cls += (self.multi_cls_layers[i](feature),)
+        return self.flatten(loc), self.flatten(cls)
+
+
+class SsdResnet34(nn.Cell):
+    """(B, 3, 300, 300) normalised image -> loc (B, A, 4), cls (B, A, num_classes), float32."""
+
+    def __init__(self, num_classes=81, extras_out_channels=(256, 512, 512, 256, 256, 256),
+                 extras_strides=(1, 1, 2, 2, 2, 1), num_default=(4, 6, 6, 6, 4, 4),
+                 num_boxes=8732):
+        super().__init__()
+        self.feature_extractor = SSDFeatureExtractor(extras_out_channels, extras_strides)
+        self.multi_box = MultiBox(num_classes, extras_out_channels, num_default, num_boxes)
+
+    def construct(self, x):
+        loc, cls = self.multi_box(self.feature_extractor(x))
+        if not self.training:
+            cls = ops.sigmoid(cls)
+        return ops.cast(loc, ms.float32), ops.cast(cls, ms.float32)
+
+
+class SsdInferWithDecoder(nn.Cell):
+    """Network plus in-graph box decoding: image -> boxes (B, A, 4), scores (B, A, C).
+
+    Boxes are corner form (ymin, xmin, ymax, xmax), normalised and clipped to [0, 1]; scores
+    are sigmoid outputs. Same formulas as ``src.box_coder.BoxCoder.decode``.
+    """
+
+    def __init__(self, network, default_boxes_cyxhw, prior_scaling=(0.1, 0.2)):
+        super().__init__()
+        self.network = network
+        anchors = np.asarray(default_boxes_cyxhw, np.float32)
+        self.anchor_center = Tensor(anchors[:, :2])
+        self.anchor_size = Tensor(anchors[:, 2:])
+        self.center_scale = float(prior_scaling[0])
+        self.size_scale = float(prior_scaling[1])
+
+    def construct(self, x):
+        loc, scores = self.network(x)
+        center = loc[..., :2] * self.center_scale * self.anchor_size + self.anchor_center
+        size = ops.exp(loc[..., 2:] * self.size_scale) * self.anchor_size
+        boxes = ops.concat((center - size / 2, center + size / 2), axis=-1)
+        return ops.clamp(boxes, 0.0, 1.0), scores
+
+
+def init_weights(network, sigma=INIT_SIGMA):
+    """Truncated normal (mean 0, sigma, cut at +-2 sigma) for every trainable parameter whose
+    name has none of beta, gamma, bias (all conv kernels); BN and biases keep their init."""
+    for param in network.trainable_params():
+        if not any(word in param.name for word in ("beta", "gamma", "bias")):
+            param.set_data(initializer(TruncatedNormal(sigma, a=-2 * sigma, b=2 * sigma),
+                                       param.shape, param.dtype))
+
+
+def count_trainable_params(network):
+    return int(sum(int(np.prod(p.shape)) for p in network.trainable_params()))
+
+
+def build_ssd(config):
+    """The detector a Config describes, with the reference's initialisation."""
+    network = SsdResnet34(config.num_classes, config.extras_out_channels, config.extras_strides,
+                          config.num_default, config.num_ssd_boxes)
+    init_weights(network)
+    return network
