@@ -309,8 +309,7 @@ def build_parser(description, script_keys=None):
     Flags not given on the command line are absent from the parsed namespace, so YAML values are
     only overridden by what the user typed.
     """
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
     groups = {}
     for f in fields(Config):
         section = f.metadata["section"]

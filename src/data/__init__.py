@@ -1,0 +1,1 @@
+"""Data: source readers (COCO ...), MindRecord conversion, transforms and pipelines."""

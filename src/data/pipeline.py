@@ -1,0 +1,53 @@
+"""MindSpore data pipelines over a MindRecord set (spec 7.5 and 7.6).
+
+Training batches: image (B, 3, H, W) float32, box (B, A, 4) float32 offsets, label (B, A) int32,
+num_match (B, 1) int32, img_id (B, 1) int32. Evaluation batches: img_id (B, 1) int32, image
+(B, 3, H, W) float32, image_shape (B, 2) float32 original (height, width).
+"""
+import mindspore.dataset as ds
+from mindspore.dataset import vision
+
+from src.data.transforms import EvalTransform, TrainTransform
+
+MEAN_RGB = (123.675, 116.28, 103.53)
+STD_RGB = (58.395, 57.12, 57.375)
+TRAIN_COLUMNS = ["image", "box", "label", "num_match", "img_id"]
+EVAL_COLUMNS = ["img_id", "image", "image_shape"]
+
+
+def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
+                         num_shards=1, shard_id=0, num_workers=2, seed=1,
+                         crop_rule="reference"):
+    """Shuffled, augmented, encoded and batched training data (last partial batch dropped)."""
+    ds.config.set_seed(seed)
+    data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
+                          num_shards=num_shards if num_shards > 1 else None,
+                          shard_id=shard_id if num_shards > 1 else None,
+                          shuffle=shuffle, num_parallel_workers=num_workers)
+    data = data.map(operations=vision.Decode(), input_columns=["image"],
+                    num_parallel_workers=num_workers)
+    data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed),
+                    input_columns=["image", "annotation"],
+                    output_columns=["image", "box", "label", "num_match"],
+                    num_parallel_workers=num_workers, python_multiprocessing=False)
+    data = data.map(operations=[
+        vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),
+        vision.Normalize(mean=MEAN_RGB, std=STD_RGB),
+        vision.HWC2CHW()], input_columns=["image"], num_parallel_workers=num_workers)
+    data = data.project(TRAIN_COLUMNS)
+    return data.batch(batch_size, drop_remainder=True)
+
+
+def create_eval_dataset(files, batch_size, img_shape=(300, 300), num_workers=2):
+    """Evaluation data in file order, resized and normalised; the last batch may be partial."""
+    data = ds.MindDataset(files, columns_list=["img_id", "image"], shuffle=False,
+                          num_parallel_workers=num_workers)
+    data = data.map(operations=vision.Decode(), input_columns=["image"],
+                    num_parallel_workers=num_workers)
+    data = data.map(operations=EvalTransform(img_shape), input_columns=["image"],
+                    output_columns=["image", "image_shape"], num_parallel_workers=num_workers,
+                    python_multiprocessing=False)
+    data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
+                    input_columns=["image"], num_parallel_workers=num_workers)
+    data = data.project(EVAL_COLUMNS)
+    return data.batch(batch_size, drop_remainder=False)

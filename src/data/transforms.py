@@ -1,0 +1,128 @@
+"""Per-image transforms of training (spec 7.5) and evaluation (spec 7.6), in numpy and OpenCV.
+
+Images are RGB uint8 (H, W, 3); ground truth is (N, 5) float32 pixel rows
+``(ymin, xmin, ymax, xmax, label)`` (see ``src.box_coder`` for the conventions).
+"""
+import cv2
+import numpy as np
+
+from src.data.records import annotation_rows
+
+CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+CROP_TRIALS = 50
+
+
+def box_rect_iou(boxes, rect):
+    """IoU of (N, 4) corner boxes with one rectangle (ymin, xmin, ymax, xmax); no "+1"."""
+    inter_hw = np.clip(np.minimum(boxes[:, 2:4], rect[2:]) - np.maximum(boxes[:, :2], rect[:2]),
+                       0, None)
+    inter = inter_hw[:, 0] * inter_hw[:, 1]
+    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_rect = (rect[2] - rect[0]) * (rect[3] - rect[1])
+    return inter / (area_boxes + area_rect - inter)
+
+
+def crop_is_rejected(overlap, min_iou, rule):
+    """Whether a crop fails its sampled minimum IoU.
+
+    'reference': rejected only if some overlapping box is below ``min_iou`` AND some is above
+    ``min_iou + 0.2`` (spec defect 19: many crops pass that violate ``min_iou``).
+    'ssd': rejected if any overlapping box is below ``min_iou``, as in the SSD paper.
+    """
+    if rule == "ssd":
+        return overlap.min() < min_iou
+    return overlap.min() < min_iou and overlap.max() > min_iou + 0.2
+
+
+def random_sample_crop(image, gt, rng, rule="reference"):
+    """SSD random crop: a minimum IoU from {none, 0.1, 0.3, 0.5, 0.7, 0.9}, up to 50 trials.
+
+    A trial samples a crop of 0.3-1.0 of each side with aspect h/w in [0.5, 2]; it keeps the
+    boxes that overlap it and whose centre lies strictly inside, clipped and shifted. If no
+    trial passes the image is returned unchanged. Images without boxes take the first trial.
+    """
+    height, width = image.shape[:2]
+    min_iou = CROP_MIN_IOUS[rng.integers(len(CROP_MIN_IOUS))]
+    if min_iou is None:
+        return image, gt
+    boxes = gt[:, :4]
+    for _ in range(CROP_TRIALS):
+        w = rng.uniform(0.3, 1.0) * width
+        h = rng.uniform(0.3, 1.0) * height
+        if h / w < 0.5 or h / w > 2:
+            continue
+        left = rng.uniform() * (width - w)
+        top = rng.uniform() * (height - h)
+        rect = np.array([int(top), int(left), int(top + h), int(left + w)], np.float32)
+        if len(gt) == 0:
+            return image[int(rect[0]):int(rect[2]), int(rect[1]):int(rect[3])], gt
+        overlap = box_rect_iou(boxes, rect)
+        touching = overlap > 0
+        if not touching.any() or crop_is_rejected(overlap[touching], min_iou, rule):
+            continue
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+        inside = np.all((rect[:2] < centers) & (centers < rect[2:]), axis=1) & touching
+        if not inside.any():
+            continue
+        kept = gt[inside].copy()
+        kept[:, :2] = np.maximum(kept[:, :2], rect[:2]) - rect[:2]
+        kept[:, 2:4] = np.minimum(kept[:, 2:4], rect[2:]) - rect[:2]
+        return image[int(rect[0]):int(rect[2]), int(rect[1]):int(rect[3])], kept
+    return image, gt
+
+
+def resize(image, shape):
+    """Bilinear resize to (height, width), aspect ratio not kept (as the reference)."""
+    return cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def normalize_boxes(gt, height, width):
+    """Pixel rows -> rows normalised by the image height (y) and width (x)."""
+    out = gt.astype(np.float32, copy=True)
+    out[:, [0, 2]] /= height
+    out[:, [1, 3]] /= width
+    return out
+
+
+def flip_boxes(gt):
+    """Normalised rows after a horizontal flip: xmin' = 1 - xmax, xmax' = 1 - xmin."""
+    out = gt.copy()
+    out[:, 1], out[:, 3] = 1 - gt[:, 3], 1 - gt[:, 1]
+    return out
+
+
+class TrainTransform:
+    """(RGB image, (N, 5) pixel ground truth) -> (300x300 RGB image, loc, label, num_match).
+
+    Random crop, bilinear resize, horizontal flip (p = 0.5), then matching and encoding against
+    the default boxes. Colour jitter and normalisation follow as MindSpore C++ ops.
+    """
+
+    def __init__(self, box_coder, img_shape=(300, 300), crop_rule="reference", seed=None):
+        self.box_coder = box_coder
+        self.img_shape = tuple(img_shape)
+        self.crop_rule = crop_rule
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image, annotation):
+        gt = annotation_rows(annotation)
+        image, gt = random_sample_crop(image, gt, self.rng, self.crop_rule)
+        height, width = image.shape[:2]
+        image = resize(image, self.img_shape)
+        gt = normalize_boxes(gt, height, width)
+        if self.rng.uniform() < 0.5:
+            image = np.ascontiguousarray(image[:, ::-1])
+            gt = flip_boxes(gt)
+        loc, label, num_match = self.box_coder.encode_targets(gt)
+        return image, loc, label, num_match
+
+
+class EvalTransform:
+    """RGB image -> (resized image, original (height, width) as float32)."""
+
+    def __init__(self, img_shape=(300, 300)):
+        self.img_shape = tuple(img_shape)
+
+    def __call__(self, image):
+        shape = np.array(image.shape[:2], np.float32)
+        return resize(image, self.img_shape), shape

@@ -1,0 +1,128 @@
+"""The one post-processing path: decoded boxes and scores -> detections -> COCO json records.
+
+Used by eval.py (and every later consumer of network outputs). Per image:
+
+1. candidates: every (box, class) with score strictly above ``min_score``; class 0
+   (background) is never a detection;
+2. boxes scaled to the original image's pixels (normalised y-first corners times (h, w, h, w));
+3. greedy NMS inside each class (a box is suppressed when its IoU with a kept, higher-scoring box
+   of the same class is above ``nms_threshold``), keeping at most ``max_per_class`` boxes per
+   class, optionally at most ``max_per_image`` overall. With ``plus_one`` the IoU uses the
+   reference's "+1 pixel" widths (spec 9 and defect 24);
+4. COCO records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in pixels.
+
+The greedy NMS runs for all classes at once: each round keeps the best remaining box of every
+class and removes what it suppresses, so the number of rounds is bounded by ``max_per_class``,
+not by the number of classes or candidates.
+"""
+import numpy as np
+
+
+def pairwise_iou(boxes_a, boxes_b, plus_one=False):
+    """IoU of boxes_a[i] with boxes_b[i] (both (n, 4) corner form); "+1" widths if asked."""
+    offset = 1.0 if plus_one else 0.0
+    low = np.maximum(boxes_a[:, :2], boxes_b[:, :2])
+    high = np.minimum(boxes_a[:, 2:], boxes_b[:, 2:])
+    inter_hw = np.clip(high - low + offset, 0, None)
+    inter = inter_hw[:, 0] * inter_hw[:, 1]
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0] + offset) * (boxes_a[:, 3] - boxes_a[:, 1] + offset)
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0] + offset) * (boxes_b[:, 3] - boxes_b[:, 1] + offset)
+    return inter / np.maximum(area_a + area_b - inter, np.finfo(np.float64).tiny)
+
+
+def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=False):
+    """Greedy per-class NMS for all classes together.
+
+    Args:
+        boxes: (n, 4) corner-form boxes (any consistent order of axes).
+        scores: (n,) scores; classes: (n,) integer class of each box.
+        iou_threshold: a box whose IoU with a kept box of its class exceeds this is removed.
+        max_per_class: at most this many boxes are kept per class.
+
+    Returns:
+        Indices of kept boxes, highest score first (ties: lower index first).
+    """
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((-scores, classes))
+    boxes, classes = np.asarray(boxes, np.float64)[order], np.asarray(classes)[order]
+    kept_count = np.zeros(int(classes.max()) + 1, np.int64)
+    kept = []
+    alive = np.arange(len(order))
+    while alive.size:
+        alive_classes = classes[alive]
+        is_top = np.ones(alive.size, bool)
+        is_top[1:] = alive_classes[1:] != alive_classes[:-1]
+        tops = alive[is_top]
+        kept.append(tops)
+        top_of_alive = tops[np.cumsum(is_top) - 1]
+        survives = ~is_top & (pairwise_iou(boxes[alive], boxes[top_of_alive], plus_one)
+                              <= iou_threshold)
+        kept_count[classes[tops]] += 1
+        survives &= kept_count[alive_classes] < max_per_class
+        alive = alive[survives]
+    kept = order[np.concatenate(kept)]
+    return kept[np.lexsort((kept, -scores[kept]))]
+
+
+class PostProcessor:
+    """Network outputs of a batch -> COCO detection records.
+
+    Args:
+        category_ids: result category id of each class index (index 0, background, unused).
+        min_score, nms_threshold, max_per_class, max_per_image, plus_one: see the module text;
+            ``max_per_image`` 0 means no cap.
+    """
+
+    def __init__(self, category_ids, min_score=0.1, nms_threshold=0.6, max_per_class=100,
+                 max_per_image=0, plus_one=True):
+        self.category_ids = np.asarray(category_ids)
+        self.min_score = float(min_score)
+        self.nms_threshold = float(nms_threshold)
+        self.max_per_class = int(max_per_class)
+        self.max_per_image = int(max_per_image)
+        self.plus_one = bool(plus_one)
+
+    @classmethod
+    def from_config(cls, config, category_ids):
+        return cls(category_ids, config.min_score, config.nms_threshold, config.max_boxes,
+                   config.max_detections_per_image, config.nms_plus_one)
+
+    def detect(self, boxes, scores, image_hw):
+        """Detections of one image.
+
+        Args:
+            boxes: (A, 4) normalised (ymin, xmin, ymax, xmax); scores: (A, C) class scores.
+            image_hw: original (height, width) in pixels.
+
+        Returns:
+            (boxes (K, 4) pixel (ymin, xmin, ymax, xmax), scores (K,), class indices (K,)),
+            highest score first.
+        """
+        anchor, column = np.nonzero(scores[:, 1:] > self.min_score)
+        classes = column + 1
+        candidate_scores = scores[anchor, classes]
+        height, width = float(image_hw[0]), float(image_hw[1])
+        pixel_boxes = boxes[anchor].astype(np.float64) * np.array([height, width, height, width])
+        keep = batched_nms(pixel_boxes, candidate_scores, classes, self.nms_threshold,
+                           self.max_per_class, self.plus_one)
+        if self.max_per_image > 0:
+            keep = keep[:self.max_per_image]
+        return pixel_boxes[keep], candidate_scores[keep], classes[keep]
+
+    def coco_records(self, img_id, boxes, scores, classes):
+        """COCO result dicts for one image's detections (pixel y-first corners in)."""
+        return [{"image_id": int(img_id), "category_id": int(self.category_ids[c]),
+                 "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
+                          round(float(y2 - y1), 3)],
+                 "score": round(float(s), 5)}
+                for (y1, x1, y2, x2), s, c in zip(boxes, scores, classes)]
+
+    def process_batch(self, img_ids, boxes, scores, image_shapes):
+        """COCO records of a batch: img_ids (B,), boxes (B, A, 4), scores (B, A, C),
+        image_shapes (B, 2) original (height, width)."""
+        records = []
+        for img_id, image_boxes, image_scores, hw in zip(np.ravel(img_ids), boxes, scores,
+                                                         image_shapes):
+            records.extend(self.coco_records(img_id, *self.detect(image_boxes, image_scores, hw)))
+        return records

@@ -1,0 +1,1 @@
+"""Training and evaluation engines: train step, optimizer, checkpoints, training and eval loops."""

@@ -1,0 +1,87 @@
+"""One training step in graph mode: scaled backward pass, gradient all-reduce, overflow check,
+update; plus the optimizer of the reference (Momentum 0.9, weight decay on non-BN parameters).
+"""
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.context import ParallelMode
+
+from src.lr_schedule import TableSchedule
+
+_unscale = ops.MultitypeFuncGraph("unscale")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_tensor(scale, grad):
+    return grad / scale
+
+
+def no_weight_decay(param):
+    """BatchNorm's gamma and beta are not decayed; conv weights and head biases are."""
+    return "beta" in param.name or "gamma" in param.name
+
+
+def create_optimizer(network, lr_table, momentum=0.9, weight_decay=4e-5):
+    """nn.Momentum over the trainable parameters, lr read from ``lr_table`` at the global step."""
+    params = network.trainable_params()
+    groups = [{"params": [p for p in params if not no_weight_decay(p)],
+               "weight_decay": weight_decay},
+              {"params": [p for p in params if no_weight_decay(p)], "weight_decay": 0.0},
+              {"order_params": params}]
+    return nn.Momentum(groups, learning_rate=TableSchedule(lr_table), momentum=momentum)
+
+
+class TrainStep(nn.Cell):
+    """(image, gt_loc, gt_label, num_match) -> (loss, cls_loss, loc_loss, finite, loss_scale).
+
+    Gradients of ``loss * loss_scale`` are averaged over devices in data-parallel runs, divided
+    by the scale and checked: if any is inf or NaN the update is skipped (``finite`` is False).
+    With ``dynamic=True`` the scale halves on such a step and doubles after ``scale_window``
+    finite steps in a row. Parameter names stay those of the wrapped network.
+    """
+
+    def __init__(self, network_with_loss, optimizer, loss_scale=1.0, dynamic=False,
+                 scale_factor=2.0, scale_window=1000):
+        super().__init__(auto_prefix=False)
+        self.network = network_with_loss
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.loss_scale = Parameter(Tensor(float(loss_scale), ms.float32), name="loss_scale",
+                                    requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="good_steps", requires_grad=False)
+        self.dynamic = dynamic
+        self.scale_factor = float(scale_factor)
+        self.scale_window = int(scale_window)
+        self.hyper_map = ops.HyperMap()
+        self.grad_reducer = ops.identity
+        if ms.get_auto_parallel_context("parallel_mode") in (ParallelMode.DATA_PARALLEL,
+                                                             ParallelMode.HYBRID_PARALLEL):
+            self.grad_reducer = nn.DistributedGradReducer(
+                self.weights, ms.get_auto_parallel_context("gradients_mean"))
+
+    def construct(self, image, gt_loc, gt_label, num_match):
+        loss, cls_loss, loc_loss = self.network(image, gt_loc, gt_label, num_match)
+        scale = self.loss_scale
+        sens = (ops.fill(loss.dtype, loss.shape, scale), ops.zeros_like(cls_loss),
+                ops.zeros_like(loc_loss))
+        grads = self.grad(self.network, self.weights)(image, gt_loc, gt_label, num_match, sens)
+        grads = self.grad_reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
+        finite = ms.amp.all_finite(grads)
+        if finite:
+            loss = ops.depend(loss, self.optimizer(grads))
+        if self.dynamic:
+            loss = ops.depend(loss, self.update_scale(finite))
+        return loss, cls_loss, loc_loss, finite, scale
+
+    def update_scale(self, finite):
+        if finite:
+            good = self.good_steps + 1
+            if good >= self.scale_window:
+                ops.assign(self.loss_scale, self.loss_scale * self.scale_factor)
+                good = good * 0
+        else:
+            ops.assign(self.loss_scale, ops.maximum(self.loss_scale / self.scale_factor, 1.0))
+            good = self.good_steps * 0
+        return ops.assign(self.good_steps, good)

@@ -1,0 +1,53 @@
+"""SSD-ResNet34 loss (spec section 6): sigmoid focal loss + smooth-L1, over the batch's positives.
+
+For logits L (B, A, C), offsets P (B, A, 4), targets T (B, A, 4), labels y (B, A) and positive
+counts n (B, 1):
+
+* classification: sigmoid focal loss on all C columns, background included, target one-hot(y):
+  ``(1 - p_t)^gamma * (t alpha + (1 - t)(1 - alpha)) * BCE(logit, t)``, summed;
+* localisation: smooth-L1 (beta 1) of P - T on positive anchors (y > 0), summed;
+* both divided by N = sum(n) over the per-device batch, with N < 1 taken as 1 (a batch without
+  positives still trains the classifier instead of dividing by zero).
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def sigmoid_focal_loss(logits, targets, gamma=2.0, alpha=0.75):
+    """Elementwise focal loss of logits against 0/1 targets of the same shape."""
+    probs = ops.sigmoid(logits)
+    bce = ops.relu(logits) - logits * targets + ops.log1p(ops.exp(-ops.abs(logits)))
+    p_t = targets * probs + (1 - targets) * (1 - probs)
+    weight = targets * alpha + (1 - targets) * (1 - alpha)
+    return ops.pow(1 - p_t, gamma) * weight * bce
+
+
+def smooth_l1(diff):
+    """0.5 d^2 where |d| < 1, |d| - 0.5 elsewhere."""
+    absolute = ops.abs(diff)
+    return ops.where(absolute < 1.0, 0.5 * diff * diff, absolute - 0.5)
+
+
+class SSDWithLossCell(nn.Cell):
+    """Network plus loss: (image, gt_loc, gt_label, num_match) -> (loss, cls_loss, loc_loss).
+
+    ``loss = cls_loss + loc_loss``; each part is already divided by the number of positives.
+    """
+
+    def __init__(self, network, gamma=2.0, alpha=0.75):
+        super().__init__()
+        self.network = network
+        self.gamma = float(gamma)
+        self.alpha = float(alpha)
+
+    def construct(self, image, gt_loc, gt_label, num_match):
+        pred_loc, pred_cls = self.network(image)
+        positive = ops.cast(gt_label > 0, ms.float32)
+        num_positive = ops.maximum(ops.reduce_sum(ops.cast(num_match, ms.float32)), 1.0)
+        loc = ops.reduce_sum(smooth_l1(pred_loc - gt_loc) * ops.expand_dims(positive, -1))
+        targets = ops.one_hot(gt_label, pred_cls.shape[-1], ops.ones((), ms.float32),
+                              ops.zeros((), ms.float32))
+        cls = ops.reduce_sum(sigmoid_focal_loss(pred_cls, targets, self.gamma, self.alpha))
+        cls_loss = cls / num_positive
+        loc_loss = loc / num_positive
+        return cls_loss + loc_loss, cls_loss, loc_loss
