@@ -44,7 +44,7 @@ def coco_evaluate(ground_truth, detections, img_ids, detections_path=None):
     if not detections:
         return np.zeros(len(STAT_NAMES)), "No detections above the score threshold: mAP is 0.\n"
     with contextlib.redirect_stdout(io.StringIO()):
-        results = ground_truth.loadRes(detections)
+        results = ground_truth.loadRes([dict(d) for d in detections])  # it edits its input
     evaluator = COCOeval(ground_truth, results, iouType="bbox")
     evaluator.params.imgIds = sorted(int(i) for i in img_ids)
     text = io.StringIO()

@@ -44,7 +44,7 @@ class MetricsLog:
 
     def __init__(self, path):
         self.path = path
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "w", encoding="utf-8")
 
     def write(self, kind, **fields):
         self.file.write(json.dumps({"kind": kind, **fields}) + "\n")

@@ -1,0 +1,85 @@
+"""Matching, encoding and decoding against the spec's section 17 numbers and its loop."""
+import numpy as np
+import pytest
+
+from src.anchors import generate_default_boxes
+from src.box_coder import BoxCoder, iou_matrix
+
+
+@pytest.fixture(scope="module")
+def coder():
+    return BoxCoder(generate_default_boxes(), 0.5, (0.1, 0.2))
+
+
+def reference_match(coder, gt):
+    """The reference's sequential loop over ground truths, written out literally."""
+    best = np.zeros(coder.num_anchors, np.float32)
+    assigned = np.full(coder.num_anchors, -1)
+    for g, box in enumerate(gt):
+        iou = iou_matrix(box[None, :4], coder.anchors_yxyx)[0]
+        iou[np.argmax(iou)] = 2.0
+        take = (iou > 0.5) & (iou > best)
+        best[take] = iou[take]
+        assigned[take] = g
+    return assigned
+
+
+def test_single_box(coder):
+    loc, label, num = coder.encode_targets([[0.2, 0.3, 0.6, 0.8, 5]])
+    matched, iou = coder.match(np.array([[0.2, 0.3, 0.6, 0.8]]))
+    assert num.tolist() == [50] and (label > 0).sum() == 50 and set(label[label > 0]) == {5}
+    assert iou_matrix(np.array([[0.2, 0.3, 0.6, 0.8]]), coder.anchors_yxyx)[0].argmax() == 8152
+    np.testing.assert_allclose(coder.anchors_cyxhw[8152], (0.35, 0.55, 0.5, 0.5), atol=1e-6)
+    np.testing.assert_allclose(loc[8152], (1.0, 0.0, -1.115717, 0.0), atol=1e-5)
+    assert loc.dtype == np.float32 and label.dtype == np.int32 and num.dtype == np.int32
+
+
+def test_corner_box(coder):
+    loc, label, num = coder.encode_targets([[0, 0, 0.2, 0.2, 1]])
+    raw = iou_matrix(np.array([[0, 0, 0.2, 0.2]]), coder.anchors_yxyx)[0]
+    assert raw.argmax() == 624 and raw[624] == pytest.approx(0.905896, abs=1e-5)
+    assert num.tolist() == [64]
+    np.testing.assert_allclose(loc[624], (-0.25, -0.25, 0, 0), atol=1e-5)
+
+
+def test_two_boxes_forced_match(coder):
+    gt = np.array([[0.1, 0.1, 0.9, 0.9, 3], [0.4, 0.45, 0.5, 0.55, 7]], np.float32)
+    loc, label, num = coder.encode_targets(gt)
+    assert num.tolist() == [21]
+    assert (label == 3).sum() == 20 and (label == 7).sum() == 1 and label[2660] == 7
+    raw = iou_matrix(gt[1:, :4], coder.anchors_yxyx)[0]
+    assert raw.argmax() == 2660 and raw[2660] == pytest.approx(0.25, abs=1e-5)
+    np.testing.assert_allclose(loc[2660], (2.083333, 2.25, -3.465736, -3.465736), atol=1e-5)
+    assert label[8708] == 3
+    np.testing.assert_allclose(loc[8708], 0, atol=1e-5)
+
+
+def test_zero_boxes_is_all_background(coder):
+    loc, label, num = coder.encode_targets(np.zeros((0, 5), np.float32))
+    assert num.tolist() == [0] and not label.any() and not loc.any()
+    assert loc.shape == (8732, 4) and label.shape == (8732,)
+
+
+def test_vectorised_match_equals_reference_loop(coder):
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = rng.integers(1, 12)
+        yx = rng.uniform(0, 0.8, (n, 2))
+        hw = rng.uniform(0.02, 0.5, (n, 2))
+        gt = np.concatenate([yx, np.minimum(yx + hw, 1)], axis=1).astype(np.float32)
+        if rng.uniform() < 0.3:
+            gt[-1] = gt[0]
+        matched, _ = coder.match(gt)
+        np.testing.assert_array_equal(matched, reference_match(coder, gt))
+
+
+def test_decode_zero_offsets_gives_clipped_anchors(coder):
+    np.testing.assert_array_equal(coder.decode(np.zeros((8732, 4))),
+                                  np.clip(coder.anchors_yxyx, 0, 1))
+
+
+def test_decode_inverts_encode(coder):
+    rng = np.random.default_rng(1)
+    yx = rng.uniform(0.05, 0.5, (8732, 2))
+    boxes = np.concatenate([yx, yx + rng.uniform(0.05, 0.45, (8732, 2))], 1).astype(np.float32)
+    np.testing.assert_allclose(coder.decode(coder.encode(boxes)), boxes, atol=2e-6)

@@ -1,0 +1,100 @@
+"""Config: reference defaults, YAML + command-line precedence, the seed's flags, clear errors."""
+import pytest
+
+from src.config import (COCO_CLASSES, Config, ConfigError, config_from_values, load_config,
+                        load_yaml, parse_config)
+from tests.conftest import ROOT, run_script
+
+
+def test_defaults_are_the_reference_values():
+    c = Config()
+    assert c.num_classes == 81 and len(c.classes) == 81 and c.classes[0] == "background"
+    assert c.classes[1] == "person" and c.classes[80] == "toothbrush"
+    assert c.img_shape == (300, 300) and c.num_ssd_boxes == 8732
+    assert (c.match_threshold, c.nms_threshold, c.min_score, c.max_boxes) == (0.5, 0.6, 0.1, 100)
+    assert (c.lr_init, c.lr_end_rate, c.warmup_epochs) == (0.001, 0.001, 2.0)
+    assert (c.weight_decay, c.momentum, c.loss_scale) == (4e-5, 0.9, 1024.0)
+    assert c.num_default == (4, 6, 6, 6, 4, 4)
+    assert c.extras_out_channels == (256, 512, 512, 256, 256, 256)
+    assert c.feature_size == (38, 19, 10, 5, 3, 1) and c.steps == (7, 15, 30, 60, 100, 300)
+    assert c.aspect_ratios == ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+    assert (c.min_scale, c.max_scale, c.prior_scaling) == (0.2, 0.95, (0.1, 0.2))
+    assert (c.gamma, c.alpha) == (2.0, 0.75)
+    assert (c.epoch_size, c.batch_size, c.save_checkpoint_epochs) == (500, 32, 10)
+    assert "/home/" not in str(c.to_dict())
+
+
+def test_shipped_yaml_matches_defaults_except_documented_lr():
+    c = load_config(f"{ROOT}/configs/ssd_resnet34.yaml")
+    assert c.replace(lr=Config().lr, config="") == Config()
+    assert c.lr == 0.075
+
+
+def test_yaml_then_command_line_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 4\nlr: 0.01\nsteps: [8, 16, 32, 64, 100, 300]\n")
+    c = parse_config(["--config", str(path), "--lr", "0.2"])
+    assert c.batch_size == 4 and c.lr == 0.2 and c.steps == (8, 16, 32, 64, 100, 300)
+
+
+def test_seed_flags_keep_their_meaning():
+    c = parse_config(["--data_url", "/data/coco", "--train_url", "/out", "--mindrecord_url",
+                      "/mr", "--device_target", "cpu", "--epoch_size", "3", "--batch_size", "2",
+                      "--pre_trained", "a.ckpt", "--pre_trained_epoch_size", "1",
+                      "--save_checkpoint_epochs", "1", "--loss_scale", "512",
+                      "--filter_weight", "True", "--only_create_dataset", "--dataset", "coco"])
+    assert c.coco_root == "/data/coco" and c.output_dir == "/out" and c.mindrecord_dir == "/mr"
+    assert c.run_platform == "CPU" and c.epoch_size == 3 and c.batch_size == 2
+    assert c.pre_trained == "a.ckpt" and c.pre_trained_epoch_size == 1
+    assert c.save_checkpoint_epochs == 1 and c.loss_scale == 512.0
+    assert c.filter_weight is True and c.only_create_dataset is True
+    assert parse_config(["--mindrecord", "/m2"]).mindrecord_dir == "/m2"
+    assert parse_config(["--run_platform", "Ascend"]).run_platform == "Ascend"
+    assert parse_config(["--filter_weight", "false"]).filter_weight is False
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--batch_size", "0"], "batch_size"),
+    (["--batch_size", "two"], "expected an integer"),
+    (["--run_platform", "TPU"], "run_platform"),
+    (["--filter_weight", "maybe"], "true or false"),
+    (["--num_default", "4,6,6,6,4"], "num_default"),
+    (["--no_such_flag", "1"], "unrecognized"),
+])
+def test_bad_values_are_refused_with_the_flag_named(argv, words, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_config(argv)
+    assert stop.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_yaml_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("batch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*batch_sise"):
+        load_yaml(str(path))
+    path.write_text("extras_ratios: [0.2]\n")
+    with pytest.raises(ConfigError, match="not used here"):
+        load_yaml(str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(str(tmp_path / "missing.yaml"))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = config_from_values({"batch_size": "4", "aspect_ratios": "[[2], [2, 3], [2, 3], [2, 3], "
+                                                               "[2], [3]]"})
+    path = tmp_path / "run" / "config.yaml"
+    c.save(str(path))
+    assert load_config(str(path)).replace(config="") == c
+
+
+def test_class_list_must_match_num_classes_for_named_classes():
+    with pytest.raises(ConfigError, match="classes"):
+        Config(dataset="voc", num_classes=4).validate()
+    assert Config(num_classes=4).validate().classes == COCO_CLASSES
+
+
+def test_cli_rejects_bad_flag_value_with_clear_message():
+    result = run_script(["train.py", "--batch_size", "-3"], timeout=120)
+    assert result.returncode == 2
+    assert "batch_size" in result.stderr and "out of range" in result.stderr

@@ -1,0 +1,82 @@
+"""The one post-processing path: thresholds, class-aware greedy NMS, caps, COCO records."""
+import numpy as np
+import pytest
+
+from src.detections import PostProcessor, batched_nms
+
+
+def reference_nms(boxes, scores, threshold, max_boxes):
+    """The reference's per-class greedy NMS with "+1" pixel areas, written out."""
+    y1, x1, y2, x2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        if len(keep) >= max_boxes:
+            break
+        w = np.maximum(0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        overlap = w * h / (areas[i] + areas[order[1:]] - w * h)
+        order = order[np.nonzero(overlap <= threshold)[0] + 1]
+    return keep
+
+
+def test_hand_checked_image():
+    """Three anchors, two classes: known boxes and scores in, known detections out."""
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5],      # A
+                      [0.0, 0.0, 0.5, 0.45],     # B: IoU with A 0.9 -> suppressed in class 1
+                      [0.5, 0.5, 1.0, 1.0]], np.float32)
+    scores = np.array([[0.0, 0.9, 0.05],
+                       [0.0, 0.8, 0.3],
+                       [0.9, 0.2, 0.1]], np.float32)  # column 0 (background) never counts
+    post = PostProcessor(category_ids=[0, 7, 9], min_score=0.1, nms_threshold=0.6,
+                         max_per_class=100, plus_one=True)
+    records = post.process_batch([42], boxes[None], scores[None], [[200.0, 100.0]])
+    assert [(r["category_id"], r["score"]) for r in records] == [(7, 0.9), (9, 0.3), (7, 0.2)]
+    assert records[0]["bbox"] == [0.0, 0.0, 50.0, 100.0]
+    assert records[1]["bbox"] == [0.0, 0.0, 45.0, 100.0]
+    assert records[2]["bbox"] == [50.0, 100.0, 50.0, 100.0]
+    assert all(r["image_id"] == 42 for r in records)
+
+
+def test_equals_reference_per_class_greedy():
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        n, classes = int(rng.integers(1, 2000)), int(rng.integers(1, 8))
+        yx = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([yx, yx + rng.uniform(1, 150, (n, 2))], 1)
+        scores = rng.uniform(0, 1, n)
+        labels = rng.integers(1, classes + 1, n)
+        cap = int(rng.integers(1, 120))
+        kept = batched_nms(boxes, scores, labels, 0.6, cap, plus_one=True)
+        expected = []
+        for c in np.unique(labels):
+            index = np.nonzero(labels == c)[0]
+            expected += list(index[reference_nms(boxes[index], scores[index], 0.6, cap)])
+        assert sorted(kept.tolist()) == sorted(expected), trial
+        assert np.all(np.diff(scores[kept]) <= 0)
+
+
+def test_caps_and_thresholds():
+    anchors = 50
+    rng = np.random.default_rng(2)
+    yx = rng.uniform(0, 0.9, (anchors, 2))
+    boxes = np.concatenate([yx, yx + 0.01], 1).astype(np.float32)   # tiny, never overlapping much
+    scores = np.zeros((anchors, 3), np.float32)
+    scores[:, 1] = np.linspace(0.11, 0.9, anchors)
+    scores[:, 2] = 0.1                                                  # not strictly above 0.1
+    post = PostProcessor([0, 1, 2], min_score=0.1, nms_threshold=0.6, max_per_class=7)
+    found, found_scores, classes = post.detect(boxes, scores, (1000, 1000))
+    assert len(found) == 7 and set(classes) == {1}
+    assert found_scores[0] == pytest.approx(0.9)
+    post = PostProcessor([0, 1, 2], min_score=0.05, max_per_class=100, max_per_image=10)
+    assert len(post.detect(boxes, scores, (1000, 1000))[0]) == 10
+
+
+def test_nothing_above_threshold():
+    post = PostProcessor([0, 1])
+    records = post.process_batch([1], np.zeros((1, 8, 4), np.float32),
+                                 np.full((1, 8, 2), 0.05, np.float32), [[10, 10]])
+    assert records == []
