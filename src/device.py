@@ -65,3 +65,16 @@ def init_device(platform, device_id=0, seed=1):
     ms.set_seed(int(seed))
     np.random.seed(int(seed))
     return platform
+
+
+def start_run(config, default_output_dir):
+    """Device set-up plus the run's output folder with its resolved ``config.yaml``.
+
+    Returns (output folder, platform in use).
+    """
+    output_dir = config.output_dir or default_output_dir
+    platform = init_device(config.run_platform, config.device_id, config.seed)
+    os.makedirs(output_dir, exist_ok=True)
+    config.replace(output_dir=output_dir, run_platform=platform).save(
+        os.path.join(output_dir, "config.yaml"))
+    return output_dir, platform

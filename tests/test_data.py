@@ -1,7 +1,6 @@
 """COCO reading, MindRecord sets (round trip, reuse, interrupted writes), transforms, pipelines."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

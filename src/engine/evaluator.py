@@ -10,7 +10,7 @@ from src.anchors import default_boxes_from_config
 from src.data.pipeline import create_eval_dataset
 from src.data.sources import prepare_split
 from src.detections import PostProcessor
-from src.device import init_device
+from src.device import start_run
 from src.engine.checkpoint import load_weights
 from src.engine.progress import Progress
 from src.metrics import coco_evaluate, stats_dict
@@ -58,11 +58,7 @@ def evaluate(config):
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
-    output_dir = config.output_dir or DEFAULT_OUTPUT_DIR
-    platform = init_device(config.run_platform, config.device_id, config.seed)
-    os.makedirs(output_dir, exist_ok=True)
-    config.replace(output_dir=output_dir, run_platform=platform).save(
-        os.path.join(output_dir, "config.yaml"))
+    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
     source, files = prepare_split(config, "eval", output_dir)
     net = build_inference_network(config, config.checkpoint_path)
     dataset = create_eval_dataset(files, config.eval_batch_size, config.img_shape,

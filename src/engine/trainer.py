@@ -12,7 +12,7 @@ from src.box_coder import BoxCoder
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import prepare_split
-from src.device import ONEDNN_ISA_VARIABLE, init_device
+from src.device import ONEDNN_ISA_VARIABLE, start_run
 from src.engine.checkpoint import (checkpoint_name, load_weights, prune_checkpoints,
                                    save_checkpoint)
 from src.engine.progress import Progress, format_duration
@@ -75,11 +75,7 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
 
 def train(config):
     """Train as configured; returns a summary dict (paths, losses, time)."""
-    output_dir = config.output_dir or DEFAULT_OUTPUT_DIR
-    platform = init_device(config.run_platform, config.device_id, config.seed)
-    os.makedirs(output_dir, exist_ok=True)
-    config.replace(output_dir=output_dir, run_platform=platform).save(
-        os.path.join(output_dir, "config.yaml"))
+    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
     source, files = prepare_split(config, "train", output_dir)
     if config.only_create_dataset:
         print(f"MindRecord set ready: {os.path.dirname(files[0])}")
