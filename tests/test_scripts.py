@@ -1,0 +1,49 @@
+"""The reference's shell wrappers: argument checks with clear messages, foreground exit status."""
+import os
+import subprocess
+
+from tests.conftest import ROOT
+
+
+def bash(*args, env=None):
+    return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_train_script_checks_its_arguments(tmp_path):
+    result = bash("scripts/run_standalone_train.sh", "0", "coco")
+    assert result.returncode == 2 and "Usage" in result.stderr
+    result = bash("scripts/run_standalone_train.sh", "0", "coco", str(tmp_path / "nope"),
+                  str(tmp_path / "mr"), str(tmp_path / "out"))
+    assert result.returncode == 2 and "DATASET_PATH" in result.stderr and "nope" in result.stderr
+    result = bash("scripts/run_standalone_train.sh", "x", "coco", str(tmp_path), str(tmp_path),
+                  str(tmp_path))
+    assert result.returncode == 2 and "DEVICE_ID" in result.stderr
+    result = bash("scripts/run_standalone_train.sh", "0", "pascal", str(tmp_path), str(tmp_path),
+                  str(tmp_path))
+    assert result.returncode == 2 and "DATASET" in result.stderr
+    result = bash("scripts/run_standalone_train.sh", "0", "coco", str(tmp_path), str(tmp_path),
+                  str(tmp_path), str(tmp_path / "missing.ckpt"))
+    assert result.returncode == 2 and "PRE_TRAINED_PATH" in result.stderr
+
+
+def test_train_script_runs_in_the_foreground_and_reports_status(demo_root, tmp_path):
+    mindrecord, out = tmp_path / "mr", tmp_path / "out"
+    result = bash("scripts/run_standalone_train.sh", "0", "coco", demo_root, str(mindrecord),
+                  str(out), "--", "--num_classes", "4", "--only_create_dataset",
+                  "--run_platform", "CPU")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (mindrecord / "ssd.mindrecord.manifest.json").exists()
+    assert "MindRecord set ready" in (out / "train.log").read_text()
+    result = bash("scripts/run_standalone_train.sh", "0", "coco", demo_root, str(mindrecord),
+                  str(out), "--", "--run_platform", "CPU")
+    assert result.returncode == 1
+    assert "FAILED" in result.stderr and "num_classes" in (out / "train.log").read_text()
+
+
+def test_eval_script_checks_its_arguments(tmp_path):
+    result = bash("scripts/run_eval.sh", "0", "coco", str(tmp_path), str(tmp_path / "x.ckpt"),
+                  str(tmp_path))
+    assert result.returncode == 2 and "CHECKPOINT_PATH" in result.stderr
+    result = bash("scripts/run_eval.sh", "0")
+    assert result.returncode == 2 and "Usage" in result.stderr
