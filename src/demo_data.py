@@ -52,6 +52,9 @@ DEFAULT_OPTIONS = {
 }
 
 MIN_SHAPE_SIZE = 24
+# Shapes are at least this fraction of the shorter image side: SSD300's default boxes start at
+# scale 0.2, and much smaller objects seldom reach IoU 0.5 with any of them.
+MIN_SHAPE_FRACTION = 0.1
 MAX_SHAPE_FRACTION = 0.6
 MAX_BOX_IOU = 0.3
 MIN_VISIBLE_FRACTION = 0.6
@@ -119,9 +122,12 @@ def make_background(rng, width, height):
 
 
 def sample_shape_size(rng, width, height):
-    """Nominal longest side of a shape, log-uniform in ``[24, 0.6 * min(width, height)]``."""
-    upper = max(MIN_SHAPE_SIZE, MAX_SHAPE_FRACTION * min(width, height))
-    return float(np.exp(rng.uniform(np.log(MIN_SHAPE_SIZE), np.log(upper))))
+    """Nominal longest side of a shape, log-uniform in ``[0.1, 0.6] * min(width, height)``
+    (at least 24 pixels)."""
+    side = min(width, height)
+    lower = max(MIN_SHAPE_SIZE, MIN_SHAPE_FRACTION * side)
+    upper = max(lower, MAX_SHAPE_FRACTION * side)
+    return float(np.exp(rng.uniform(np.log(lower), np.log(upper))))
 
 
 def ellipse_outline(rng, size):
