@@ -5,7 +5,7 @@ Box conventions of the whole project (the reference's):
 * coordinates are normalised to [0, 1] by the image height and width, and **y-first**;
 * corner form ``(ymin, xmin, ymax, xmax)``; centre form ``(cy, cx, h, w)``;
 * ground-truth rows carry the class index last: ``(ymin, xmin, ymax, xmax, label)`` with labels
-  1..num_classes-1 (0 is background);
+  1..num_classes-1 (0 is background; a negative label marks an ignore region);
 * COCO's pixel ``[x, y, w, h]`` appears only when results are written as json
   (``src.detections``).
 
@@ -89,19 +89,27 @@ class BoxCoder:
         """Training targets of one image.
 
         Args:
-            gt: (N, 5) rows ``(ymin, xmin, ymax, xmax, label)``, normalised; N may be 0.
+            gt: (N, 5) rows ``(ymin, xmin, ymax, xmax, label)``, normalised; N may be 0. Rows
+                with a negative label are ignore regions (COCO crowd, VOC difficult): they are
+                not matched, and default boxes that would have matched one (IoU above the
+                threshold) and match nothing else get label -1, which the loss skips.
 
         Returns:
-            loc (A, 4) float32 offsets (zeros where unmatched), label (A,) int32 (0 = background),
-            num_match (1,) int32.
+            loc (A, 4) float32 offsets (zeros where unmatched), label (A,) int32 (0 =
+            background, -1 = ignored), num_match (1,) int32.
         """
         gt = np.asarray(gt, np.float32).reshape(-1, 5)
-        matched, _ = self.match(gt[:, :4])
+        ignore = gt[:, 4] < 0
+        targets = gt[~ignore]
+        matched, _ = self.match(targets[:, :4])
         positive = matched >= 0
         label = np.zeros(self.num_anchors, np.int32)
-        label[positive] = gt[matched[positive], 4].astype(np.int32)
+        label[positive] = targets[matched[positive], 4].astype(np.int32)
+        if ignore.any():
+            overlap = iou_matrix(gt[ignore, :4], self.anchors_yxyx).max(axis=0)
+            label[~positive & (overlap > self.match_threshold)] = -1
         assigned = np.zeros((self.num_anchors, 4), np.float32)
-        assigned[positive] = gt[matched[positive], :4]
+        assigned[positive] = targets[matched[positive], :4]
         loc = np.where(positive[:, None], self.encode(assigned), np.float32(0))
         return loc, label, np.array([positive.sum()], np.int32)
 

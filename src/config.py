@@ -14,24 +14,13 @@ from typing import Optional
 
 import yaml
 
-COCO_CLASSES = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
-    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush")
-
 # Keys of the reference's config that had no effect there (spec section 13, defect 4).
 RETIRED_KEYS = {
     "global_step": "the step is stored in every checkpoint and restored from it",
     "extras_in_channels": "the extra blocks' inputs follow from extras_out_channels",
     "extras_ratios": "it was never read by the reference model",
     "feature_extractor_base_param": "pass a backbone checkpoint with --pre_trained",
+    "voc_json": "evaluation writes the ground truth it scores against next to its results",
 }
 
 
@@ -69,8 +58,8 @@ class Config:
     img_shape: tuple = _key((300, 300), "network input (height, width)", section="model")
     num_classes: int = _key(81, "classes including background", check=lambda v: v >= 2,
                             section="model")
-    classes: tuple = _key(COCO_CLASSES, "class names, 'background' first (VOC/TXT data)",
-                          section="model")
+    classes: tuple = _key((), "class names, 'background' first; empty: from the data (COCO "
+                              "categories, VOC object names, class_1.. for TXT)", section="model")
     num_default: tuple = _key((4, 6, 6, 6, 4, 4), "default boxes per cell, per feature map",
                               section="model")
     extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
@@ -144,26 +133,39 @@ class Config:
     keep_checkpoint_max: int = _key(20, "newest checkpoints kept", check=_positive,
                                     section="train")
     # --- data (spec 7)
-    dataset: str = _key("coco", "dataset format", choices=("coco", "voc", "other"),
-                        section="data")
+    dataset: str = _key("coco", "dataset format: coco, voc, or other (the TXT format)",
+                        choices=("coco", "voc", "other"), section="data")
     coco_root: str = _key("", "COCO root (annotations/, train2017/, val2017/); --data_url sets it",
                           section="data")
     voc_root: str = _key("", "Pascal VOC root; --data_url sets it for --dataset voc",
                          section="data")
-    image_dir: str = _key("", "image folder of the TXT ('other') format", section="data")
+    image_dir: str = _key("", "image folder of the TXT ('other') format; --data_url sets it",
+                          section="data")
     anno_path: str = _key("", "annotation file of the TXT ('other') format", section="data")
+    val_anno_path: str = _key("", "TXT annotation file for evaluation (default: --anno_path)",
+                              section="data")
     train_data_type: str = _key("train2017", "COCO training split", section="data")
     val_data_type: str = _key("val2017", "COCO validation split", section="data")
     instances_set: str = _key("annotations/instances_{}.json", "COCO annotation file pattern",
                               section="data")
-    voc_json: str = _key("annotations/voc_instances_val.json",
-                         "ground-truth json written for VOC evaluation", section="data")
+    voc_train_set: str = _key("train", "VOC training split (ImageSets/Main/<name>.txt)",
+                              section="data")
+    voc_val_set: str = _key("val", "VOC evaluation split (ImageSets/Main/<name>.txt)",
+                            section="data")
     mindrecord_dir: str = _key("", "where MindRecord files are written "
                                    "(default: <output_dir>/mindrecord)",
                                flags=("--mindrecord_url", "--mindrecord"), section="data")
     mindrecord_shards: int = _key(8, "MindRecord shard files per set", check=_positive,
                                   section="data")
     only_create_dataset: bool = _key(False, "convert to MindRecord, then exit", section="data")
+    check_dataset: bool = _key(False, "check the data, print the report, then exit",
+                               section="data")
+    check_images: bool = _key(True, "decode every image when checking (false: read only its "
+                                    "size)", section="data")
+    skip_bad_samples: bool = _key(False, "leave out images with errors (missing, undecodable, "
+                                         "bad annotation) instead of stopping", section="data")
+    skip_empty_images: bool = _key(False, "leave out images without boxes (kept as negatives "
+                                          "by default)", section="data")
     num_parallel_workers: int = _key(2, "data-pipeline worker threads/processes",
                                      check=_positive, section="data")
     eval_batch_size: int = _key(8, "images per inference batch in evaluation", check=_positive,
@@ -205,7 +207,7 @@ class Config:
                               f"({self.max_scale})")
         if len(self.img_shape) != 2 or len(self.prior_scaling) != 2:
             raise ConfigError("img_shape and prior_scaling take two values each")
-        if self.dataset != "coco" and len(self.classes) != self.num_classes:
+        if self.classes and len(self.classes) != self.num_classes:
             raise ConfigError(f"classes lists {len(self.classes)} names but num_classes is "
                               f"{self.num_classes} (background included)")
         return self

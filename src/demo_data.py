@@ -49,6 +49,7 @@ DEFAULT_OPTIONS = {
     "max_objects": 6,
     "empty_fraction": 0.05,
     "quality": 90,
+    "image_size": None,
 }
 
 MIN_SHAPE_SIZE = 24
@@ -289,14 +290,19 @@ def place_shape(rng, canvas, objects):
 
 def render_sample(seed, split_index, image_index, min_size=DEFAULT_OPTIONS["min_size"],
                   max_size=DEFAULT_OPTIONS["max_size"], max_objects=DEFAULT_OPTIONS["max_objects"],
-                  empty_fraction=0.0):
+                  empty_fraction=0.0, image_size=None):
     """Render image ``image_index`` of split ``split_index`` (0 train, 1 val) for ``seed``.
+
+    ``image_size`` (width, height) fixes the size; otherwise each side is drawn from
+    ``[min_size, max_size]``.
 
     The image has no shapes with probability ``empty_fraction``, otherwise 1..``max_objects``
     (at least one is always placed on an empty image).
     """
     rng = np.random.default_rng([seed, split_index, image_index])
     width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    if image_size:
+        width, height = (int(v) for v in image_size)
     background = make_background(rng, width, height)
     canvas = background.copy()
     objects = []
@@ -373,7 +379,7 @@ def write_split(out_dir, split_index, first_image_id, count, seed, options):
     for index in range(count):
         image_id = first_image_id + index
         sample = render_sample(seed, split_index, index, options["min_size"], options["max_size"],
-                               options["max_objects"], empty_fraction)
+                               options["max_objects"], empty_fraction, options["image_size"])
         name = image_file_name(image_id)
         with open(os.path.join(image_dir, name), "wb") as f:
             f.write(encode_jpeg(sample.image, options["quality"]))
@@ -400,6 +406,9 @@ def validate(num_train, num_val, seed, options):
         (0.0 <= options["empty_fraction"] <= 1.0,
          f"empty_fraction must be in [0, 1], got {options['empty_fraction']}"),
         (1 <= options["quality"] <= 100, f"quality must be in [1, 100], got {options['quality']}"),
+        (options["image_size"] is None or (len(options["image_size"]) == 2 and all(
+            64 <= int(v) <= 4096 for v in options["image_size"])),
+         f"image_size must be (width, height) within 64..4096, got {options['image_size']}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -410,7 +419,8 @@ def generate(out_dir, num_train, num_val, seed, **options):
     """Write the data set under ``out_dir`` and return a summary dict.
 
     ``options``: ``min_size``/``max_size`` (image side range in pixels), ``max_objects``,
-    ``empty_fraction`` (train only), ``quality`` (JPEG). An existing data set in ``out_dir`` is
+    ``empty_fraction`` (train only), ``quality`` (JPEG), ``image_size`` ((width, height) for
+    every image instead of random sides). An existing data set in ``out_dir`` is
     replaced: old annotation files are removed first, images are rewritten, stale images deleted,
     and the JSON files are written last, atomically.
     """

@@ -4,7 +4,8 @@ For logits L (B, A, C), offsets P (B, A, 4), targets T (B, A, 4), labels y (B, A
 counts n (B, 1):
 
 * classification: sigmoid focal loss on all C columns, background included, target one-hot(y):
-  ``(1 - p_t)^gamma * (t alpha + (1 - t)(1 - alpha)) * BCE(logit, t)``, summed;
+  ``(1 - p_t)^gamma * (t alpha + (1 - t)(1 - alpha)) * BCE(logit, t)``, summed over anchors
+  with y >= 0 (y = -1 marks anchors on ignore regions such as COCO crowds);
 * localisation: smooth-L1 (beta 1) of P - T on positive anchors (y > 0), summed;
 * both divided by N = sum(n) over the per-device batch, with N < 1 taken as 1 (a batch without
   positives still trains the classifier instead of dividing by zero).
@@ -45,9 +46,11 @@ class SSDWithLossCell(nn.Cell):
         positive = ops.cast(gt_label > 0, ms.float32)
         num_positive = ops.maximum(ops.reduce_sum(ops.cast(num_match, ms.float32)), 1.0)
         loc = ops.reduce_sum(smooth_l1(pred_loc - gt_loc) * ops.expand_dims(positive, -1))
-        targets = ops.one_hot(gt_label, pred_cls.shape[-1], ops.ones((), ms.float32),
-                              ops.zeros((), ms.float32))
-        cls = ops.reduce_sum(sigmoid_focal_loss(pred_cls, targets, self.gamma, self.alpha))
+        valid = ops.cast(gt_label >= 0, ms.float32)
+        targets = ops.one_hot(ops.maximum(gt_label, 0), pred_cls.shape[-1],
+                              ops.ones((), ms.float32), ops.zeros((), ms.float32))
+        focal = sigmoid_focal_loss(pred_cls, targets, self.gamma, self.alpha)
+        cls = ops.reduce_sum(focal * ops.expand_dims(valid, -1))
         cls_loss = cls / num_positive
         loc_loss = loc / num_positive
         return cls_loss + loc_loss, cls_loss, loc_loss

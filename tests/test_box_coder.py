@@ -83,3 +83,14 @@ def test_decode_inverts_encode(coder):
     yx = rng.uniform(0.05, 0.5, (8732, 2))
     boxes = np.concatenate([yx, yx + rng.uniform(0.05, 0.45, (8732, 2))], 1).astype(np.float32)
     np.testing.assert_allclose(coder.decode(coder.encode(boxes)), boxes, atol=2e-6)
+
+
+def test_ignore_regions_mark_anchors_minus_one(coder):
+    gt = np.array([[0.1, 0.1, 0.5, 0.5, 2], [0.5, 0.5, 0.9, 0.9, -4]], np.float32)
+    loc, label, num = coder.encode_targets(gt)
+    alone_loc, alone_label, alone_num = coder.encode_targets(gt[:1])
+    assert num[0] == alone_num[0] and np.array_equal(label > 0, alone_label > 0)
+    np.testing.assert_array_equal(loc, alone_loc)
+    ignored = label == -1
+    overlap = iou_matrix(gt[1:, :4], coder.anchors_yxyx)[0]
+    assert ignored.sum() > 0 and np.array_equal(ignored, (overlap > 0.5) & (label <= 0))

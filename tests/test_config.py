@@ -1,15 +1,14 @@
 """Config: reference defaults, YAML + command-line precedence, the seed's flags, clear errors."""
 import pytest
 
-from src.config import (COCO_CLASSES, Config, ConfigError, config_from_values, load_config,
-                        load_yaml, parse_config)
+from src.config import Config, ConfigError, config_from_values, load_config, load_yaml, \
+    parse_config
 from tests.conftest import ROOT, run_script
 
 
 def test_defaults_are_the_reference_values():
     c = Config()
-    assert c.num_classes == 81 and len(c.classes) == 81 and c.classes[0] == "background"
-    assert c.classes[1] == "person" and c.classes[80] == "toothbrush"
+    assert c.num_classes == 81 and c.classes == ()
     assert c.img_shape == (300, 300) and c.num_ssd_boxes == 8732
     assert (c.match_threshold, c.nms_threshold, c.min_score, c.max_boxes) == (0.5, 0.6, 0.1, 100)
     assert (c.lr_init, c.lr_end_rate, c.warmup_epochs) == (0.001, 0.001, 2.0)
@@ -88,10 +87,15 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(str(path)).replace(config="") == c
 
 
-def test_class_list_must_match_num_classes_for_named_classes():
-    with pytest.raises(ConfigError, match="classes"):
-        Config(dataset="voc", num_classes=4).validate()
-    assert Config(num_classes=4).validate().classes == COCO_CLASSES
+def test_class_list_must_match_num_classes():
+    with pytest.raises(ConfigError, match="classes lists 2 names but num_classes is 4"):
+        Config(classes=("background", "a"), num_classes=4).validate()
+    assert Config(num_classes=2, classes=("background", "a")).validate().num_classes == 2
+
+
+def test_data_url_sets_the_root_of_the_chosen_format():
+    assert parse_config(["--dataset", "voc", "--data_url", "/v"]).voc_root == "/v"
+    assert parse_config(["--dataset", "other", "--data_url", "/i"]).image_dir == "/i"
 
 
 def test_cli_rejects_bad_flag_value_with_clear_message():

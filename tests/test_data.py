@@ -7,9 +7,11 @@ import pytest
 
 from src.anchors import generate_default_boxes
 from src.box_coder import BoxCoder
+from src.config import Config
 from src.data.coco import read_coco
-from src.data.mindrecord import ensure_set, existing_set, describe_source, manifest_path
+from src.data.mindrecord import current_set, manifest_path, write_set
 from src.data.records import DatasetError, annotation_rows
+from src.data.sources import prepare_split
 from src.data.transforms import TrainTransform, flip_boxes, random_sample_crop
 
 
@@ -18,44 +20,12 @@ def test_coco_reader_maps_categories_and_keeps_float_boxes(demo_root):
     data = json.load(open(os.path.join(demo_root, "annotations", "instances_train2017.json")))
     assert source.class_names == ("background", "circle", "square", "triangle")
     assert source.category_ids == (0, 1, 2, 3)
-    assert len(source.records) == len(data["images"])
+    assert len(source.records) == len(data["images"]) and not source.problems
     first = data["annotations"][0]
     record = next(r for r in source.records if r.img_id == first["image_id"])
     x, y, w, h = first["bbox"]
     assert [y, x, y + h, x + w] in record.boxes.tolist()
     assert record.boxes.dtype == np.float32
-
-
-def test_coco_reader_maps_sparse_category_ids(tmp_path):
-    os.makedirs(tmp_path / "annotations")
-    os.makedirs(tmp_path / "val2017")
-    (tmp_path / "val2017" / "a.jpg").write_bytes(b"x")
-    data = {"images": [{"id": 5, "file_name": "a.jpg", "height": 10, "width": 20}],
-            "annotations": [{"id": 1, "image_id": 5, "category_id": 90, "bbox": [1, 2, 3, 4],
-                             "iscrowd": 0},
-                            {"id": 2, "image_id": 5, "category_id": 1, "bbox": [0, 0, 5, 5],
-                             "iscrowd": 1},
-                            {"id": 3, "image_id": 5, "category_id": 1, "bbox": [25, 0, 5, 5],
-                             "iscrowd": 0}],
-            "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}]}
-    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
-    source = read_coco(str(tmp_path), "val2017")
-    assert source.class_names == ("background", "person", "toothbrush")
-    assert source.category_ids == (0, 1, 90)
-    assert source.records[0].labels.tolist() == [2]
-    np.testing.assert_allclose(source.records[0].boxes, [[2, 1, 6, 4]])
-    assert source.stats["crowd_boxes"] == 1 and source.stats["degenerate_boxes"] == 1
-
-
-def test_coco_reader_errors_name_the_file(tmp_path):
-    with pytest.raises(DatasetError, match="instances_train2017.json"):
-        read_coco(str(tmp_path), "train2017")
-    os.makedirs(tmp_path / "annotations")
-    (tmp_path / "annotations" / "instances_train2017.json").write_text(
-        json.dumps({"images": [{"id": 1, "file_name": "gone.jpg", "height": 5, "width": 5}],
-                    "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
-    with pytest.raises(DatasetError, match="gone.jpg"):
-        read_coco(str(tmp_path), "train2017")
 
 
 def read_back(files):
@@ -65,41 +35,65 @@ def read_back(files):
     return {int(r["img_id"][0]): r for r in rows}
 
 
+def demo_config(demo_root, directory, **changes):
+    values = {"coco_root": demo_root, "num_classes": 4, "mindrecord_dir": str(directory),
+              "mindrecord_shards": 3, **changes}
+    return Config(**values)
+
+
 def test_mindrecord_round_trip_and_reuse(demo_root, tmp_path, graph_cpu):
+    config = demo_config(demo_root, tmp_path)
+    prepared = prepare_split(config, "train", str(tmp_path), progress=False, log=lambda m: None)
+    assert len(prepared.files) == 3 and all(os.path.exists(f) for f in prepared.files)
+    assert prepared.check["images"] == 12 and prepared.check["errors"] == 0
+    rows = read_back(prepared.files)
     source = read_coco(demo_root, "train2017")
-    files = ensure_set(source, str(tmp_path), "ssd.mindrecord", 3, progress=False)
-    assert len(files) == 3 and all(os.path.exists(f) for f in files)
-    rows = read_back(files)
     assert sorted(rows) == sorted(r.img_id for r in source.records)
     for record in source.records:
         row = rows[record.img_id]
         assert row["image"].tobytes() == open(record.path, "rb").read()
         np.testing.assert_array_equal(annotation_rows(row["annotation"]), record.annotation())
-    stamp = os.path.getmtime(files[0])
+    stamp = os.path.getmtime(prepared.files[0])
     messages = []
-    assert ensure_set(source, str(tmp_path), "ssd.mindrecord", 3, progress=False,
-                      log=messages.append) == files
-    assert "Reusing" in messages[0] and os.path.getmtime(files[0]) == stamp
+    again = prepare_split(config, "train", str(tmp_path), progress=False, log=messages.append)
+    assert again.files == prepared.files and "Reusing" in messages[0]
+    assert os.path.getmtime(prepared.files[0]) == stamp
 
 
-def test_incomplete_or_changed_set_is_rewritten(demo_root, tmp_path, graph_cpu):
+def test_incomplete_outdated_or_resized_sets_are_rewritten(demo_root, tmp_path, graph_cpu):
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=2)
+    quiet = {"progress": False, "log": lambda m: None}
+    prepared = prepare_split(config, "train", str(tmp_path), **quiet)
+    prefix = "ssd.mindrecord"
+    manifest = json.load(open(manifest_path(str(tmp_path), prefix)))
+    description = {k: v for k, v in manifest["description"].items() if k != "format_version"}
+    assert current_set(str(tmp_path), prefix, description)
+    os.remove(manifest_path(str(tmp_path), prefix))           # an interrupted conversion
+    assert current_set(str(tmp_path), prefix, description) is None
+    messages = []
+    prepare_split(config, "train", str(tmp_path), progress=False, log=messages.append)
+    assert any("Writing" in m for m in messages)
+    with open(prepared.files[1], "ab") as f:                   # a damaged shard
+        f.write(b"extra")
+    assert current_set(str(tmp_path), prefix, description) is None
+    messages = []
+    prepare_split(config.replace(skip_empty_images=True), "train", str(tmp_path),
+                  progress=False, log=messages.append)         # other settings
+    assert any("Writing" in m for m in messages)
+    annotation = os.path.join(demo_root, "annotations", "instances_train2017.json")
+    os.utime(annotation)                                       # a changed source
+    messages = []
+    prepare_split(config, "train", str(tmp_path), progress=False, log=messages.append)
+    assert any("Writing" in m for m in messages)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".") and "lock" not in n]
+
+
+def test_failed_conversion_leaves_no_set(demo_root, tmp_path, graph_cpu):
     source = read_coco(demo_root, "train2017")
-    directory = str(tmp_path)
-    files = ensure_set(source, directory, "ssd.mindrecord", 2, progress=False)
-    described = describe_source(source, 2)
-    os.remove(manifest_path(directory, "ssd.mindrecord"))
-    assert existing_set(directory, "ssd.mindrecord", described) is None
-    files = ensure_set(source, directory, "ssd.mindrecord", 2, progress=False)
-    with open(files[1], "ab") as f:
-        f.write(b"truncated-or-extended")
-    assert existing_set(directory, "ssd.mindrecord", described) is None
-    fewer = type(source)(source.records[:-1], source.class_names, source.category_ids,
-                         source.annotation_file)
-    assert existing_set(directory, "ssd.mindrecord", describe_source(fewer, 2)) is None
-    messages = []
-    ensure_set(fewer, directory, "ssd.mindrecord", 2, progress=False, log=messages.append)
-    assert "Writing" in messages[0] and len(read_back(files)) == len(fewer.records)
-    assert not [n for n in os.listdir(directory) if n.startswith(".")]
+    source.records[3].path = str(tmp_path / "vanished.jpg")
+    with pytest.raises(DatasetError, match="vanished.jpg"):
+        write_set(source.records, str(tmp_path), "x", 2, {"inputs": {}}, progress=False)
+    assert os.listdir(tmp_path) == []
 
 
 def test_random_crop_keeps_boxes_inside_and_centres_within():
@@ -135,7 +129,9 @@ def test_train_transform_output_and_empty_image():
 def test_pipelines_batch_shapes(demo_root, tmp_path, graph_cpu):
     from src.data.pipeline import create_eval_dataset, create_train_dataset
 
-    files = ensure_set(read_coco(demo_root, "train2017"), str(tmp_path), "t", 2, progress=False)
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=2)
+    quiet = {"progress": False, "log": lambda m: None}
+    files = prepare_split(config, "train", str(tmp_path), **quiet).files
     data = create_train_dataset(files, BoxCoder(generate_default_boxes()), 4)
     batch = next(data.create_dict_iterator(output_numpy=True, num_epochs=1))
     assert batch["image"].shape == (4, 3, 300, 300) and batch["image"].dtype == np.float32
@@ -143,7 +139,7 @@ def test_pipelines_batch_shapes(demo_root, tmp_path, graph_cpu):
     assert batch["num_match"].shape == (4, 1) and batch["img_id"].shape == (4, 1)
     assert np.array_equal(batch["num_match"][:, 0], (batch["label"] > 0).sum(1))
     assert -3 < batch["image"].mean() < 3
-    files = ensure_set(read_coco(demo_root, "val2017"), str(tmp_path), "v", 2, progress=False)
+    files = prepare_split(config, "eval", str(tmp_path), **quiet).files
     batches = list(create_eval_dataset(files, 3).create_dict_iterator(output_numpy=True,
                                                                        num_epochs=1))
     assert [len(b["img_id"]) for b in batches] == [3, 1]

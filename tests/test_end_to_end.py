@@ -68,3 +68,26 @@ def test_eval_refuses_a_checkpoint_for_another_class_count(trained, demo_root, t
                          "--output_dir", str(tmp_path), "--run_platform", "CPU"])
     assert result.returncode == 1
     assert "num_classes" in result.stderr
+
+
+def test_eval_on_txt_data_writes_its_ground_truth(trained, demo_root, tmp_path):
+    out, _ = trained
+    data = json.load(open(os.path.join(demo_root, "annotations", "instances_val2017.json")))
+    lines = []
+    for image in data["images"]:
+        boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == image["id"]]
+        labels = [a["category_id"] for a in data["annotations"] if a["image_id"] == image["id"]]
+        lines.append(" ".join([f"val2017/{image['file_name']}"] + [
+            f"{x},{y},{x + w},{y + h},{c}" for (x, y, w, h), c in zip(boxes, labels)]))
+    anno = tmp_path / "val.txt"
+    anno.write_text("\n".join(lines) + "\n")
+    result = run_script(["eval.py", "--dataset", "other", "--image_dir", demo_root,
+                         "--anno_path", str(anno), "--num_classes", "4",
+                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",
+                         "--eval_batch_size", "4", "--progress", "off"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mAP: " in result.stdout
+    truth = json.load(open(tmp_path / "eval" / "ground_truth.json"))
+    assert len(truth["images"]) == 4 and len(truth["annotations"]) == len(data["annotations"])
+    assert [c["name"] for c in truth["categories"]] == ["class_1", "class_2", "class_3"]

@@ -75,3 +75,15 @@ def test_zero_positives_is_finite(ms):
     assert np.isfinite(float(loss.asnumpy()))
     assert float(loss.asnumpy()) == pytest.approx(8732 * 3.595701, rel=1e-4)
     assert float(loc.asnumpy()) == 0
+
+
+def test_ignored_anchors_add_nothing(ms):
+    net = ConstantNet(ms, np.zeros((1, 8732, 4), np.float32),
+                      np.zeros((1, 8732, 81), np.float32)).cell
+    label = np.zeros((1, 8732), np.int32)
+    label[0, :10] = 3
+    label[0, 10:110] = -1
+    loss, cls, loc = SSDWithLossCell(net)(ms.Tensor(np.zeros((1,), np.float32)),
+                                          ms.Tensor(np.zeros((1, 8732, 4), np.float32)),
+                                          ms.Tensor(label), ms.Tensor(np.array([[10]], np.int32)))
+    assert float(cls.asnumpy()) == pytest.approx((8732 - 100) * 3.595701 / 10, rel=1e-4)

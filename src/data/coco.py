@@ -2,100 +2,105 @@
 
 Class indices come from the file's own categories, sorted by id: index i (1..K) stands for the
 i-th category, and ``DatasetSource.category_ids`` maps it back (COCO's 80 ids among 1..90).
-Boxes stay float pixels. Crowd boxes and boxes without area after clipping to the image are not
-used as training targets; both are counted in ``stats``.
+Boxes stay float pixels. Crowd boxes become ignore regions (neither targets nor background).
+Annotations that cannot be used are reported as problems with their index and id; images are
+checked (and boxes clipped) by ``src.data.check``.
 """
 import json
 import os
 
 import numpy as np
 
-from src.data.records import DatasetError, DatasetSource, ImageRecord
+from src.data.records import (ERROR, DatasetError, DatasetSource, ImageRecord, Problem,
+                              file_fingerprint)
 
 
 def annotation_path(root, split, instances_pattern="annotations/instances_{}.json"):
     return os.path.join(root, instances_pattern.format(split))
 
 
-def read_coco(root, split, instances_pattern="annotations/instances_{}.json",
-              keep_empty=True):
-    """Read one split of a COCO-layout dataset into ImageRecords (file order of ``images``).
-
-    Args:
-        root: dataset root folder.
-        split: e.g. 'train2017'; images are looked up in ``root/split``.
-        instances_pattern: annotation file relative to root, ``{}`` replaced by the split.
-        keep_empty: keep images without usable boxes (as negatives); otherwise drop and count.
-    """
-    path = annotation_path(root, split, instances_pattern)
+def load_json(path, what):
     if not os.path.isfile(path):
-        raise DatasetError(f"COCO annotation file not found: {path} (expected the layout "
-                           f"ROOT/{instances_pattern.format(split)} with ROOT/{split}/ images)")
+        raise DatasetError(f"{what} not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: cannot be read as json: {exc}") from exc
+
+
+def read_coco(root, split, instances_pattern="annotations/instances_{}.json"):
+    """Read one split of a COCO-layout dataset into ImageRecords (file order of ``images``).
+
+    Raises DatasetError when the file itself is unusable (missing, not json, no categories);
+    per-image and per-annotation faults are returned as ``source.problems``.
+    """
+    path = annotation_path(root, split, instances_pattern)
+    data = load_json(path, f"COCO annotation file (expected ROOT/{instances_pattern.format(split)} "
+                           f"with images in ROOT/{split}/)")
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a json object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{path}: missing the list '{key}' of a COCO instances file")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
+    problems = []
+    categories = []
+    for k, category in enumerate(data["categories"]):
+        try:
+            categories.append((int(category["id"]), str(category["name"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: categories[{k}] lacks a valid {exc}") from exc
+    categories.sort()
     if not categories:
         raise DatasetError(f"{path}: 'categories' is empty")
-    index_of_category = {c["id"]: i + 1 for i, c in enumerate(categories)}
+    index_of_category = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
     image_dir = os.path.join(root, split)
 
-    boxes_of = {}
-    stats = {"crowd_boxes": 0, "degenerate_boxes": 0, "empty_images": 0, "missing_images": 0}
-    sizes = {}
+    images = {}
     for k, image in enumerate(data["images"]):
         try:
-            sizes[image["id"]] = (int(image["height"]), int(image["width"]), image["file_name"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DatasetError(f"{path}: images[{k}] lacks a valid {exc}") from exc
-    for k, ann in enumerate(data["annotations"]):
-        try:
-            image_id, category, (x, y, w, h) = ann["image_id"], ann["category_id"], ann["bbox"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DatasetError(f"{path}: annotations[{k}] (id {ann.get('id')}) lacks a valid "
-                               f"{exc}") from exc
-        if image_id not in sizes:
-            raise DatasetError(f"{path}: annotations[{k}] (id {ann.get('id')}) refers to "
-                               f"image_id {image_id}, which is not in 'images'")
-        if category not in index_of_category:
-            raise DatasetError(f"{path}: annotations[{k}] (id {ann.get('id')}) has category_id "
-                               f"{category}, which is not in 'categories'")
-        if ann.get("iscrowd", 0):
-            stats["crowd_boxes"] += 1
-            continue
-        height, width, _ = sizes[image_id]
-        ymin, xmin = max(float(y), 0.0), max(float(x), 0.0)
-        ymax, xmax = min(float(y) + float(h), height), min(float(x) + float(w), width)
-        if ymax <= ymin or xmax <= xmin:
-            stats["degenerate_boxes"] += 1
-            continue
-        boxes_of.setdefault(image_id, []).append((ymin, xmin, ymax, xmax,
-                                                  index_of_category[category]))
-
-    records, missing = [], []
-    for image_id, (height, width, file_name) in sizes.items():
-        rows = np.array(boxes_of.get(image_id, []), np.float32).reshape(-1, 5)
-        if len(rows) == 0:
-            stats["empty_images"] += 1
-            if not keep_empty:
+            image_id = int(image["id"])
+            if image_id in images:
+                problems.append(Problem(ERROR, path, f"images[{k}]", f"repeats image id "
+                                        f"{image_id}", images[image_id]["sample"]))
                 continue
-        image_path = os.path.join(image_dir, file_name)
-        if not os.path.isfile(image_path):
-            missing.append(image_path)
+            images[image_id] = {"height": int(image.get("height", 0)),
+                                "width": int(image.get("width", 0)),
+                                "file_name": str(image["file_name"]), "rows": [],
+                                "sample": len(images)}
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(Problem(ERROR, path, f"images[{k}]", f"lacks a valid {exc}"))
+    for k, ann in enumerate(data["annotations"]):
+        where = f"annotations[{k}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
+        try:
+            image_id, category = int(ann["image_id"]), int(ann["category_id"])
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError) as exc:
+            image = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+            problems.append(Problem(ERROR, path, where, f"lacks a valid {exc} (needs image_id, "
+                                    "category_id and bbox [x, y, w, h])",
+                                    image["sample"] if image else -1))
             continue
-        records.append(ImageRecord(int(image_id), image_path, height, width,
-                                   rows[:, :4].copy(), rows[:, 4].astype(np.int32)))
-    if missing:
-        shown = "\n  ".join(missing[:10])
-        raise DatasetError(f"{path}: {len(missing)} image file(s) listed there do not exist, "
-                           f"e.g.\n  {shown}")
-    stats["images"] = len(records)
-    stats["boxes"] = int(sum(len(r.labels) for r in records))
-    names = ("background",) + tuple(c["name"] for c in categories)
-    ids = (0,) + tuple(int(c["id"]) for c in categories)
-    return DatasetSource(records, names, ids, annotation_file=path, stats=stats)
+        if image_id not in images:
+            problems.append(Problem(ERROR, path, where, f"refers to image_id {image_id}, which "
+                                    "is not in 'images'"))
+            continue
+        if category not in index_of_category:
+            problems.append(Problem(ERROR, path, where, f"has category_id {category}, which is "
+                                    "not in 'categories'", images[image_id]["sample"]))
+            continue
+        crowd = bool(ann.get("iscrowd", 0))
+        images[image_id]["rows"].append((y, x, y + h, x + w, index_of_category[category], crowd))
+
+    records = []
+    for image_id, image in images.items():
+        rows = np.array([r[:5] for r in image["rows"]], np.float32).reshape(-1, 5)
+        record = ImageRecord(image_id, os.path.join(image_dir, image["file_name"]),
+                             image["height"], image["width"], rows[:, :4], rows[:, 4],
+                             [r[5] for r in image["rows"]], file_name=image["file_name"])
+        records.append(record)
+    names = ("background",) + tuple(name for _, name in categories)
+    ids = (0,) + tuple(cid for cid, _ in categories)
+    return DatasetSource(records, names, ids, annotation_file=path, problems=problems,
+                         fingerprint={"annotations": file_fingerprint(path)},
+                         name=f"COCO {split}")

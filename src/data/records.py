@@ -1,7 +1,33 @@
-"""The one record type every dataset reader produces, and the source it came from."""
+"""The one record type every dataset reader produces, the source it came from, and problems."""
 from dataclasses import dataclass, field
 
 import numpy as np
+
+ERROR = "error"
+WARNING = "warning"
+
+
+class DatasetError(ValueError):
+    """Input data that cannot be used; the message names the file and the record."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in the input, located to a file and a line or record.
+
+    Errors make a sample unusable (the run stops unless such samples are skipped); warnings
+    describe what was fixed (a box clipped to the image, an empty box dropped).
+    """
+
+    severity: str
+    file: str
+    where: str
+    message: str
+    sample: int = -1
+
+    def __str__(self):
+        where = f" ({self.where})" if self.where else ""
+        return f"{self.severity}: {self.file}{where}: {self.message}"
 
 
 @dataclass
@@ -9,7 +35,9 @@ class ImageRecord:
     """One image and its ground truth.
 
     ``boxes`` are (N, 4) float32 pixel corners ``(ymin, xmin, ymax, xmax)``, y-first as in
-    ``src.box_coder``; ``labels`` are (N,) int32 class indices 1..num_classes-1. N may be 0.
+    ``src.box_coder``; ``labels`` are (N,) int32 class indices 1..num_classes-1; ``ignored``
+    (N,) marks boxes that are neither targets nor background (COCO crowd, VOC difficult).
+    N may be 0. ``height``/``width`` are 0 until known (the TXT format has no sizes).
     """
 
     img_id: int
@@ -18,11 +46,23 @@ class ImageRecord:
     width: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
+    ignored: np.ndarray = None
+    file_name: str = ""
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, np.int32).reshape(-1)
+        if self.ignored is None:
+            self.ignored = np.zeros(len(self.labels), bool)
+        self.ignored = np.asarray(self.ignored, bool).reshape(-1)
+        if not self.file_name:
+            self.file_name = self.path.rsplit("/", 1)[-1]
 
     def annotation(self):
-        """(N, 5) float32 rows ``(ymin, xmin, ymax, xmax, label)`` in pixels."""
-        return np.concatenate([self.boxes.reshape(-1, 4),
-                               self.labels.reshape(-1, 1).astype(np.float32)], axis=1)
+        """(N, 5) float32 rows ``(ymin, xmin, ymax, xmax, label)`` in pixels; ignored boxes
+        carry their label negated."""
+        labels = np.where(self.ignored, -self.labels, self.labels).astype(np.float32)
+        return np.concatenate([self.boxes, labels.reshape(-1, 1)], axis=1)
 
 
 @dataclass
@@ -30,7 +70,9 @@ class DatasetSource:
     """Records of one split plus what maps class indices to names and result category ids.
 
     ``class_names[i]`` names class index i (0 is 'background'); ``category_ids[i]`` is the id a
-    result json uses for class i (COCO's own ids, 80 of 1..90, for COCO data).
+    result json uses for class i (COCO's own ids, 80 of 1..90, for COCO data; the index itself
+    for VOC and TXT data). ``fingerprint`` describes the input files, so that a converted set
+    can tell whether it is still current. ``problems`` are what the reader found.
     """
 
     records: list
@@ -38,14 +80,13 @@ class DatasetSource:
     category_ids: tuple
     annotation_file: str = ""
     stats: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
+    name: str = ""
 
     @property
     def num_classes(self):
         return len(self.class_names)
-
-
-class DatasetError(ValueError):
-    """Input data that cannot be used; the message names the file and the record."""
 
 
 def annotation_rows(stored):
@@ -58,3 +99,12 @@ def annotation_rows(stored):
     if stored.ndim != 2:
         return np.zeros((0, 5), np.float32)
     return stored.reshape(-1, 5)
+
+
+def file_fingerprint(path):
+    """Where a file is, how big, and when it last changed."""
+    import os
+
+    status = os.stat(path)
+    return {"path": os.path.abspath(path), "size": status.st_size,
+            "mtime_ns": status.st_mtime_ns}

@@ -1,35 +1,126 @@
-"""From a Config to a dataset's records and its MindRecord set."""
-import os
+"""From a Config to a checked, converted split: reader -> check -> MindRecord set.
 
+The check runs before any conversion and only when the split's set must be (re)written: a set
+that is complete and was made from the same files with the same settings is reused as it is.
+"""
+import os
+from dataclasses import dataclass
+
+from src.data.check import apply_policy, check_source
 from src.data.coco import read_coco
-from src.data.mindrecord import ensure_set
+from src.data.mindrecord import conversion_lock, current_set, set_files, write_set
 from src.data.records import DatasetError
+from src.data.txt import read_txt
+from src.data.voc import read_voc
 
 MINDRECORD_PREFIX = {"train": "ssd.mindrecord", "eval": "ssd_eval.mindrecord"}
+GROUND_TRUTH_SUFFIX = ".ground_truth.json"
+
+
+@dataclass
+class PreparedSplit:
+    """A split ready to read: its source (names, category ids), MindRecord files, the COCO
+    ground-truth json to score against, the number of converted images and the check's
+    summary."""
+
+    source: object
+    files: list
+    ground_truth: str
+    images: int
+    check: dict
 
 
 def read_source(config, split):
-    """Records of the 'train' or 'eval' split of the configured dataset."""
-    if config.dataset != "coco":
-        raise DatasetError(f"--dataset {config.dataset}: only COCO-layout data is supported so "
-                           "far; VOC and the TXT format are planned (see README, Roadmap)")
-    if not config.coco_root:
-        raise DatasetError("no dataset given: pass --data_url ROOT (a COCO-layout folder with "
-                           "annotations/ and train2017/, val2017/)")
-    name = config.train_data_type if split == "train" else config.val_data_type
-    source = read_coco(config.coco_root, name, config.instances_set)
-    if source.num_classes != config.num_classes:
-        raise DatasetError(
-            f"{source.annotation_file} has {source.num_classes - 1} categories "
-            f"({source.num_classes} classes with background) but num_classes is "
-            f"{config.num_classes}: pass --num_classes {source.num_classes}")
-    return source
+    """Records of the 'train' or 'eval' split of the configured dataset (not yet checked)."""
+    if config.dataset == "coco":
+        if not config.coco_root:
+            raise DatasetError("no dataset given: pass --data_url ROOT (a COCO-layout folder "
+                               "with annotations/ and train2017/, val2017/)")
+        name = config.train_data_type if split == "train" else config.val_data_type
+        return read_coco(config.coco_root, name, config.instances_set)
+    if config.dataset == "voc":
+        if not config.voc_root:
+            raise DatasetError("no dataset given: pass --data_url ROOT (a VOC-layout folder "
+                               "with Annotations/ and JPEGImages/)")
+        name = config.voc_train_set if split == "train" else config.voc_val_set
+        return read_voc(config.voc_root, name, config.classes)
+    anno_path = config.anno_path if split == "train" else (config.val_anno_path or
+                                                            config.anno_path)
+    if not config.image_dir or not anno_path:
+        raise DatasetError("--dataset other needs --image_dir DIR and --anno_path FILE")
+    return read_txt(config.image_dir, anno_path, config.num_classes, config.classes)
+
+
+def coco_ground_truth(source):
+    """COCO instances json of checked records: ids = class indices, ignored boxes as crowd."""
+    images, annotations = [], []
+    for record in source.records:
+        images.append({"id": int(record.img_id), "file_name": record.file_name,
+                       "height": int(record.height), "width": int(record.width)})
+        for box, label, ignored in zip(record.boxes, record.labels, record.ignored):
+            ymin, xmin, ymax, xmax = (float(v) for v in box)
+            annotations.append({"id": len(annotations) + 1, "image_id": int(record.img_id),
+                                "category_id": int(label),
+                                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                                "area": (xmax - xmin) * (ymax - ymin),
+                                "iscrowd": int(bool(ignored)), "segmentation": []})
+    categories = [{"id": i, "name": name, "supercategory": "none"}
+                  for i, name in enumerate(source.class_names) if i > 0]
+    return {"info": {"description": f"ground truth of {source.name}"}, "images": images,
+            "annotations": annotations, "categories": categories}
+
+
+def conversion_settings(config, source):
+    """Everything besides the input files that changes what a converted set contains."""
+    return {"shards": config.mindrecord_shards, "class_names": list(source.class_names),
+            "skip_bad_samples": config.skip_bad_samples,
+            "skip_empty_images": config.skip_empty_images, "check_images": config.check_images}
 
 
 def prepare_split(config, split, output_dir, progress=True, log=print):
-    """Read a split and make sure its MindRecord set exists; returns (source, shard files)."""
+    """Read a split, and check and convert it unless a current set exists; returns a
+    PreparedSplit. Raises DatasetError (with the check's report) on unusable data."""
     source = read_source(config, split)
+    if source.num_classes != config.num_classes:
+        raise DatasetError(
+            f"{source.annotation_file}: the data has {source.num_classes - 1} classes "
+            f"({source.num_classes} with background) but num_classes is {config.num_classes}: "
+            f"pass --num_classes {source.num_classes}")
     directory = config.mindrecord_dir or os.path.join(output_dir, "mindrecord")
-    files = ensure_set(source, directory, MINDRECORD_PREFIX[split], config.mindrecord_shards,
-                       progress=progress, log=log)
-    return source, files
+    prefix = MINDRECORD_PREFIX[split]
+    description = {"inputs": source.fingerprint, "settings": conversion_settings(config, source)}
+    own_truth = config.dataset != "coco"
+    with conversion_lock(directory, prefix):
+        manifest = current_set(directory, prefix, description)
+        if manifest:
+            log(f"Reusing MindRecord set {os.path.join(directory, prefix)}* "
+                f"({manifest['records']} images)")
+        else:
+            report = check_source(source, config.num_classes, config.check_images,
+                                  config.num_parallel_workers, progress)
+            usable = apply_policy(source, report, config.skip_bad_samples,
+                                  config.skip_empty_images)
+            log(report.format())
+            log(f"Writing MindRecord set {os.path.join(directory, prefix)}* "
+                f"({len(usable.records)} images)")
+            extra = {prefix + GROUND_TRUTH_SUFFIX: coco_ground_truth(usable)} if own_truth else {}
+            manifest = write_set(usable.records, directory, prefix, config.mindrecord_shards,
+                                 description, extra, {"check": report.summary()}, progress)
+    ground_truth = (os.path.join(directory, prefix + GROUND_TRUTH_SUFFIX) if own_truth
+                    else source.annotation_file)
+    return PreparedSplit(source, set_files(directory, manifest), ground_truth,
+                         manifest["records"], manifest.get("check", {}))
+
+
+def check_split(config, split):
+    """--check_dataset: check a split without converting it; prints the report.
+
+    Returns the report's summary; raises DatasetError if it found errors.
+    """
+    source = read_source(config, split)
+    report = check_source(source, config.num_classes, config.check_images,
+                          config.num_parallel_workers)
+    print(report.format(max_problems=1000))
+    if report.errors:
+        raise DatasetError(f"{len(report.errors)} error(s) in {source.name} (listed above)")
+    return report.summary()

@@ -1,6 +1,7 @@
 """Evaluation: checkpoint -> inference over the eval set -> post-processing -> COCOeval."""
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -59,24 +60,27 @@ def evaluate(config):
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
     output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
-    source, files = prepare_split(config, "eval", output_dir)
+    prepared = prepare_split(config, "eval", output_dir)
+    source, files = prepared.source, prepared.files
     net = build_inference_network(config, config.checkpoint_path)
     dataset = create_eval_dataset(files, config.eval_batch_size, config.img_shape,
                                   config.num_parallel_workers)
     postprocessor = PostProcessor.from_config(config, source.category_ids)
-    print(f"Evaluating {config.checkpoint_path} on {len(source.records)} images of "
-          f"{source.annotation_file} ({platform}, batch {config.eval_batch_size})", flush=True)
+    print(f"Evaluating {config.checkpoint_path} on {dataset.get_dataset_size()} batches of "
+          f"{source.name} ({platform}, batch {config.eval_batch_size})", flush=True)
     start = time.time()
     detections, img_ids = run_inference(net, dataset, config.eval_batch_size, postprocessor,
                                         config.progress)
     seconds = time.time() - start
     detections_path = os.path.join(output_dir, "detections.json")
-    stats, summary = coco_evaluate(source.annotation_file, detections, img_ids, detections_path)
+    if config.dataset != "coco":
+        shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
+    stats, summary = coco_evaluate(prepared.ground_truth, detections, img_ids, detections_path)
     print(summary, end="")
     print("=" * 79)
     print(f"mAP: {stats[0]}", flush=True)
     results = {"checkpoint": os.path.abspath(config.checkpoint_path),
-               "annotation_file": os.path.abspath(source.annotation_file),
+               "ground_truth": os.path.abspath(prepared.ground_truth),
                "images": len(img_ids), "detections": len(detections),
                "seconds": round(seconds, 2), "mAP": float(stats[0]), **stats_dict(stats)}
     with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:

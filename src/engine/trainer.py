@@ -11,7 +11,7 @@ from src.anchors import default_boxes_from_config
 from src.box_coder import BoxCoder
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
-from src.data.sources import prepare_split
+from src.data.sources import check_split, prepare_split
 from src.device import ONEDNN_ISA_VARIABLE, start_run
 from src.engine.checkpoint import (checkpoint_name, load_weights, prune_checkpoints,
                                    save_checkpoint)
@@ -76,7 +76,10 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
 def train(config):
     """Train as configured; returns a summary dict (paths, losses, time)."""
     output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
-    source, files = prepare_split(config, "train", output_dir)
+    if config.check_dataset:
+        return check_split(config, "train")
+    prepared = prepare_split(config, "train", output_dir)
+    files = prepared.files
     if config.only_create_dataset:
         print(f"MindRecord set ready: {os.path.dirname(files[0])}")
         return {"mindrecord_files": files}
@@ -87,7 +90,7 @@ def train(config):
                                    num_workers=config.num_parallel_workers, seed=config.seed)
     steps_per_epoch = dataset.get_dataset_size()
     if steps_per_epoch == 0:
-        raise DatasetError(f"{len(source.records)} training images make no full batch of "
+        raise DatasetError(f"{prepared.images} training images make no full batch of "
                            f"--batch_size {config.batch_size}")
     start_epoch = config.pre_trained_epoch_size
     if start_epoch >= config.epoch_size:
@@ -110,7 +113,7 @@ def train(config):
     train_step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha), optimizer,
                            loss_scale, dynamic=config.loss_scale_mode == "dynamic")
     train_step.set_train(True)
-    print(model_summary(config, network, platform, precision, loss_scale, len(source.records),
+    print(model_summary(config, network, platform, precision, loss_scale, prepared.images,
                         steps_per_epoch, output_dir), flush=True)
 
     log = MetricsLog(os.path.join(output_dir, LOG_NAME))

@@ -1,0 +1,195 @@
+"""Speed and memory of the real parts: data pipeline, train step, inference, post-processing.
+
+Each mode prints one JSON line. Numbers are medians over timed repetitions after warm-up;
+the machine's other load is not controlled here, so run benchmarks on a quiet machine.
+"""
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from src.config import Config
+from src.device import ONEDNN_ISA_VARIABLE, init_device
+
+MODES = ("data", "train", "infer", "postprocess")
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment(platform):
+    import mindspore as ms
+
+    return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
+            ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE, "")}
+
+
+def timed(function, repeats, warmup):
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        function()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
+    """Training pipeline throughput on generated JPEGs (read, decode, crop, resize, flip,
+    colour jitter, normalise, encode to the default boxes)."""
+    from src.anchors import default_boxes_from_config
+    from src.box_coder import BoxCoder
+    from src.data.pipeline import create_train_dataset
+    from src.data.sources import prepare_split
+    from src.demo_data import generate
+
+    if not config.coco_root:
+        root = os.path.join(workdir, "data")
+        generate(root, images, 1, seed=0, image_size=size)
+        config = config.replace(coco_root=root, num_classes=4)
+    files = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "mr")), "train",
+                          workdir, progress=False, log=lambda m: None).files
+    coder = BoxCoder(default_boxes_from_config(config), config.match_threshold,
+                     config.prior_scaling)
+    dataset = create_train_dataset(files, coder, config.batch_size, config.img_shape,
+                                   num_workers=config.num_parallel_workers, seed=config.seed)
+    iterator = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    rate = batches * config.batch_size / seconds
+    cores = min(config.num_parallel_workers, os.cpu_count() or 1)
+    return {"mode": "data", "data_img_per_s": round(rate, 1),
+            "data_img_per_s_per_core": round(rate / cores, 1), "workers": cores,
+            "image_size": list(size) if config.coco_root.startswith(workdir) else "dataset",
+            "batch_size": config.batch_size, "batches": batches}
+
+
+def synthetic_batch(config, batch_size):
+    """A training batch of random images with three encoded boxes each."""
+    from src.anchors import default_boxes_from_config
+    from src.box_coder import BoxCoder
+
+    rng = np.random.default_rng(0)
+    coder = BoxCoder(default_boxes_from_config(config))
+    targets = [coder.encode_targets(np.array([[0.1, 0.1, 0.5, 0.4, 1], [0.3, 0.5, 0.9, 0.9, 2],
+                                              [0.6, 0.1, 0.8, 0.3, 3]], np.float32))
+               for _ in range(batch_size)]
+    image = rng.normal(size=(batch_size, 3, *config.img_shape)).astype(np.float32)
+    return (image, np.stack([t[0] for t in targets]), np.stack([t[1] for t in targets]),
+            np.stack([t[2] for t in targets]))
+
+
+def benchmark_train(config, steps, warmup):
+    """One full training step (forward, loss, backward, update) of the real model."""
+    import mindspore as ms
+
+    from src.engine.train_step import TrainStep, create_optimizer
+    from src.loss import SSDWithLossCell
+    from src.model import build_ssd, count_trainable_params
+
+    network = build_ssd(config)
+    optimizer = create_optimizer(network, np.full(10, 1e-3, np.float32), config.momentum,
+                                 config.weight_decay)
+    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha), optimizer)
+    step.set_train(True)
+    inputs = [ms.Tensor(x) for x in synthetic_batch(config, config.batch_size)]
+    compile_start = time.perf_counter()
+    step(*inputs)[0].asnumpy()
+    compile_seconds = time.perf_counter() - compile_start
+    seconds = timed(lambda: step(*inputs)[0].asnumpy(), steps, max(0, warmup - 1))
+    median = statistics.median(seconds)
+    return {"mode": "train", "batch_size": config.batch_size,
+            "train_step_s_median": round(median, 4), "train_step_s_min": round(min(seconds), 4),
+            "train_step_s_max": round(max(seconds), 4),
+            "train_img_per_s": round(config.batch_size / median, 3),
+            "first_step_s": round(compile_seconds, 2), "params": count_trainable_params(network),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def benchmark_infer(config, steps, warmup):
+    """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput."""
+    import mindspore as ms
+
+    from src.engine.evaluator import build_inference_network
+
+    net = build_inference_network(config, config.checkpoint_path or None)
+    result = {"mode": "infer"}
+    for batch in (1, 8):
+        image = ms.Tensor(np.random.default_rng(0).normal(
+            size=(batch, 3, *config.img_shape)).astype(np.float32))
+        seconds = timed(lambda: net(image)[1].asnumpy(), steps, warmup)
+        if batch == 1:
+            result["infer_bs1_ms"] = round(statistics.median(seconds) * 1000, 2)
+        else:
+            result["infer_bs8_img_per_s"] = round(8 / statistics.median(seconds), 3)
+    result["peak_rss_mb"] = round(peak_rss_mb())
+    return result
+
+
+def synthetic_outputs(config, rng):
+    """Decoded boxes and scores shaped like a trained detector's: anchors jittered a little,
+    class scores mostly near zero (Beta(0.5, 40)), so a few hundred pass score > 0.1."""
+    from src.anchors import default_boxes_from_config
+    from src.box_coder import BoxCoder
+
+    coder = BoxCoder(default_boxes_from_config(config))
+    boxes = coder.decode(rng.normal(0, 0.5, (config.num_ssd_boxes, 4)).astype(np.float32))
+    scores = rng.beta(0.5, 40, (config.num_ssd_boxes, config.num_classes)).astype(np.float32)
+    return boxes, scores
+
+
+def benchmark_postprocess(config, images, warmup):
+    """Post-processing (thresholds, NMS, COCO records) per image at the configured settings."""
+    from src.detections import PostProcessor
+
+    rng = np.random.default_rng(0)
+    post = PostProcessor.from_config(config, list(range(config.num_classes)))
+    samples = [synthetic_outputs(config, rng) for _ in range(4)]
+    candidates = np.mean([(s[:, 1:] > config.min_score).sum() for _, s in samples])
+    rss_before = peak_rss_mb()
+    counter = iter(range(10 ** 9))
+
+    def one():
+        boxes, scores = samples[next(counter) % len(samples)]
+        post.process_batch([1], boxes[None], scores[None], [(480.0, 640.0)])
+
+    seconds = timed(one, images, warmup)
+    return {"mode": "postprocess", "postprocess_ms_per_image":
+            round(statistics.median(seconds) * 1000, 3), "candidates_per_image": int(candidates),
+            "images": images, "peak_rss_mb": round(peak_rss_mb()),
+            "rss_growth_mb": round(peak_rss_mb() - rss_before, 1)}
+
+
+def run(config, modes, steps=5, warmup=2):
+    """Run the modes; returns their result dicts (each also printed as one JSON line)."""
+    platform = init_device(config.run_platform, config.device_id, config.seed)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ssd-benchmark-") as workdir:
+        for mode in modes:
+            if mode == "data":
+                result = benchmark_data(config, workdir, warmup=warmup, batches=max(steps, 5))
+            elif mode == "train":
+                result = benchmark_train(config, steps, warmup)
+            elif mode == "infer":
+                result = benchmark_infer(config, steps, warmup)
+            else:
+                result = benchmark_postprocess(config, max(steps, 20), warmup)
+            result.update(environment(platform))
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    return results
+
+
+def default_config():
+    return Config(batch_size=8, num_parallel_workers=2)
