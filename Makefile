@@ -9,9 +9,23 @@ DEMO_DATA ?= demo_data
 DEMO_OUT ?= outputs/demo
 DEMO_LONG_OUT ?= outputs/demo-long
 
-.PHONY: setup demo demo-long test clean
+.PHONY: setup setup-cpp demo demo-long test clean
 
 setup: $(STAMP)
+
+# The C++ inference program needs cmake, g++ and OpenCV's development files (tests build it).
+setup-cpp:
+	@if ! pkg-config --exists opencv4 2>/dev/null || ! command -v cmake >/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing cmake, g++ and libopencv-dev for cpp_infer/ ..."; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				cmake g++ make pkg-config libopencv-dev >/dev/null; \
+		else \
+			echo "cpp_infer/ needs cmake, g++ and OpenCV (Debian/Ubuntu: sudo apt-get install cmake g++ pkg-config libopencv-dev)" >&2; \
+			exit 1; \
+		fi; \
+	fi
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
@@ -36,7 +50,7 @@ demo-long: setup
 	$(PY) eval.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/eval \
 		--checkpoint_path $$(ls -t $(DEMO_LONG_OUT)/train/ssd-*.ckpt | head -n 1)
 
-test: setup
+test: setup setup-cpp
 	$(PY) -m pytest -q tests
 
 clean:

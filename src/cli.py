@@ -6,19 +6,29 @@ from src.config import ConfigError, parse_config
 EXPECTED_ERRORS = (ConfigError, ValueError, OSError)
 
 
-def run(main, description, argv=None):
+def is_expected(exc):
+    """Bad input (flags, data, checkpoints) and the project's own run errors: a message, not a
+    traceback. MindSpore's and Python's internal errors keep their traceback."""
+    return isinstance(exc, EXPECTED_ERRORS) or type(exc).__module__.startswith("src.")
+
+
+def run(main, description, argv=None, overrides=None):
     """Parse flags into a Config, call ``main(config)``, turn expected failures into messages.
+
+    ``overrides`` are this script's own defaults (e.g. batch size 1 for export).
 
     Exit status: 0 on success, 1 when the run fails on its input (bad data, checkpoint ...),
     2 for unusable flags (argparse's convention), 130 on Ctrl-C.
     """
-    config = parse_config(argv, description)
+    config = parse_config(argv, description, overrides)
     try:
         main(config)
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001  (re-raised unless expected)
+        if not is_expected(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

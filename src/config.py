@@ -97,11 +97,15 @@ class Config:
     max_detections_per_image: int = _key(0, "detections kept per image across classes "
                                             "(0 = no cap, as the reference)",
                                          check=_non_negative, section="postprocess")
+    drop_crowd: bool = _key(False, "score only images without crowd boxes and with at least one "
+                                   "box, the reference's protocol (spec defect 18)",
+                            section="postprocess")
     nms_plus_one: bool = _key(True, "IoU of pixel boxes with the '+1' convention, as the "
                                     "reference (spec defect 24)", section="postprocess")
     # --- optimisation (spec 8)
-    lr: float = _key(0.05, "peak learning rate (the reference's scripts pass 0.075 for a global "
-                           "batch of 256)", check=_positive, section="train")
+    lr: float = _key(0.0, "peak learning rate; 0: 0.075 x global batch / 256 (the reference's "
+                          "0.075 for 8 devices x 32 images, scaled linearly)",
+                     check=_non_negative, section="train")
     lr_init: float = _key(0.001, "learning rate at the start of warm-up", check=_non_negative,
                           section="train")
     lr_end_rate: float = _key(0.001, "final learning rate as a fraction of --lr",
@@ -132,6 +136,14 @@ class Config:
                                        check=_positive, section="train")
     keep_checkpoint_max: int = _key(20, "newest checkpoints kept", check=_positive,
                                     section="train")
+    resume: str = _key("", "continue a run: 'auto' (newest checkpoint in --output_dir) or a "
+                           "checkpoint path", section="train")
+    eval_interval: int = _key(0, "evaluate every N epochs during training and keep best.ckpt "
+                                 "(0: never)", check=_non_negative, section="train")
+    eval_start_epoch: int = _key(1, "first epoch that may be evaluated", check=_positive,
+                                 section="train")
+    max_nonfinite_steps: int = _key(10, "stop after this many non-finite steps in a row",
+                                    check=_positive, section="train")
     # --- data (spec 7)
     dataset: str = _key("coco", "dataset format: coco, voc, or other (the TXT format)",
                         choices=("coco", "voc", "other"), section="data")

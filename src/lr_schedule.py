@@ -28,9 +28,22 @@ def warmup_cosine_lr(lr_init, lr_max, lr_end, warmup_epochs, total_epochs, steps
     return np.maximum(lrs, 0).astype(np.float32)
 
 
-def lr_from_config(config, steps_per_epoch):
-    return warmup_cosine_lr(config.lr_init, config.lr, config.lr * config.lr_end_rate,
-                            config.warmup_epochs, config.epoch_size, steps_per_epoch)
+REFERENCE_LR = 0.075
+REFERENCE_GLOBAL_BATCH = 256
+
+
+def peak_lr(config, world_size=1):
+    """``--lr`` if given, else the reference's 0.075 for 8 x 32 images scaled linearly to this
+    run's global batch (``batch_size`` x devices)."""
+    if config.lr > 0:
+        return float(config.lr)
+    return REFERENCE_LR * config.batch_size * world_size / REFERENCE_GLOBAL_BATCH
+
+
+def lr_from_config(config, steps_per_epoch, world_size=1):
+    top = peak_lr(config, world_size)
+    return warmup_cosine_lr(config.lr_init, top, top * config.lr_end_rate, config.warmup_epochs,
+                            config.epoch_size, steps_per_epoch)
 
 
 class TableSchedule(LearningRateSchedule):

@@ -18,17 +18,21 @@ def read_jsonl(path):
 
 
 def plot_training_curves(log_path, png_path):
-    """Loss (total, classification, localisation) per step with per-epoch means, and the lr.
+    """Loss (total, classification, localisation) per step with per-epoch means, the lr, and
+    the mAP of evaluations during training if there were any.
 
-    Reads the step rows of the JSON-lines log; writes the PNG atomically. Returns its path, or
-    None when the log has no steps yet.
+    Reads the JSON-lines log; writes the PNG atomically. Returns its path, or None when the log
+    has no steps yet.
     """
-    steps = [r for r in read_jsonl(log_path) if r.get("kind") == "step"]
+    rows = read_jsonl(log_path)
+    steps = [r for r in rows if r.get("kind") == "step" and r.get("finite", True)]
+    evals = [r for r in rows if r.get("kind") == "eval"]
     if not steps:
         return None
     x = np.array([r["global_step"] for r in steps])
     epochs = np.array([r["epoch"] for r in steps])
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(18 if evals else 12, 4.5))
+    ax_loss, ax_lr = axes[0], axes[1]
     for key, colour in (("loss", "C0"), ("cls_loss", "C1"), ("loc_loss", "C2")):
         values = np.array([r[key] for r in steps], float)
         ax_loss.plot(x, values, color=colour, alpha=0.3, linewidth=0.8)
@@ -46,9 +50,83 @@ def plot_training_curves(log_path, png_path):
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(True, alpha=0.3)
     ax_lr.set_title("Learning rate")
+    if evals:
+        ax_map = axes[2]
+        for key, colour in (("mAP", "C4"), ("AP50", "C5")):
+            ax_map.plot([r["epoch"] for r in evals], [r[key] for r in evals], color=colour,
+                        marker="o", label=key)
+        ax_map.set_xlabel("epoch")
+        ax_map.set_ylabel("COCO AP")
+        ax_map.grid(True, alpha=0.3)
+        ax_map.legend()
+        ax_map.set_title("Evaluation during training")
     fig.tight_layout()
     tmp = f"{png_path}.tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
+
+
+def plot_pr_curves(result, png_path, title="Precision / recall at IoU 0.5"):
+    """Per-category precision/recall curves at IoU 0.5 (thin) and their mean (thick), from a
+    ``src.metrics.CocoResult``. Returns the path, or None without curves."""
+    if result.recall is None or not result.precision50:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    curves = []
+    for category, precision in sorted(result.precision50.items()):
+        if np.all(np.isnan(precision)):
+            continue
+        curves.append(precision)
+        ap50 = result.per_class[category]["AP50"]
+        ax.plot(result.recall, precision, linewidth=0.8, alpha=0.6,
+                label=f"{result.per_class[category]['name']} ({ap50:.3f})"
+                if len(result.precision50) <= 12 else None)
+    if curves:
+        mean = np.nanmean(np.stack(curves), axis=0)
+        ax.plot(result.recall, mean, color="black", linewidth=2.2,
+                label=f"mean (AP50 {result.stats[1]:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = f"{png_path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+           (220, 190, 255), (170, 110, 40), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+           (0, 0, 128))
+
+
+def draw_detections(image_bgr, boxes, scores, classes, class_names):
+    """A copy of a BGR image with boxes (pixel y-first corners), class names and scores drawn."""
+    import cv2
+
+    canvas = image_bgr.copy()
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(min(height, width) / 250))
+    scale = max(0.4, min(height, width) / 900)
+    for (y1, x1, y2, x2), score, cls in zip(boxes, scores, classes):
+        r, g, b = PALETTE[int(cls) % len(PALETTE)]
+        colour = (b, g, r)
+        p1 = (int(round(x1)), int(round(y1)))
+        p2 = (int(round(x2)), int(round(y2)))
+        cv2.rectangle(canvas, p1, p2, colour, thickness)
+        name = class_names[cls] if cls < len(class_names) else f"class_{cls}"
+        text = f"{name} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(p1[1] - th - base - 2, 0)
+        cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw + 4, top + th + base + 2), colour, -1)
+        cv2.putText(canvas, text, (p1[0] + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas

@@ -118,12 +118,27 @@ def test_flip_boxes():
 def test_train_transform_output_and_empty_image():
     coder = BoxCoder(generate_default_boxes())
     transform = TrainTransform(coder, seed=0)
-    image = np.full((240, 320, 3), 128, np.uint8)
-    out, loc, label, num = transform(image, np.array([[10, 10, 200, 300, 2]], np.float32))
-    assert out.shape == (300, 300, 3) and out.dtype == np.uint8
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    gt = np.array([[10, 10, 200, 300, 2]], np.float32)
+    out, loc, label, num, img_id = transform(image, gt, np.array([7]))
+    assert out.shape == (300, 300, 3) and out.dtype == np.uint8 and img_id.tolist() == [7]
     assert loc.shape == (8732, 4) and label.shape == (8732,) and num[0] == (label > 0).sum() > 0
-    out, loc, label, num = transform(image, np.array(0, np.float32))
+    out, loc, label, num, _ = transform(image, np.array(0, np.float32), np.array([8]))
     assert num[0] == 0 and not label.any()
+
+
+def test_train_transform_draws_depend_on_seed_epoch_and_image_only():
+    coder = BoxCoder(generate_default_boxes())
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    gt = np.array([[10, 10, 200, 300, 2]], np.float32)
+
+    def outputs(seed, epoch, img_id):
+        return [transform_output.tobytes() for transform_output in
+                TrainTransform(coder, seed=seed, epoch=epoch)(image, gt, np.array([img_id]))[:3]]
+
+    assert outputs(1, 2, 3) == outputs(1, 2, 3)
+    variants = [outputs(1, e, i) for e in range(4) for i in range(4)]
+    assert len({tuple(v) for v in variants}) > 8
 
 
 def test_pipelines_batch_shapes(demo_root, tmp_path, graph_cpu):
@@ -148,3 +163,26 @@ def test_pipelines_batch_shapes(demo_root, tmp_path, graph_cpu):
     for b in batches:
         for img_id, shape in zip(b["img_id"].ravel(), b["image_shape"]):
             assert tuple(shape) == shapes[int(img_id)]
+
+
+def test_an_epoch_replays_exactly_also_from_its_middle(demo_root, tmp_path, graph_cpu):
+    import hashlib
+
+    from src.data.pipeline import create_train_dataset
+
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=2)
+    files = prepare_split(config, "train", str(tmp_path), progress=False,
+                          log=lambda m: None).files
+    coder = BoxCoder(generate_default_boxes())
+
+    def batches(epoch, skip=0):
+        data = create_train_dataset(files, coder, 2, seed=5, epoch=epoch)
+        if skip:
+            data = data.skip(skip)
+        return [(b[4].ravel().tolist(), hashlib.md5(b[0].tobytes() + b[1].tobytes()).hexdigest())
+                for b in data.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+
+    first = batches(3)
+    assert len(first) == 6 and first == batches(3)
+    assert batches(3, skip=2) == first[2:]
+    assert batches(4) != first

@@ -1,10 +1,12 @@
-"""The main job through its real entry points: demo data -> train.py -> eval.py."""
+"""The main job through its real entry points: demo data -> train.py -> eval.py, and from
+the checkpoint to answers: export, the C++ program, postprocess.py, predict.py."""
 import json
 import os
+import subprocess
 
 import pytest
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,17 @@ def test_training_lowers_the_loss_and_writes_its_outputs(trained):
     first, last = steps[:3], steps[-3:]
     assert sum(r["loss"] for r in last) < 0.7 * sum(r["loss"] for r in first)
     assert all(r["finite"] for r in steps)
-    assert sorted(os.listdir(train_dir / "mindrecord"))[0].startswith("ssd.mindrecord")
+    assert (train_dir / "mindrecord" / "ssd.mindrecord.manifest.json").exists()
     assert (train_dir / "ssd-2_3.ckpt").exists() and (train_dir / "ssd-3_3.ckpt").exists()
     assert (train_dir / "loss_curve.png").stat().st_size > 10_000
     assert "num_classes: 4" in (train_dir / "config.yaml").read_text()
     assert not [n for n in os.listdir(train_dir) if n.startswith(".tmp")]
+    state = {}
+    import mindspore as ms
+
+    state = ms.load_checkpoint(str(train_dir / "ssd-3_3.ckpt"))
+    assert "moments.feature_extractor.module.conv1.weight" in state
+    assert int(state["train_state.global_step"].asnumpy()) == 9
 
 
 def test_eval_prints_a_real_coco_summary(trained, demo_root):
@@ -91,3 +99,145 @@ def test_eval_on_txt_data_writes_its_ground_truth(trained, demo_root, tmp_path):
     truth = json.load(open(tmp_path / "eval" / "ground_truth.json"))
     assert len(truth["images"]) == 4 and len(truth["annotations"]) == len(data["annotations"])
     assert [c["name"] for c in truth["categories"]] == ["class_1", "class_2", "class_3"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """MINDIR and ONNX exports (batch 2) of the trained checkpoint, and its OpenCV form."""
+    out, _ = trained
+    folder = tmp_path_factory.mktemp("export")
+    paths = {}
+    for file_format in ("MINDIR", "ONNX"):
+        result = run_script(["export.py", "--ckpt_file", str(out / "train" / "ssd-3_3.ckpt"),
+                             "--num_classes", "4", "--file_name", str(folder / "ssd"),
+                             "--file_format", file_format, "--batch_size", "2",
+                             "--device_target", "CPU",
+                             *(["--opencv", "true"] if file_format == "ONNX" else [])])
+        assert result.returncode == 0, result.stderr[-3000:]
+        paths[file_format] = str(folder / f"ssd.{file_format.lower()}")
+    paths["OPENCV"] = str(folder / "ssd.opencv.onnx")
+    return paths
+
+
+def live_outputs(checkpoint, images):
+    import mindspore as ms
+
+    from src.config import Config
+    from src.device import init_device
+    from src.engine.evaluator import build_inference_network
+
+    init_device("CPU")
+    net = build_inference_network(Config(num_classes=4), checkpoint)
+    boxes, scores = net(ms.Tensor(images))
+    return boxes.asnumpy(), scores.asnumpy()
+
+
+def test_exports_match_the_live_network(trained, exported):
+    import mindspore as ms
+    import numpy as np
+    import onnxruntime
+
+    out, _ = trained
+    images = np.random.default_rng(0).normal(size=(2, 3, 300, 300)).astype(np.float32)
+    boxes, scores = live_outputs(str(out / "train" / "ssd-3_3.ckpt"), images)
+    assert boxes.shape == (2, 8732, 4) and scores.shape == (2, 8732, 4)
+    graph = ms.nn.GraphCell(ms.load(exported["MINDIR"]))
+    mindir_boxes, mindir_scores = (x.asnumpy() for x in graph(ms.Tensor(images)))
+    np.testing.assert_allclose(mindir_boxes, boxes, atol=1e-5)
+    np.testing.assert_allclose(mindir_scores, scores, atol=1e-5)
+    for key in ("ONNX", "OPENCV"):
+        session = onnxruntime.InferenceSession(exported[key], providers=["CPUExecutionProvider"])
+        onnx_boxes, onnx_scores = session.run(None, {session.get_inputs()[0].name: images})
+        np.testing.assert_allclose(onnx_boxes, boxes, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(onnx_scores, scores, atol=1e-4, err_msg=key)
+
+
+def test_air_export_needs_ascend(trained, tmp_path):
+    out, _ = trained
+    result = run_script(["export.py", "--ckpt_file", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--num_classes", "4", "--file_name", str(tmp_path / "ssd"),
+                         "--file_format", "AIR", "--device_target", "CPU"])
+    assert result.returncode == 1 and "AIR export needs an Ascend" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def png_dataset(demo_root, tmp_path_factory):
+    """The demo's validation images as PNG files (lossless: every decoder sees the same
+    pixels) in a COCO layout, with their annotation file."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("png")
+    data = json.load(open(os.path.join(demo_root, "annotations", "instances_val2017.json")))
+    os.makedirs(root / "val2017")
+    for image in data["images"]:
+        name = image["file_name"].replace(".jpg", ".png")
+        picture = cv2.imread(os.path.join(demo_root, "val2017", image["file_name"]))
+        cv2.imwrite(str(root / "val2017" / name), picture)
+        image["file_name"] = name
+    os.makedirs(root / "annotations")
+    with open(root / "annotations" / "instances_val2017.json", "w") as f:
+        json.dump(data, f)
+    return root
+
+
+def test_cpp_program_postprocess_and_eval_agree(trained, exported, png_dataset, tmp_path):
+    import numpy as np
+
+    from src.data.transforms import network_input
+
+    out, _ = trained
+    anno = png_dataset / "annotations" / "instances_val2017.json"
+    result = subprocess.run(["bash", "scripts/run_infer_cpp.sh", exported["OPENCV"],
+                             str(png_dataset / "val2017"), "cpu", str(anno), "CPU", "--",
+                             "--num_classes", "4"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, INFER_OUTPUT_PATH=str(tmp_path / "infer"),
+                                     CPP_INFER_FLAGS="--batch_size 2"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    timing = (tmp_path / "infer" / "time_Result" / "test_perform_static.txt").read_text()
+    assert "NN inference cost average time" in timing and "infer_count 2" in timing
+    results = tmp_path / "infer" / "result_Files"
+    names = sorted(os.listdir(png_dataset / "val2017"))
+    assert sorted(os.listdir(results)) == sorted(
+        f"{n[:-4]}_{k}.bin" for n in names for k in (0, 1))
+    assert os.path.getsize(results / f"{names[0][:-4]}_0.bin") == 139_712
+    assert os.path.getsize(results / f"{names[0][:-4]}_1.bin") == 8732 * 4 * 4
+    import cv2
+
+    images = np.stack([network_input(cv2.cvtColor(cv2.imread(str(png_dataset / "val2017" / n)),
+                                                   cv2.COLOR_BGR2RGB)) for n in names[:2]])
+    boxes, scores = live_outputs(str(out / "train" / "ssd-3_3.ckpt"), images)
+    np.testing.assert_allclose(np.fromfile(results / f"{names[0][:-4]}_0.bin", np.float32),
+                               boxes[0].ravel(), atol=1e-4)
+    np.testing.assert_allclose(np.fromfile(results / f"{names[1][:-4]}_1.bin", np.float32),
+                               scores[1].ravel(), atol=1e-4)
+    cpp_map = float(result.stdout.split("mAP: ")[1].split()[0])
+    evaluation = run_script(["eval.py", "--data_url", str(png_dataset), "--num_classes", "4",
+                             "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                             "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",
+                             "--progress", "off"])
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    eval_map = float(evaluation.stdout.split("mAP: ")[1].split()[0])
+    assert abs(cpp_map - eval_map) < 1e-3
+
+
+def test_predict_draws_boxes(trained, demo_root, tmp_path):
+    import cv2
+    import numpy as np
+
+    out, _ = trained
+    image = os.path.join(demo_root, "val2017", sorted(os.listdir(
+        os.path.join(demo_root, "val2017")))[0])
+    result = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--num_classes", "4", "--image", image, "--output_dir",
+                         str(tmp_path), "--draw_threshold", "0", "--run_platform", "CPU"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.load(open(tmp_path / "detections.json"))[os.path.basename(image)]
+    assert found and found[0]["class"] in ("circle", "square", "triangle")
+    before, after = cv2.imread(image), cv2.imread(str(tmp_path / os.path.basename(image)))
+    assert before.shape == after.shape
+    x, y, w, h = (int(round(v)) for v in found[0]["bbox"])
+    edge = after[min(y + h // 2, after.shape[0] - 1), max(x, 0)].astype(int)
+    assert np.abs(edge - before[min(y + h // 2, before.shape[0] - 1), max(x, 0)]).sum() > 30
+    far = np.abs(after.astype(int) - before.astype(int)).sum(axis=2) > 0
+    assert far.any() and not far.all()

@@ -27,3 +27,12 @@ def test_table_schedule_clamps_at_the_end(graph_cpu):
     for step, index in ((0, 0), (5, 5), (11, 11), (12, 11), (1000, 11)):
         value = schedule(ms.Tensor(np.array([step], np.int32))).asnumpy()
         assert float(value) == pytest.approx(float(table[index])), step
+
+
+def test_peak_lr_follows_the_global_batch_unless_given():
+    from src.config import Config
+    from src.lr_schedule import peak_lr
+
+    assert peak_lr(Config(batch_size=32), world_size=8) == pytest.approx(0.075)
+    assert peak_lr(Config(batch_size=32)) == pytest.approx(0.075 / 8)
+    assert peak_lr(Config(batch_size=8, lr=0.3), world_size=8) == 0.3

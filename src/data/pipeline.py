@@ -7,28 +7,27 @@ num_match (B, 1) int32, img_id (B, 1) int32. Evaluation batches: img_id (B, 1) i
 import mindspore.dataset as ds
 from mindspore.dataset import vision
 
-from src.data.transforms import EvalTransform, TrainTransform
-
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+from src.data.transforms import MEAN_RGB, STD_RGB, EvalTransform, TrainTransform
 TRAIN_COLUMNS = ["image", "box", "label", "num_match", "img_id"]
 EVAL_COLUMNS = ["img_id", "image", "image_shape"]
 
 
 def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
-                         num_shards=1, shard_id=0, num_workers=2, seed=1,
+                         num_shards=1, shard_id=0, num_workers=2, seed=1, epoch=0,
                          crop_rule="reference"):
-    """Shuffled, augmented, encoded and batched training data (last partial batch dropped)."""
-    ds.config.set_seed(seed)
+    """One epoch of shuffled, augmented, encoded, batched training data (last partial batch
+    dropped). The order and every random draw depend only on (seed, epoch), so an epoch can be
+    replayed exactly, also from its middle with ``.skip(batches)``."""
+    ds.config.set_seed(seed * 100003 + epoch)
     data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
                           num_shards=num_shards if num_shards > 1 else None,
                           shard_id=shard_id if num_shards > 1 else None,
                           shuffle=shuffle, num_parallel_workers=num_workers)
     data = data.map(operations=vision.Decode(), input_columns=["image"],
                     num_parallel_workers=num_workers)
-    data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed),
-                    input_columns=["image", "annotation"],
-                    output_columns=["image", "box", "label", "num_match"],
+    data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed, epoch),
+                    input_columns=["image", "annotation", "img_id"],
+                    output_columns=["image", "box", "label", "num_match", "img_id"],
                     num_parallel_workers=num_workers, python_multiprocessing=False)
     data = data.map(operations=[
         vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),

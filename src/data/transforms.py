@@ -92,29 +92,33 @@ def flip_boxes(gt):
 
 
 class TrainTransform:
-    """(RGB image, (N, 5) pixel ground truth) -> (300x300 RGB image, loc, label, num_match).
+    """(RGB image, (N, 5) pixel ground truth, img_id) -> (300x300 RGB image, loc, label,
+    num_match).
 
     Random crop, bilinear resize, horizontal flip (p = 0.5), then matching and encoding against
-    the default boxes. Colour jitter and normalisation follow as MindSpore C++ ops.
+    the default boxes. Colour jitter and normalisation follow as MindSpore C++ ops. The random
+    draws of an image depend only on (seed, epoch, img_id), never on which worker thread runs
+    it or on what came before, so an epoch is the same whenever it is replayed (resume).
     """
 
-    def __init__(self, box_coder, img_shape=(300, 300), crop_rule="reference", seed=None):
+    def __init__(self, box_coder, img_shape=(300, 300), crop_rule="reference", seed=0, epoch=0):
         self.box_coder = box_coder
         self.img_shape = tuple(img_shape)
         self.crop_rule = crop_rule
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = int(seed), int(epoch)
 
-    def __call__(self, image, annotation):
+    def __call__(self, image, annotation, img_id):
+        rng = np.random.default_rng([self.seed, self.epoch, int(np.ravel(img_id)[0])])
         gt = annotation_rows(annotation)
-        image, gt = random_sample_crop(image, gt, self.rng, self.crop_rule)
+        image, gt = random_sample_crop(image, gt, rng, self.crop_rule)
         height, width = image.shape[:2]
         image = resize(image, self.img_shape)
         gt = normalize_boxes(gt, height, width)
-        if self.rng.uniform() < 0.5:
+        if rng.uniform() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             gt = flip_boxes(gt)
         loc, label, num_match = self.box_coder.encode_targets(gt)
-        return image, loc, label, num_match
+        return image, loc, label, num_match, img_id
 
 
 class EvalTransform:
@@ -126,3 +130,15 @@ class EvalTransform:
     def __call__(self, image):
         shape = np.array(image.shape[:2], np.float32)
         return resize(image, self.img_shape), shape
+
+
+MEAN_RGB = (123.675, 116.28, 103.53)
+STD_RGB = (58.395, 57.12, 57.375)
+
+
+def network_input(image_rgb, img_shape=(300, 300)):
+    """What evaluation feeds the network for one RGB image, in numpy: bilinear resize,
+    ImageNet normalisation, HWC -> CHW; (3, H, W) float32."""
+    resized = resize(image_rgb, img_shape).astype(np.float32)
+    normalised = (resized - np.array(MEAN_RGB, np.float32)) / np.array(STD_RGB, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))

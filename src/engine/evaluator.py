@@ -1,5 +1,4 @@
 """Evaluation: checkpoint -> inference over the eval set -> post-processing -> COCOeval."""
-import json
 import os
 import shutil
 import time
@@ -14,7 +13,9 @@ from src.detections import PostProcessor
 from src.device import start_run
 from src.engine.checkpoint import load_weights
 from src.engine.progress import Progress
-from src.metrics import coco_evaluate, stats_dict
+from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
+                         reference_protocol_images, stats_dict, write_json_atomic)
+from src.visualize import plot_pr_curves
 from src.model import SsdInferWithDecoder, build_ssd
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
@@ -55,36 +56,108 @@ def run_inference(net, dataset, batch_size, postprocessor, progress="auto", desc
     return detections, img_ids
 
 
+def score_and_report(config, ground_truth_path, detections, img_ids, output_dir, source_note):
+    """COCOeval of detections (on all images, or the reference's subset with --drop_crowd),
+    printed (12 lines, per-class table, 'mAP: <value>') and written to ``output_dir``:
+    detections.json, eval_results.json, pr_curve.png. Returns the results dict."""
+    ground_truth = load_coco_ground_truth(ground_truth_path)
+    if config.drop_crowd:
+        scored = reference_protocol_images(ground_truth, img_ids)
+        print(f"--drop_crowd: scoring {len(scored)} of {len(img_ids)} images (those without "
+              "crowd boxes and with at least one box), as the reference did")
+        img_ids = scored
+    result = coco_evaluate(ground_truth, detections, img_ids,
+                           os.path.join(output_dir, "detections.json"))
+    print(result.summary, end="")
+    if result.per_class:
+        print(per_class_table(result))
+    print("=" * 79)
+    print(f"mAP: {result.stats[0]}", flush=True)
+    curve = plot_pr_curves(result, os.path.join(output_dir, "pr_curve.png"))
+    results = {**source_note, "ground_truth": os.path.abspath(ground_truth_path),
+               "images": len(img_ids), "detections": len(detections),
+               "mAP": float(result.stats[0]), **stats_dict(result.stats),
+               "per_class": {str(k): v for k, v in result.per_class.items()}}
+    write_json_atomic(results, os.path.join(output_dir, "eval_results.json"))
+    print(f"Written to {output_dir}: detections.json, eval_results.json"
+          f"{', pr_curve.png' if curve else ''}")
+    return results
+
+
 def evaluate(config):
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
     output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
     prepared = prepare_split(config, "eval", output_dir)
-    source, files = prepared.source, prepared.files
     net = build_inference_network(config, config.checkpoint_path)
-    dataset = create_eval_dataset(files, config.eval_batch_size, config.img_shape,
+    dataset = create_eval_dataset(prepared.files, config.eval_batch_size, config.img_shape,
                                   config.num_parallel_workers)
-    postprocessor = PostProcessor.from_config(config, source.category_ids)
-    print(f"Evaluating {config.checkpoint_path} on {dataset.get_dataset_size()} batches of "
-          f"{source.name} ({platform}, batch {config.eval_batch_size})", flush=True)
+    postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)
+    print(f"Evaluating {config.checkpoint_path} on {prepared.images} images of "
+          f"{prepared.source.name} ({platform}, batch {config.eval_batch_size})", flush=True)
     start = time.time()
     detections, img_ids = run_inference(net, dataset, config.eval_batch_size, postprocessor,
                                         config.progress)
     seconds = time.time() - start
-    detections_path = os.path.join(output_dir, "detections.json")
+    print(f"{len(img_ids)} images in {seconds:.1f} s")
     if config.dataset != "coco":
         shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
-    stats, summary = coco_evaluate(prepared.ground_truth, detections, img_ids, detections_path)
-    print(summary, end="")
-    print("=" * 79)
-    print(f"mAP: {stats[0]}", flush=True)
-    results = {"checkpoint": os.path.abspath(config.checkpoint_path),
-               "ground_truth": os.path.abspath(prepared.ground_truth),
-               "images": len(img_ids), "detections": len(detections),
-               "seconds": round(seconds, 2), "mAP": float(stats[0]), **stats_dict(stats)}
-    with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    print(f"{len(img_ids)} images in {seconds:.1f} s; detections: {detections_path}; "
-          f"results: {os.path.join(output_dir, 'eval_results.json')}")
-    return results
+    return score_and_report(config, prepared.ground_truth, detections, img_ids, output_dir,
+                            {"checkpoint": os.path.abspath(config.checkpoint_path),
+                             "seconds": round(seconds, 2)})
+
+
+def evaluate_result_files(config, result_path, img_path, anno_file):
+    """postprocess.py: COCO mAP of the C++ program's <stem>_0.bin / <stem>_1.bin files.
+
+    Images are the files of ``img_path`` that the annotation file lists (matched by
+    ``file_name``, so any names work); sizes are read from the images. The same
+    post-processing as eval.py runs on the stored boxes and scores.
+    """
+    from PIL import Image
+
+    output_dir = config.output_dir or os.path.join("outputs", "postprocess")
+    os.makedirs(output_dir, exist_ok=True)
+    ground_truth = load_coco_ground_truth(anno_file)
+    by_name = {os.path.basename(image["file_name"]): image["id"]
+               for image in ground_truth.dataset["images"]}
+    category_ids = [0] + sorted(ground_truth.getCatIds())
+    postprocessor = PostProcessor.from_config(config, category_ids)
+    anchors = config.num_ssd_boxes
+    detections, img_ids, unknown = [], [], []
+    for name in sorted(os.listdir(img_path)):
+        path = os.path.join(img_path, name)
+        if not os.path.isfile(path) or name.startswith("."):
+            continue
+        if name not in by_name:
+            unknown.append(name)
+            continue
+        stem = name.split(".")[0]
+        files = [os.path.join(result_path, f"{stem}_{k}.bin") for k in (0, 1)]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise ValueError(f"{name}: result file {missing[0]} not found (run the C++ program "
+                             f"on {img_path} first)")
+        boxes = np.fromfile(files[0], np.float32)
+        scores = np.fromfile(files[1], np.float32)
+        if boxes.size != anchors * 4 or scores.size % anchors:
+            raise ValueError(f"{files[0]} / {files[1]}: {boxes.size} and {scores.size} floats do "
+                             f"not hold ({anchors}, 4) boxes and ({anchors}, C) scores")
+        scores = scores.reshape(anchors, -1)
+        if scores.shape[1] != len(category_ids):
+            raise ValueError(f"{files[1]}: {scores.shape[1]} score columns, but {anno_file} has "
+                             f"{len(category_ids) - 1} categories (+ background)")
+        with Image.open(path) as image:
+            size = (image.height, image.width)
+        img_id = by_name[name]
+        detections.extend(postprocessor.process_batch([img_id], boxes.reshape(1, anchors, 4),
+                                                      scores[None], [size]))
+        img_ids.append(img_id)
+    if unknown:
+        print(f"{len(unknown)} file(s) of {img_path} are not in {anno_file} and were left out, "
+              f"e.g. {unknown[0]}")
+    if not img_ids:
+        raise ValueError(f"none of the files in {img_path} is listed in {anno_file}")
+    return score_and_report(config, anno_file, detections, img_ids, output_dir,
+                            {"result_path": os.path.abspath(result_path)})

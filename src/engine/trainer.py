@@ -1,7 +1,10 @@
-"""The training run behind train.py: data, model, schedule, train step, logs, plots, checkpoints."""
+"""The training run behind train.py: data, model, schedule, train step, logs, plots,
+checkpoints, resume, evaluation during training, and stopping cleanly on signals or NaNs."""
 import json
 import os
+import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import mindspore as ms
@@ -13,18 +16,41 @@ from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split
 from src.device import ONEDNN_ISA_VARIABLE, start_run
-from src.engine.checkpoint import (checkpoint_name, load_weights, prune_checkpoints,
-                                   save_checkpoint)
+from src.engine.checkpoint import (CheckpointError, checkpoint_name, is_backbone_checkpoint,
+                                   list_checkpoints, load_backbone, load_weights,
+                                   prune_checkpoints, read_checkpoint, read_state,
+                                   save_checkpoint, state_entries)
 from src.engine.progress import Progress, format_duration
 from src.engine.train_step import TrainStep, create_optimizer
 from src.loss import SSDWithLossCell
-from src.lr_schedule import lr_from_config
+from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, count_trainable_params
-from src.visualize import plot_training_curves
+from src.visualize import plot_training_curves, read_jsonl
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
 LOG_NAME = "train_log.jsonl"
 CURVE_NAME = "loss_curve.png"
+BEST_NAME = "best.ckpt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stays non-finite); the message says why and where."""
+
+
+@dataclass
+class Position:
+    """Where training stands: ``step_in_epoch`` steps of ``epoch`` are done (1-based epochs;
+    a finished epoch has step_in_epoch == steps_per_epoch)."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+    def next_start(self, steps_per_epoch):
+        """(epoch to run next, batches of it already done)."""
+        if self.step_in_epoch >= steps_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.step_in_epoch
 
 
 def resolve_precision(config, platform):
@@ -40,11 +66,19 @@ def resolve_loss_scale(config, platform, precision):
 
 
 class MetricsLog:
-    """JSON-lines log: one object per step ('kind': 'step') and per epoch ('kind': 'epoch')."""
+    """JSON-lines log: one object per step ('kind': 'step'), epoch ('epoch') and eval ('eval').
 
-    def __init__(self, path):
+    A resumed run keeps the rows up to its checkpoint's step and appends after them.
+    """
+
+    def __init__(self, path, keep_until_step=None):
         self.path = path
-        self.file = open(path, "w", encoding="utf-8")
+        rows = []
+        if keep_until_step is not None:
+            rows = [r for r in read_jsonl(path) if r.get("global_step", 0) <= keep_until_step]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        self.file = open(path, "a", encoding="utf-8")
 
     def write(self, kind, **fields):
         self.file.write(json.dumps({"kind": kind, **fields}) + "\n")
@@ -54,23 +88,164 @@ class MetricsLog:
         self.file.close()
 
 
+class StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second
+    Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, _frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested} received: saving a checkpoint after this step "
+              "(Ctrl-C again to stop at once)", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def model_summary(config, network, platform, precision, loss_scale, images, steps_per_epoch,
-                  output_dir):
+                  output_dir, lr=None):
     """The lines printed before training starts."""
-    boxes = config.num_ssd_boxes
     height, width = config.img_shape
+    top = lr if lr is not None else peak_lr(config)
     return "\n".join([
         f"SSD-ResNet34: {count_trainable_params(network):,} trainable parameters, "
-        f"{boxes:,} default boxes, input 3x{height}x{width}, {config.num_classes} classes "
-        "(background included)",
+        f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
+        f"{config.num_classes} classes (background included)",
         f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
         f"({config.loss_scale_mode}), {ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE)}",
         f"Data: {images} images, batch {config.batch_size}, {steps_per_epoch} steps/epoch, "
-        f"epochs {config.pre_trained_epoch_size + 1}..{config.epoch_size}",
-        f"Schedule: lr {config.lr_init:g} -> {config.lr:g} over {config.warmup_epochs:g} warm-up "
-        f"epochs, cosine to {config.lr * config.lr_end_rate:g}; momentum {config.momentum:g}, "
-        f"weight decay {config.weight_decay:g}",
+        f"{config.epoch_size} epochs",
+        f"Schedule: lr {config.lr_init:g} -> {top:g}{'' if config.lr else ' (scaled to the batch)'}"
+        f" over {config.warmup_epochs:g} warm-up epochs, cosine to {top * config.lr_end_rate:g};"
+        f" momentum {config.momentum:g}, weight decay {config.weight_decay:g}",
         f"Output: {os.path.abspath(output_dir)}"])
+
+
+def load_pretrained(config, network):
+    """--pre_trained: a detector checkpoint (heads dropped with --filter_weight) or an
+    ImageNet-style ResNet-34 backbone checkpoint; prints what was loaded and skipped."""
+    path = config.pre_trained
+    if is_backbone_checkpoint(path):
+        loaded, skipped = load_backbone(network, path)
+        print(f"Backbone checkpoint {path}: loaded {len(loaded)} tensors into the ResNet-34 "
+              f"backbone; skipped {len(skipped)}:")
+        for name, why in sorted(skipped.items()):
+            print(f"  {name}: {why}")
+        return
+    loaded, left = load_weights(network, path, drop_heads=config.filter_weight)
+    reason = " (heads dropped by --filter_weight)" if config.filter_weight else ""
+    print(f"Loaded {loaded} tensors from {path}; {len(left)} keep their initial values{reason}")
+
+
+def find_resume_checkpoint(resume, output_dir):
+    """The checkpoint --resume names: 'auto' = newest complete one in the run folder (None if
+    there is none yet), else the given path."""
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise CheckpointError(f"--resume {resume}: no such checkpoint")
+        return resume
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def restore(train_step, path, steps_per_epoch):
+    """Load a training checkpoint into the train step; returns its Position."""
+    params = read_checkpoint(path)
+    state = read_state(params, path)
+    if state.get("steps_per_epoch") not in (None, steps_per_epoch):
+        raise CheckpointError(f"{path} was written with {state['steps_per_epoch']} steps per "
+                              f"epoch, this run has {steps_per_epoch}: same data and batch size "
+                              "are needed to resume")
+    missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} tensors of this model and optimizer "
+                              f"(e.g. {missing[0]}): it is not a training checkpoint of this "
+                              "configuration")
+    return Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+
+
+class EvalDuringTraining:
+    """Evaluates a copy of the network on the eval split with eval.py's post-processing."""
+
+    def __init__(self, config, prepared):
+        from src.data.pipeline import create_eval_dataset
+        from src.detections import PostProcessor
+        from src.engine.evaluator import build_inference_network
+
+        self.config, self.prepared = config, prepared
+        self.net = build_inference_network(config)
+        self.dataset = create_eval_dataset(prepared.files, config.eval_batch_size,
+                                           config.img_shape, config.num_parallel_workers)
+        self.postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)
+
+    def __call__(self, network, output_dir, epoch):
+        from src.engine.evaluator import run_inference
+        from src.metrics import coco_evaluate
+
+        source = {p.name.split("network.", 1)[-1]: p for p in network.get_parameters()}
+        for param in self.net.get_parameters():
+            param.set_data(Tensor(source[param.name.split("network.", 1)[-1]].asnumpy()))
+        detections, img_ids = run_inference(self.net, self.dataset, self.config.eval_batch_size,
+                                            self.postprocessor, self.config.progress,
+                                            desc=f"eval epoch {epoch}")
+        return coco_evaluate(self.prepared.ground_truth, detections, img_ids,
+                             os.path.join(output_dir, "detections_last_eval.json")).stats
+
+
+def run_epoch(train_step, dataset, position, config, lr_table, log, stop, guard_state, epoch,
+              steps_per_epoch, first_batch):
+    """Train one epoch (from ``first_batch``); returns (losses, skipped, stopped early)."""
+    bar = Progress(steps_per_epoch - first_batch, f"epoch {epoch}/{config.epoch_size}",
+                   config.progress)
+    losses, skipped, tick = [], 0, time.time()
+    try:
+        for image, box, label, num_match, img_id in dataset.create_tuple_iterator(num_epochs=1):
+            lr = float(lr_table[min(position.global_step, len(lr_table) - 1)])
+            loss, cls_loss, loc_loss, finite, scale = train_step(image, box, label, num_match)
+            loss, cls_loss, loc_loss = (float(v.asnumpy()) for v in (loss, cls_loss, loc_loss))
+            finite = bool(finite.asnumpy())
+            now = time.time()
+            step_seconds, tick = now - tick, now
+            position.global_step += 1
+            position.step_in_epoch += 1
+            position.epoch = epoch
+            log.write("step", epoch=epoch, global_step=position.global_step, loss=loss,
+                      cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
+                      loss_scale=float(scale.asnumpy()), step_seconds=round(step_seconds, 4),
+                      img_per_s=round(config.batch_size / step_seconds, 3))
+            bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
+                       **{"img/s": config.batch_size / step_seconds})
+            if finite:
+                guard_state["in_a_row"] = 0
+                losses.append(loss)
+            else:
+                skipped += 1
+                guard_state["in_a_row"] += 1
+                ids = img_id.asnumpy().ravel().tolist()
+                print(f"\nstep {position.global_step}: non-finite loss or gradient "
+                      f"(loss {loss}); update skipped; images {ids}", flush=True)
+                if guard_state["in_a_row"] >= config.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"{guard_state['in_a_row']} non-finite steps in a row, the last at step "
+                        f"{position.global_step} (epoch {epoch}) on images {ids}; stopping. The "
+                        "last good checkpoint is kept: lower --lr, or look at those images")
+            if stop.requested:
+                return losses, skipped, True
+    finally:
+        bar.close()
+    return losses, skipped, False
 
 
 def train(config):
@@ -79,96 +254,125 @@ def train(config):
     if config.check_dataset:
         return check_split(config, "train")
     prepared = prepare_split(config, "train", output_dir)
-    files = prepared.files
     if config.only_create_dataset:
-        print(f"MindRecord set ready: {os.path.dirname(files[0])}")
-        return {"mindrecord_files": files}
+        print(f"MindRecord set ready: {os.path.dirname(prepared.files[0])}")
+        return {"mindrecord_files": prepared.files}
+    eval_split = prepare_split(config, "eval", output_dir) if config.eval_interval else None
 
     coder = BoxCoder(default_boxes_from_config(config), config.match_threshold,
                      config.prior_scaling)
-    dataset = create_train_dataset(files, coder, config.batch_size, config.img_shape,
-                                   num_workers=config.num_parallel_workers, seed=config.seed)
-    steps_per_epoch = dataset.get_dataset_size()
+
+    def epoch_data(epoch):
+        return create_train_dataset(prepared.files, coder, config.batch_size, config.img_shape,
+                                    num_workers=config.num_parallel_workers, seed=config.seed,
+                                    epoch=epoch)
+
+    steps_per_epoch = prepared.images // config.batch_size
     if steps_per_epoch == 0:
         raise DatasetError(f"{prepared.images} training images make no full batch of "
                            f"--batch_size {config.batch_size}")
-    start_epoch = config.pre_trained_epoch_size
-    if start_epoch >= config.epoch_size:
-        raise ValueError(f"--pre_trained_epoch_size {start_epoch} leaves nothing to train with "
-                         f"--epoch_size {config.epoch_size}")
-
     network = build_ssd(config)
     if config.pre_trained:
-        loaded, left = load_weights(network, config.pre_trained, drop_heads=config.filter_weight)
-        print(f"Loaded {loaded} tensors from {config.pre_trained}; {len(left)} keep their "
-              f"initial values{' (heads dropped by --filter_weight)' if config.filter_weight else ''}")
+        load_pretrained(config, network)
     precision = resolve_precision(config, platform)
     if precision == "fp16":
         network.to_float(ms.float16)
     loss_scale = resolve_loss_scale(config, platform, precision)
     lr_table = lr_from_config(config, steps_per_epoch)
     optimizer = create_optimizer(network, lr_table, config.momentum, config.weight_decay)
-    first_step = start_epoch * steps_per_epoch
-    optimizer.global_step.set_data(Tensor(np.array([first_step], np.int32)))
     train_step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha), optimizer,
                            loss_scale, dynamic=config.loss_scale_mode == "dynamic")
     train_step.set_train(True)
-    print(model_summary(config, network, platform, precision, loss_scale, prepared.images,
-                        steps_per_epoch, output_dir), flush=True)
+    evaluator = EvalDuringTraining(config, eval_split) if eval_split else None
 
-    log = MetricsLog(os.path.join(output_dir, LOG_NAME))
+    start = config.pre_trained_epoch_size
+    position = Position(start, steps_per_epoch, start * steps_per_epoch)
+    resume_path = find_resume_checkpoint(config.resume, output_dir) if config.resume else None
+    if resume_path:
+        position = restore(train_step, resume_path, steps_per_epoch)
+        print(f"Resuming from {resume_path}: epoch {position.epoch}, step {position.step_in_epoch}"
+              f"/{steps_per_epoch}, global step {position.global_step}", flush=True)
+    elif config.resume:
+        print(f"--resume auto: no checkpoint in {output_dir} yet, starting fresh", flush=True)
+    optimizer.global_step.set_data(Tensor(np.array([position.global_step], np.int32)))
+    first_epoch, first_batch = position.next_start(steps_per_epoch)
+    if first_epoch > config.epoch_size:
+        raise ValueError(f"nothing left to train: epoch {position.epoch} is done and "
+                         f"--epoch_size is {config.epoch_size}")
+    print(model_summary(config, network, platform, precision, loss_scale, prepared.images,
+                        steps_per_epoch, output_dir, float(lr_table.max())), flush=True)
+
+    log = MetricsLog(os.path.join(output_dir, LOG_NAME),
+                     keep_until_step=position.global_step if resume_path else None)
     curve_path = os.path.join(output_dir, CURVE_NAME)
-    iterator = dataset.create_tuple_iterator(num_epochs=config.epoch_size - start_epoch)
-    global_step, run_start, epoch_losses, checkpoint = first_step, time.time(), [], None
-    skipped_total = 0
+    best = {"mAP": max([r["mAP"] for r in read_jsonl(log.path) if r.get("kind") == "eval"],
+                       default=-1.0)}
+    run_start, epoch_losses, checkpoint, skipped_total = time.time(), [], None, 0
+    guard_state = {"in_a_row": 0}
+
+    def save(path):
+        return save_checkpoint(train_step, path, state_entries(
+            epoch=position.epoch, step_in_epoch=position.step_in_epoch,
+            global_step=position.global_step, seed=config.seed,
+            steps_per_epoch=steps_per_epoch, class_names=prepared.source.class_names))
+
     try:
-        for epoch in range(start_epoch + 1, config.epoch_size + 1):
-            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epoch_size}",
-                           config.progress)
-            losses, skipped, epoch_start = [], 0, time.time()
-            tick = epoch_start
-            for image, box, label, num_match, _img_id in iterator:
-                lr = float(lr_table[min(global_step, len(lr_table) - 1)])
-                loss, cls_loss, loc_loss, finite, scale = train_step(image, box, label, num_match)
-                loss, cls_loss, loc_loss = (float(v.asnumpy()) for v in (loss, cls_loss, loc_loss))
-                finite = bool(finite.asnumpy())
-                now = time.time()
-                step_seconds, tick = now - tick, now
-                global_step += 1
-                skipped += not finite
-                losses.append(loss)
-                log.write("step", epoch=epoch, global_step=global_step, loss=loss,
-                          cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
-                          loss_scale=float(scale.asnumpy()), step_seconds=round(step_seconds, 4),
-                          img_per_s=round(config.batch_size / step_seconds, 3))
-                bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
-                           **{"img/s": config.batch_size / step_seconds})
-            bar.close()
-            seconds = time.time() - epoch_start
-            mean_loss = float(np.mean(losses))
-            epoch_losses.append(mean_loss)
-            skipped_total += skipped
-            log.write("epoch", epoch=epoch, global_step=global_step, mean_loss=mean_loss,
-                      seconds=round(seconds, 2), skipped_steps=skipped)
-            remaining = (config.epoch_size - epoch) * seconds
-            print(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
-                  f"{seconds:.1f} s ({steps_per_epoch * config.batch_size / seconds:.2f} img/s)"
-                  f"{f', {skipped} non-finite steps skipped' if skipped else ''}, "
-                  f"about {format_duration(remaining)} left", flush=True)
-            if epoch % config.save_checkpoint_epochs == 0 or epoch == config.epoch_size:
-                checkpoint = save_checkpoint(
-                    train_step, os.path.join(output_dir, checkpoint_name(epoch, steps_per_epoch)),
-                    {"epoch": epoch, "global_step": global_step, "seed": config.seed,
-                     "steps_per_epoch": steps_per_epoch})
-                prune_checkpoints(output_dir, config.keep_checkpoint_max)
-                print(f"Saved checkpoint {checkpoint}", flush=True)
-            plot_training_curves(log.path, curve_path)
+        with StopRequest() as stop:
+            for epoch in range(first_epoch, config.epoch_size + 1):
+                dataset = epoch_data(epoch)
+                skip = first_batch if epoch == first_epoch else 0
+                if skip:
+                    dataset = dataset.skip(skip)
+                position.epoch, position.step_in_epoch = epoch, skip
+                epoch_start = time.time()
+                losses, skipped, stopped = run_epoch(
+                    train_step, dataset, position, config, lr_table, log, stop, guard_state,
+                    epoch, steps_per_epoch, skip)
+                skipped_total += skipped
+                if stopped:
+                    checkpoint = save(os.path.join(output_dir, checkpoint_name(
+                        epoch, position.step_in_epoch)))
+                    print(f"Stopped by {stop.requested} at epoch {epoch}, step "
+                          f"{position.step_in_epoch}/{steps_per_epoch}. Saved {checkpoint}.\n"
+                          f"Resume with the same command plus --resume auto", flush=True)
+                    return {"checkpoint": checkpoint, "stopped": stop.requested,
+                            "output_dir": output_dir}
+                seconds = time.time() - epoch_start
+                mean_loss = float(np.mean(losses)) if losses else float("nan")
+                epoch_losses.append(mean_loss)
+                log.write("epoch", epoch=epoch, global_step=position.global_step,
+                          mean_loss=mean_loss, seconds=round(seconds, 2), skipped_steps=skipped)
+                done = len(losses) + skipped
+                print(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
+                      f"{seconds:.1f} s ({done * config.batch_size / seconds:.2f} img/s)"
+                      f"{f', {skipped} non-finite steps skipped' if skipped else ''}, about "
+                      f"{format_duration((config.epoch_size - epoch) * seconds)} left",
+                      flush=True)
+                if epoch % config.save_checkpoint_epochs == 0 or epoch == config.epoch_size:
+                    checkpoint = save(os.path.join(output_dir,
+                                                   checkpoint_name(epoch, steps_per_epoch)))
+                    prune_checkpoints(output_dir, config.keep_checkpoint_max)
+                    print(f"Saved checkpoint {checkpoint}", flush=True)
+                if evaluator and epoch >= config.eval_start_epoch and (
+                        epoch % config.eval_interval == 0 or epoch == config.epoch_size):
+                    stats = evaluator(network, output_dir, epoch)
+                    log.write("eval", epoch=epoch, global_step=position.global_step,
+                              mAP=float(stats[0]), AP50=float(stats[1]), AP75=float(stats[2]))
+                    note = ""
+                    if stats[0] > best["mAP"]:
+                        best["mAP"] = float(stats[0])
+                        save(os.path.join(output_dir, BEST_NAME))
+                        note = f"; new best, saved {os.path.join(output_dir, BEST_NAME)}"
+                    print(f"eval epoch {epoch}: mAP {stats[0]:.4f}, AP50 {stats[1]:.4f}{note}",
+                          flush=True)
+                plot_training_curves(log.path, curve_path)
     finally:
         log.close()
     total = time.time() - run_start
-    print(f"Training done in {format_duration(total)}: loss {epoch_losses[0]:.4f} (first epoch "
-          f"mean) -> {epoch_losses[-1]:.4f} (last); checkpoint {checkpoint}; curves {curve_path}; "
-          f"log {log.path}", flush=True)
+    trend = (f"loss {epoch_losses[0]:.4f} (first epoch mean) -> {epoch_losses[-1]:.4f} (last)"
+             if epoch_losses else "")
+    print(f"Training done in {format_duration(total)}: {trend}; checkpoint {checkpoint}; "
+          f"curves {curve_path}; log {log.path}", flush=True)
     return {"checkpoint": checkpoint, "epoch_losses": epoch_losses, "seconds": total,
             "log": log.path, "curve": curve_path, "skipped_steps": skipped_total,
-            "output_dir": output_dir}
+            "output_dir": output_dir, "best_map": best["mAP"]}

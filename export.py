@@ -1,0 +1,46 @@
+"""Export the detector with its box decoder: python export.py --ckpt_file CKPT
+[--file_name ssd] [--file_format MINDIR|ONNX|AIR] [--batch_size 1] [--device_target CPU]
+[--opencv true]
+
+Writes <file_name>.mindir / .onnx / .air. Input (batch, 3, 300, 300) normalised image; outputs
+boxes (batch, 8732, 4) and scores (batch, 8732, num_classes). With --opencv true an ONNX export
+is also written as <file_name>.opencv.onnx, the form the C++ program runs with OpenCV.
+Config flags (--num_classes, --config ...) describe the model, as for training.
+"""
+import argparse
+import sys
+
+import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
+from src.cli import run
+from src.config import ConfigError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--ckpt_file", required="-h" not in sys.argv and "--help" not in sys.argv)
+    parser.add_argument("--file_name", default="ssd")
+    parser.add_argument("--file_format", default="MINDIR", type=str.upper,
+                        choices=("MINDIR", "ONNX", "AIR"))
+    parser.add_argument("--opencv", default="false", choices=("true", "false"))
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+    def export(config):
+        from src.deploy import export_model, opencv_compatible
+        from src.device import init_device
+
+        if config.batch_size > 1024:
+            raise ConfigError("--batch_size above 1024 is not a sensible export size")
+        platform = init_device(config.run_platform, config.device_id, config.seed)
+        path = export_model(config, args.ckpt_file, args.file_name, args.file_format,
+                            config.batch_size, platform)
+        print(f"Exported {path} (batch {config.batch_size}, {args.file_format})")
+        if args.opencv == "true":
+            if args.file_format != "ONNX":
+                raise ConfigError("--opencv true needs --file_format ONNX")
+            print(f"OpenCV form: {opencv_compatible(path, args.file_name + '.opencv.onnx')}")
+
+    return run(export, __doc__, rest, overrides={"batch_size": 1})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

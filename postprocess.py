@@ -1,0 +1,31 @@
+"""COCO mAP of the C++ program's result files:
+python postprocess.py --result_path result_Files --img_path IMAGES --anno_file GT.json [--drop]
+
+Reads <stem>_0.bin (boxes) and <stem>_1.bin (scores) for every image of --img_path listed in
+--anno_file (matched by file name, so any names work), runs eval.py's post-processing and
+COCOeval. --drop scores only images without crowd boxes and with at least one box (the
+reference's protocol; same as --drop_crowd). Outputs go to --output_dir (outputs/postprocess).
+"""
+import argparse
+import sys
+
+import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
+from src.cli import run
+from src.engine.evaluator import evaluate_result_files
+
+
+def main(argv=None):
+    helping = "-h" in sys.argv or "--help" in sys.argv
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--result_path", "--img_path", "--anno_file"):
+        parser.add_argument(flag, required=not helping)
+    parser.add_argument("--drop", action="store_true")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.drop:
+        rest = [*rest, "--drop_crowd", "true"]
+    return run(lambda config: evaluate_result_files(config, args.result_path, args.img_path,
+                                                    args.anno_file), __doc__, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

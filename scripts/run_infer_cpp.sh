@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# C++ inference on a folder of images, then COCO mAP of its results; foreground, exit status of
+# the first failing step.
+# Usage: bash scripts/run_infer_cpp.sh MODEL_PATH DATA_PATH DVPP ANNO_FILE DEVICE_TYPE [DEVICE_ID] [-- postprocess.py flags]
+#   MODEL_PATH  .opencv.onnx from `python export.py --file_format ONNX --opencv true` (OpenCV
+#               engine), or .mindir with a build made with -DWITH_MINDSPORE=ON
+#   DVPP        CPU (decode and resize on the CPU); DVPP needs an Ascend 310 and is refused here
+#   DEVICE_TYPE CPU, GPU or Ascend (GPU and Ascend need the MindSpore build)
+# Outputs (result_Files/, time_Result/, infer.log, acc.log) go to $INFER_OUTPUT_PATH, default
+# ./infer_output; extra flags after -- go to postprocess.py (e.g. --drop, --num_classes N).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+usage="Usage: bash $0 MODEL_PATH DATA_PATH DVPP ANNO_FILE DEVICE_TYPE [DEVICE_ID] [-- postprocess.py flags]"
+positional=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+if [ ${#positional[@]} -lt 5 ] || [ ${#positional[@]} -gt 6 ]; then echo "$usage" >&2; exit 2; fi
+
+MODEL_PATH=$(absolute "${positional[0]}")
+DATA_PATH=$(absolute "${positional[1]}")
+DVPP=$(echo "${positional[2]}" | tr '[:lower:]' '[:upper:]')
+ANNO_FILE=$(absolute "${positional[3]}")
+DEVICE_TYPE=${positional[4]}
+DEVICE_ID=${positional[5]:-0}
+need_file MODEL_PATH "$MODEL_PATH"
+need_dir DATA_PATH "$DATA_PATH"
+need_file ANNO_FILE "$ANNO_FILE"
+case "$DVPP" in
+    CPU) ;;
+    DVPP) die "DVPP decoding needs an Ascend 310 with its ACL runtime; use CPU" ;;
+    *) die "DVPP must be DVPP or CPU, got '${positional[2]}'" ;;
+esac
+case "$DEVICE_TYPE" in CPU|GPU|Ascend) ;; *) die "DEVICE_TYPE must be CPU, GPU or Ascend, got '$DEVICE_TYPE'";; esac
+[[ "$DEVICE_ID" =~ ^[0-9]+$ ]] || die "DEVICE_ID must be a number, got '$DEVICE_ID'"
+
+OUT=$(absolute "${INFER_OUTPUT_PATH:-./infer_output}")
+mkdir -p "$OUT"
+if [ -n "${MS_LITE_HOME:-}" ]; then
+    export LD_LIBRARY_PATH="$MS_LITE_HOME/runtime/lib:$MS_LITE_HOME/tools/converter/lib:${LD_LIBRARY_PATH:-}"
+fi
+run_logged "$OUT/build.log" bash "$ROOT/cpp_infer/build.sh"
+rm -rf "$OUT/result_Files" "$OUT/time_Result"
+run_logged "$OUT/infer.log" "$ROOT/cpp_infer/out/main" --model_path "$MODEL_PATH" \
+    --dataset_path "$DATA_PATH" --device_type "$DEVICE_TYPE" --device_id "$DEVICE_ID" \
+    --result_dir "$OUT/result_Files" --time_dir "$OUT/time_Result" ${CPP_INFER_FLAGS:-}
+cd "$ROOT"
+run_logged "$OUT/acc.log" "$PYTHON" postprocess.py --result_path "$OUT/result_Files" \
+    --img_path "$DATA_PATH" --anno_file "$ANNO_FILE" --output_dir "$OUT" "$@"

@@ -1,0 +1,80 @@
+"""predict.py: detections drawn on images, plus a json of them, from a checkpoint."""
+import json
+import os
+
+import cv2
+import numpy as np
+import mindspore as ms
+
+from src.data.transforms import network_input
+from src.detections import PostProcessor
+from src.device import start_run
+from src.engine.checkpoint import read_class_names
+from src.engine.evaluator import build_inference_network
+from src.metrics import write_json_atomic
+from src.visualize import draw_detections
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+DEFAULT_OUTPUT_DIR = os.path.join("outputs", "predict")
+
+
+def list_images(path):
+    """The image files a --image argument names: one file, or a folder's images (sorted)."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, n) for n in os.listdir(path)
+                       if n.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise ValueError(f"--image {path}: the folder has no {'/'.join(IMAGE_SUFFIXES)} files")
+        return files
+    if not os.path.isfile(path):
+        raise ValueError(f"--image {path}: no such file or folder")
+    return [path]
+
+
+def class_names_for(config):
+    """--classes, else the names stored in the checkpoint, else class_1, class_2 ..."""
+    if config.classes:
+        return tuple(config.classes)
+    stored = read_class_names(config.checkpoint_path)
+    if stored and len(stored) == config.num_classes:
+        return stored
+    return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
+
+
+def predict(config, image_path, draw_threshold=0.3):
+    """Detect objects in one image or a folder; writes <stem>.jpg pictures and detections.json.
+
+    Every detection above ``min_score`` (after NMS) goes into the json; those above
+    ``draw_threshold`` are drawn. Returns {file: detections}.
+    """
+    if not config.checkpoint_path:
+        raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
+    files = list_images(image_path)
+    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
+    names = class_names_for(config)
+    net = build_inference_network(config, config.checkpoint_path)
+    postprocessor = PostProcessor.from_config(config, list(range(config.num_classes)))
+    results = {}
+    for path in files:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{path}: cannot be decoded as an image")
+        batch = network_input(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), config.img_shape)[None]
+        boxes, scores = net(ms.Tensor(batch))
+        found, found_scores, classes = postprocessor.detect(boxes.asnumpy()[0],
+                                                            scores.asnumpy()[0],
+                                                            image.shape[:2])
+        shown = found_scores > draw_threshold
+        picture = draw_detections(image, found[shown], found_scores[shown], classes[shown], names)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        cv2.imwrite(os.path.join(output_dir, f"{stem}.jpg"), picture)
+        results[os.path.basename(path)] = [
+            {"class": names[c], "class_index": int(c), "score": round(float(s), 4),
+             "bbox": [round(float(x1), 1), round(float(y1), 1), round(float(x2 - x1), 1),
+                      round(float(y2 - y1), 1)]}
+            for (y1, x1, y2, x2), s, c in zip(found, found_scores, classes)]
+        print(f"{path}: {int(shown.sum())} detections above {draw_threshold} drawn "
+              f"({len(found)} above {config.min_score} in the json)", flush=True)
+    write_json_atomic(results, os.path.join(output_dir, "detections.json"))
+    print(f"Pictures and detections.json ({platform}) in {os.path.abspath(output_dir)}")
+    return results

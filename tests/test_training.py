@@ -1,0 +1,169 @@
+"""A run you can trust: resume equals an uninterrupted run, SIGTERM leaves a resumable
+checkpoint, non-finite steps are skipped and stop the run, backbone checkpoints really load,
+evaluation during training keeps best.ckpt."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from src.config import Config
+from src.engine.checkpoint import (CheckpointError, backbone_name, list_checkpoints,
+                                   load_backbone, save_checkpoint)
+from tests.conftest import ROOT, run_script
+
+
+def train_args(demo_root, output_dir, *extra):
+    return ["train.py", "--config", "configs/demo.yaml", "--data_url", demo_root,
+            "--output_dir", str(output_dir), "--run_platform", "CPU", "--batch_size", "4",
+            "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--progress", "lines",
+            "--mindrecord_dir", str(output_dir.parent / "mindrecord"), *extra]
+
+
+def weights(path):
+    import mindspore as ms
+
+    return {name: p.asnumpy() if hasattr(p, "asnumpy") else p
+            for name, p in ms.load_checkpoint(str(path)).items()}
+
+
+def steps_logged(output_dir):
+    path = output_dir / "train_log.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for line in open(path) if '"kind": "step"' in line)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = run_script(train_args(demo_root, out, "--eval_interval", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_eval_during_training_keeps_best_checkpoint(uninterrupted):
+    out, result = uninterrupted
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert (out / "best.ckpt").exists()
+    best = max(evals, key=lambda r: r["mAP"])
+    assert f"eval epoch {best['epoch']}: mAP" in result.stdout
+    state = weights(out / "best.ckpt")
+    assert int(state["train_state.epoch"]) == best["epoch"]
+
+
+def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
+    straight, _ = uninterrupted
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, *train_args(demo_root, out)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while steps_logged(out) < 4 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert "Stopped by SIGTERM" in output and "--resume auto" in output
+    interrupted = list_checkpoints(out)[-1]
+    assert os.path.basename(interrupted) in ("ssd-2_1.ckpt", "ssd-2_2.ckpt")
+    result = run_script(train_args(demo_root, out, "--resume", "auto"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert [r["global_step"] for r in rows if r["kind"] == "step"] == list(range(1, 7))
+    resumed, reference = weights(out / "ssd-2_3.ckpt"), weights(straight / "ssd-2_3.ckpt")
+    assert set(resumed) == set(reference)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(demo_root, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(train_args(demo_root, out, "--lr", "1e12", "--warmup_epochs", "0",
+                                   "--max_nonfinite_steps", "2"))
+    assert result.returncode == 1
+    assert "update skipped; images [" in result.stdout
+    assert "2 non-finite steps in a row" in result.stderr and "on images [" in result.stderr
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert [r["finite"] for r in rows if r["kind"] == "step"][-2:] == [False, False]
+    assert list_checkpoints(out) == []
+
+
+def test_resume_auto_ignores_unfinished_writes(tmp_path):
+    (tmp_path / ".tmp-123-ssd-5_3.ckpt").write_bytes(b"half a checkpoint")
+    (tmp_path / "ssd-2_3.ckpt").write_bytes(b"x")
+    (tmp_path / "ssd-10_3.ckpt").write_bytes(b"x")
+    (tmp_path / "ssd-10_1.ckpt").write_bytes(b"x")
+    assert [os.path.basename(p) for p in list_checkpoints(tmp_path)] == [
+        "ssd-2_3.ckpt", "ssd-10_1.ckpt", "ssd-10_3.ckpt"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, graph_cpu, monkeypatch):
+    import mindspore as ms
+    from mindspore import nn
+
+    cell = nn.Dense(2, 2)
+    target = tmp_path / "ssd-1_1.ckpt"
+
+    def crash(*args, **kwargs):
+        open(args[1], "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ms, "save_checkpoint", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(cell, str(target))
+    assert not target.exists() and list_checkpoints(tmp_path) == []
+
+
+TORCH_BACKBONE = (
+    [("conv1.weight", (64, 3, 7, 7))]
+    + [(f"bn1.{n}", (64,)) for n in ("weight", "bias", "running_mean", "running_var")]
+    + [(f"layer{layer}.{block}.{kind}", shape)
+       for layer, blocks, channels, in_channels in ((1, 3, 64, 64), (2, 4, 128, 64),
+                                                     (3, 6, 256, 128))
+       for block in range(blocks)
+       for kind, shape in (
+           [("conv1.weight", (channels, in_channels if block == 0 else channels, 3, 3)),
+            ("conv2.weight", (channels, channels, 3, 3))]
+           + [(f"bn{i}.{n}", (channels,)) for i in (1, 2)
+              for n in ("weight", "bias", "running_mean", "running_var")]
+           + ([("downsample.0.weight", (channels, in_channels, 1, 1))]
+              + [(f"downsample.1.{n}", (channels,))
+                 for n in ("weight", "bias", "running_mean", "running_var")]
+              if block == 0 and layer > 1 else []))]
+    + [("layer4.0.conv1.weight", (512, 256, 3, 3)), ("fc.weight", (1000, 512)),
+       ("fc.bias", (1000,))])
+
+
+def test_backbone_checkpoint_in_classification_naming_loads_every_tensor(tmp_path, graph_cpu):
+    import mindspore as ms
+    from src.model import build_ssd
+
+    rng = np.random.default_rng(0)
+    values = {f"backbone.{name}": rng.normal(size=shape).astype(np.float32)
+              for name, shape in TORCH_BACKBONE}
+    path = str(tmp_path / "resnet34.ckpt")
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in values.items()], path)
+    network = build_ssd(Config())
+    loaded, skipped = load_backbone(network, path)
+    backbone = [p for p in network.get_parameters() if ".module." in p.name]
+    assert len(loaded) == len(backbone) == len(TORCH_BACKBONE) - 3
+    assert set(skipped) == {"backbone.layer4.0.conv1.weight", "backbone.fc.weight",
+                            "backbone.fc.bias"}
+    own = {p.name: p.asnumpy() for p in network.get_parameters()}
+    for name, value in values.items():
+        target = backbone_name(name)
+        if target in own:
+            np.testing.assert_array_equal(own[target], value)
+    assert own["feature_extractor.module.layer2.0.down_sample_layer.1.moving_variance"] is not None
+    empty = str(tmp_path / "other.ckpt")
+    ms.save_checkpoint([{"name": "head.weight", "data": ms.Tensor(np.zeros(3, np.float32))}],
+                       empty)
+    with pytest.raises(CheckpointError, match="none of its 1 tensors"):
+        load_backbone(network, empty)
