@@ -34,3 +34,13 @@ run_logged() {
     fi
     return "$status"
 }
+
+# split_args "$@": the arguments before a "--" go to the array POSITIONAL, those after it to
+# EXTRA (flags passed through to the Python program).
+split_args() {
+    POSITIONAL=()
+    EXTRA=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do POSITIONAL+=("$1"); shift; done
+    [ "${1:-}" = "--" ] && shift
+    EXTRA=("$@")
+}

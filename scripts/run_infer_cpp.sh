@@ -12,24 +12,22 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 usage="Usage: bash $0 MODEL_PATH DATA_PATH DVPP ANNO_FILE DEVICE_TYPE [DEVICE_ID] [-- postprocess.py flags]"
-positional=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1"); shift; done
-[ "${1:-}" = "--" ] && shift
-if [ ${#positional[@]} -lt 5 ] || [ ${#positional[@]} -gt 6 ]; then echo "$usage" >&2; exit 2; fi
+split_args "$@"
+if [ ${#POSITIONAL[@]} -lt 5 ] || [ ${#POSITIONAL[@]} -gt 6 ]; then echo "$usage" >&2; exit 2; fi
 
-MODEL_PATH=$(absolute "${positional[0]}")
-DATA_PATH=$(absolute "${positional[1]}")
-DVPP=$(echo "${positional[2]}" | tr '[:lower:]' '[:upper:]')
-ANNO_FILE=$(absolute "${positional[3]}")
-DEVICE_TYPE=${positional[4]}
-DEVICE_ID=${positional[5]:-0}
+MODEL_PATH=$(absolute "${POSITIONAL[0]}")
+DATA_PATH=$(absolute "${POSITIONAL[1]}")
+DVPP=$(echo "${POSITIONAL[2]}" | tr '[:lower:]' '[:upper:]')
+ANNO_FILE=$(absolute "${POSITIONAL[3]}")
+DEVICE_TYPE=${POSITIONAL[4]}
+DEVICE_ID=${POSITIONAL[5]:-0}
 need_file MODEL_PATH "$MODEL_PATH"
 need_dir DATA_PATH "$DATA_PATH"
 need_file ANNO_FILE "$ANNO_FILE"
 case "$DVPP" in
     CPU) ;;
     DVPP) die "DVPP decoding needs an Ascend 310 with its ACL runtime; use CPU" ;;
-    *) die "DVPP must be DVPP or CPU, got '${positional[2]}'" ;;
+    *) die "DVPP must be DVPP or CPU, got '${POSITIONAL[2]}'" ;;
 esac
 case "$DEVICE_TYPE" in CPU|GPU|Ascend) ;; *) die "DEVICE_TYPE must be CPU, GPU or Ascend, got '$DEVICE_TYPE'";; esac
 [[ "$DEVICE_ID" =~ ^[0-9]+$ ]] || die "DEVICE_ID must be a number, got '$DEVICE_ID'"
@@ -46,4 +44,4 @@ run_logged "$OUT/infer.log" "$ROOT/cpp_infer/out/main" --model_path "$MODEL_PATH
     --result_dir "$OUT/result_Files" --time_dir "$OUT/time_Result" ${CPP_INFER_FLAGS:-}
 cd "$ROOT"
 run_logged "$OUT/acc.log" "$PYTHON" postprocess.py --result_path "$OUT/result_Files" \
-    --img_path "$DATA_PATH" --anno_file "$ANNO_FILE" --output_dir "$OUT" "$@"
+    --img_path "$DATA_PATH" --anno_file "$ANNO_FILE" --output_dir "$OUT" "${EXTRA[@]}"

@@ -6,23 +6,21 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 usage="Usage: bash $0 DEVICE_ID DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]"
-positional=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do positional+=("$1"); shift; done
-[ "${1:-}" = "--" ] && shift
-if [ ${#positional[@]} -lt 5 ] || [ ${#positional[@]} -gt 6 ]; then echo "$usage" >&2; exit 2; fi
+split_args "$@"
+if [ ${#POSITIONAL[@]} -lt 5 ] || [ ${#POSITIONAL[@]} -gt 6 ]; then echo "$usage" >&2; exit 2; fi
 
-DEVICE_ID=${positional[0]}
-DATASET=${positional[1]}
-DATASET_PATH=$(absolute "${positional[2]}")
-MINDRECORD_PATH=$(absolute "${positional[3]}")
-TRAIN_OUTPUT_PATH=$(absolute "${positional[4]}")
+DEVICE_ID=${POSITIONAL[0]}
+DATASET=${POSITIONAL[1]}
+DATASET_PATH=$(absolute "${POSITIONAL[2]}")
+MINDRECORD_PATH=$(absolute "${POSITIONAL[3]}")
+TRAIN_OUTPUT_PATH=$(absolute "${POSITIONAL[4]}")
 [[ "$DEVICE_ID" =~ ^[0-9]+$ ]] || die "DEVICE_ID must be a number, got '$DEVICE_ID'"
 need_dataset "$DATASET"
 need_dir DATASET_PATH "$DATASET_PATH"
 mkdir -p "$MINDRECORD_PATH" "$TRAIN_OUTPUT_PATH" || die "cannot create output folders"
 pretrained=()
-if [ ${#positional[@]} -eq 6 ]; then
-    PRE_TRAINED_PATH=$(absolute "${positional[5]}")
+if [ ${#POSITIONAL[@]} -eq 6 ]; then
+    PRE_TRAINED_PATH=$(absolute "${POSITIONAL[5]}")
     need_file PRE_TRAINED_PATH "$PRE_TRAINED_PATH"
     pretrained=(--pre_trained "$PRE_TRAINED_PATH")
 fi
@@ -31,4 +29,4 @@ export DEVICE_ID RANK_ID=0 RANK_SIZE=1
 cd "$ROOT"
 run_logged "$TRAIN_OUTPUT_PATH/train.log" "$PYTHON" train.py --dataset "$DATASET" \
     --data_url "$DATASET_PATH" --mindrecord_url "$MINDRECORD_PATH" --train_url "$TRAIN_OUTPUT_PATH" \
-    --device_id "$DEVICE_ID" "${pretrained[@]}" "$@"
+    --device_id "$DEVICE_ID" "${pretrained[@]}" "${EXTRA[@]}"

@@ -17,6 +17,25 @@ def read_jsonl(path):
     return rows
 
 
+def style_axes(ax, xlabel, ylabel, title, legend=True, **legend_options):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    if legend:
+        ax.legend(**legend_options)
+
+
+def save_figure(fig, png_path):
+    """Write a figure as PNG atomically (readers never see a half-written file)."""
+    fig.tight_layout()
+    tmp = f"{png_path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
 def plot_training_curves(log_path, png_path):
     """Loss (total, classification, localisation) per step with per-epoch means, the lr, and
     the mAP of evaluations during training if there were any.
@@ -39,33 +58,17 @@ def plot_training_curves(log_path, png_path):
         ends = [x[epochs == e].max() for e in np.unique(epochs)]
         means = [values[epochs == e].mean() for e in np.unique(epochs)]
         ax_loss.plot(ends, means, color=colour, marker="o", label=f"{key} (epoch mean)")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
-    ax_loss.grid(True, alpha=0.3)
-    ax_loss.legend()
-    ax_loss.set_title("Training loss")
+    style_axes(ax_loss, "step", "loss", "Training loss")
     ax_lr.plot(x, [r["lr"] for r in steps], color="C3")
-    ax_lr.set_xlabel("step")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.grid(True, alpha=0.3)
-    ax_lr.set_title("Learning rate")
+    style_axes(ax_lr, "step", "learning rate", "Learning rate", legend=False)
     if evals:
         ax_map = axes[2]
         for key, colour in (("mAP", "C4"), ("AP50", "C5")):
             ax_map.plot([r["epoch"] for r in evals], [r[key] for r in evals], color=colour,
                         marker="o", label=key)
-        ax_map.set_xlabel("epoch")
-        ax_map.set_ylabel("COCO AP")
-        ax_map.grid(True, alpha=0.3)
-        ax_map.legend()
-        ax_map.set_title("Evaluation during training")
-    fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+        style_axes(ax_map, "epoch", "COCO AP", "Evaluation during training")
+    return save_figure(fig, png_path)
 
 
 def plot_pr_curves(result, png_path, title="Precision / recall at IoU 0.5"):
@@ -87,19 +90,10 @@ def plot_pr_curves(result, png_path, title="Precision / recall at IoU 0.5"):
         mean = np.nanmean(np.stack(curves), axis=0)
         ax.plot(result.recall, mean, color="black", linewidth=2.2,
                 label=f"mean (AP50 {result.stats[1]:.3f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title)
-    fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    style_axes(ax, "recall", "precision", title, fontsize=8, loc="lower left")
+    return save_figure(fig, png_path)
 
 
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
