@@ -1,5 +1,5 @@
 """Draw detections on images: python predict.py --checkpoint_path CKPT --image FILE_OR_FOLDER
-[--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.3] [--num_classes N --classes ...]
+[--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5] [--num_classes N --classes ...]
 
 Writes each image with boxes, class names and scores drawn (<stem>.jpg) and detections.json
 (boxes as [x, y, w, h] in pixels) into --output_dir (default outputs/predict).
@@ -15,7 +15,7 @@ from src.engine.predictor import predict
 def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--image", required="-h" not in sys.argv and "--help" not in sys.argv)
-    parser.add_argument("--draw_threshold", type=float, default=0.3)
+    parser.add_argument("--draw_threshold", type=float, default=0.5)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 0 <= args.draw_threshold <= 1:
         parser.error("--draw_threshold must be within 0..1")

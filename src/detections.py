@@ -18,18 +18,6 @@ not by the number of classes or candidates.
 import numpy as np
 
 
-def pairwise_iou(boxes_a, boxes_b, plus_one=False):
-    """IoU of boxes_a[i] with boxes_b[i] (both (n, 4) corner form); "+1" widths if asked."""
-    offset = 1.0 if plus_one else 0.0
-    low = np.maximum(boxes_a[:, :2], boxes_b[:, :2])
-    high = np.minimum(boxes_a[:, 2:], boxes_b[:, 2:])
-    inter_hw = np.clip(high - low + offset, 0, None)
-    inter = inter_hw[:, 0] * inter_hw[:, 1]
-    area_a = (boxes_a[:, 2] - boxes_a[:, 0] + offset) * (boxes_a[:, 3] - boxes_a[:, 1] + offset)
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0] + offset) * (boxes_b[:, 3] - boxes_b[:, 1] + offset)
-    return inter / np.maximum(area_a + area_b - inter, np.finfo(np.float64).tiny)
-
-
 def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=False):
     """Greedy per-class NMS for all classes together.
 
@@ -38,6 +26,7 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=F
         scores: (n,) scores; classes: (n,) integer class of each box.
         iou_threshold: a box whose IoU with a kept box of its class exceeds this is removed.
         max_per_class: at most this many boxes are kept per class.
+        plus_one: widths and heights count one extra pixel (the reference's IoU).
 
     Returns:
         Indices of kept boxes, highest score first (ties: lower index first).
@@ -45,19 +34,28 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=F
     if len(scores) == 0:
         return np.zeros(0, np.int64)
     order = np.lexsort((-scores, classes))
-    boxes, classes = np.asarray(boxes, np.float64)[order], np.asarray(classes)[order]
+    sorted_boxes = np.asarray(boxes, np.float64)[order]
+    classes = np.asarray(classes)[order]
+    offset = 1.0 if plus_one else 0.0
+    low_a, low_b = sorted_boxes[:, 0].copy(), sorted_boxes[:, 1].copy()
+    high_a, high_b = sorted_boxes[:, 2] + offset, sorted_boxes[:, 3] + offset
+    area = (high_a - low_a) * (high_b - low_b)
     kept_count = np.zeros(int(classes.max()) + 1, np.int64)
     kept = []
     alive = np.arange(len(order))
     while alive.size:
         alive_classes = classes[alive]
-        is_top = np.ones(alive.size, bool)
-        is_top[1:] = alive_classes[1:] != alive_classes[:-1]
+        is_top = np.empty(alive.size, bool)
+        is_top[0] = True
+        np.not_equal(alive_classes[1:], alive_classes[:-1], out=is_top[1:])
         tops = alive[is_top]
         kept.append(tops)
-        top_of_alive = tops[np.cumsum(is_top) - 1]
-        survives = ~is_top & (pairwise_iou(boxes[alive], boxes[top_of_alive], plus_one)
-                              <= iou_threshold)
+        top = tops[np.cumsum(is_top) - 1]
+        side_a = np.minimum(high_a[alive], high_a[top]) - np.maximum(low_a[alive], low_a[top])
+        side_b = np.minimum(high_b[alive], high_b[top]) - np.maximum(low_b[alive], low_b[top])
+        inter = np.maximum(side_a, 0) * np.maximum(side_b, 0)
+        survives = inter <= iou_threshold * (area[alive] + area[top] - inter)
+        survives &= ~is_top
         kept_count[classes[tops]] += 1
         survives &= kept_count[alive_classes] < max_per_class
         alive = alive[survives]
@@ -112,11 +110,14 @@ class PostProcessor:
 
     def coco_records(self, img_id, boxes, scores, classes):
         """COCO result dicts for one image's detections (pixel y-first corners in)."""
-        return [{"image_id": int(img_id), "category_id": int(self.category_ids[c]),
-                 "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3),
-                          round(float(y2 - y1), 3)],
-                 "score": round(float(s), 5)}
-                for (y1, x1, y2, x2), s, c in zip(boxes, scores, classes)]
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        xywh = np.round(np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
+                                  boxes[:, 2] - boxes[:, 0]], axis=1), 3).tolist()
+        categories = self.category_ids[np.asarray(classes, np.int64)].tolist()
+        rounded = np.round(np.asarray(scores, np.float64), 5).tolist()
+        image_id = int(img_id)
+        return [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
+                for b, s, c in zip(xywh, rounded, categories)]
 
     def process_batch(self, img_ids, boxes, scores, image_shapes):
         """COCO records of a batch: img_ids (B,), boxes (B, A, 4), scores (B, A, C),

@@ -149,13 +149,38 @@ def synthetic_outputs(config, rng):
     return boxes, scores
 
 
-def benchmark_postprocess(config, images, warmup):
-    """Post-processing (thresholds, NMS, COCO records) per image at the configured settings."""
+def network_outputs(config, workdir, count=4):
+    """Decoded boxes and scores of the checkpoint's network on generated demo images."""
+    import cv2
+    import mindspore as ms
+
+    from src.data.transforms import network_input
+    from src.demo_data import generate
+    from src.engine.evaluator import build_inference_network
+
+    root = os.path.join(workdir, "outputs-data")
+    generate(root, 1, count, seed=7, image_size=(640, 480))
+    folder = os.path.join(root, "val2017")
+    net = build_inference_network(config, config.checkpoint_path)
+    samples = []
+    for name in sorted(os.listdir(folder))[:count]:
+        image = cv2.cvtColor(cv2.imread(os.path.join(folder, name)), cv2.COLOR_BGR2RGB)
+        boxes, scores = net(ms.Tensor(network_input(image, config.img_shape)[None]))
+        samples.append((boxes.asnumpy()[0], scores.asnumpy()[0]))
+    return samples
+
+
+def benchmark_postprocess(config, images, warmup, workdir):
+    """Post-processing (thresholds, NMS, COCO records) per image at the configured settings,
+    on the outputs of --checkpoint_path's network if given, else on synthetic outputs."""
     from src.detections import PostProcessor
 
     rng = np.random.default_rng(0)
     post = PostProcessor.from_config(config, list(range(config.num_classes)))
-    samples = [synthetic_outputs(config, rng) for _ in range(4)]
+    if config.checkpoint_path:
+        samples, source = network_outputs(config, workdir), "checkpoint"
+    else:
+        samples, source = [synthetic_outputs(config, rng) for _ in range(4)], "synthetic"
     candidates = np.mean([(s[:, 1:] > config.min_score).sum() for _, s in samples])
     rss_before = peak_rss_mb()
     counter = iter(range(10 ** 9))
@@ -166,7 +191,8 @@ def benchmark_postprocess(config, images, warmup):
 
     seconds = timed(one, images, warmup)
     return {"mode": "postprocess", "postprocess_ms_per_image":
-            round(statistics.median(seconds) * 1000, 3), "candidates_per_image": int(candidates),
+            round(statistics.median(seconds) * 1000, 3), "outputs": source,
+            "candidates_per_image": int(candidates),
             "images": images, "peak_rss_mb": round(peak_rss_mb()),
             "rss_growth_mb": round(peak_rss_mb() - rss_before, 1)}
 
@@ -184,7 +210,7 @@ def run(config, modes, steps=5, warmup=2):
             elif mode == "infer":
                 result = benchmark_infer(config, steps, warmup)
             else:
-                result = benchmark_postprocess(config, max(steps, 20), warmup)
+                result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
             result.update(environment(platform))
             print(json.dumps(result), flush=True)
             results.append(result)

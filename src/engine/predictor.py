@@ -41,7 +41,7 @@ def class_names_for(config):
     return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
 
 
-def predict(config, image_path, draw_threshold=0.3):
+def predict(config, image_path, draw_threshold=0.5):
     """Detect objects in one image or a folder; writes <stem>.jpg pictures and detections.json.
 
     Every detection above ``min_score`` (after NMS) goes into the json; those above
