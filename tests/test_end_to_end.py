@@ -63,6 +63,9 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     results = json.load(open(eval_dir / "eval_results.json"))
     assert results["images"] == 4 and float(mAP[0].split()[1]) == pytest.approx(results["mAP"])
     assert isinstance(json.load(open(eval_dir / "detections.json")), list)
+    truth = json.load(open(eval_dir / "ground_truth.json"))
+    assert len(truth["images"]) == 4
+    assert "circle" in result.stdout and "AP50" in result.stdout   # the per-class table
 
 
 def test_eval_refuses_a_checkpoint_for_another_class_count(trained, demo_root, tmp_path):

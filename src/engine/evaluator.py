@@ -101,8 +101,7 @@ def evaluate(config):
                                         config.progress)
     seconds = time.time() - start
     print(f"{len(img_ids)} images in {seconds:.1f} s")
-    if config.dataset != "coco":
-        shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
+    shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
     return score_and_report(config, prepared.ground_truth, detections, img_ids, output_dir,
                             {"checkpoint": os.path.abspath(config.checkpoint_path),
                              "seconds": round(seconds, 2)})
