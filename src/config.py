@@ -136,6 +136,18 @@ class Config:
                                        check=_positive, section="train")
     keep_checkpoint_max: int = _key(20, "newest checkpoints kept", check=_positive,
                                     section="train")
+    distribute: bool = _key(False, "data-parallel training over the processes that msrun (or a "
+                                   "rank table on Ascend) started", section="train")
+    device_num: int = _key(0, "devices of a distributed run as the reference's scripts pass it; "
+                              "0: as MindSpore reports (a different value is an error)",
+                           check=_non_negative, section="train")
+    loss_norm: str = _key("device", "divide each device's loss by its own positives (device, as "
+                                    "the reference) or by the mean over devices (global: N "
+                                    "devices x batch B then train like 1 x N*B)",
+                          choices=("device", "global"), section="train")
+    freeze_bn: bool = _key(False, "BatchNorm uses its running statistics in training too (for "
+                                  "tiny per-device batches; gamma and beta still train)",
+                           section="train")
     resume: str = _key("", "continue a run: 'auto' (newest checkpoint in --output_dir) or a "
                            "checkpoint path", section="train")
     eval_interval: int = _key(0, "evaluate every N epochs during training and keep best.ckpt "

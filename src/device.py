@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 
 PLATFORMS = ("CPU", "GPU", "Ascend")
 ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
@@ -67,14 +68,44 @@ def init_device(platform, device_id=0, seed=1):
     return platform
 
 
-def start_run(config, default_output_dir):
-    """Device set-up plus the run's output folder with its resolved ``config.yaml``.
+def init_distributed():
+    """Join the job MindSpore's launcher started (msrun / dynamic cluster on CPU and GPU, a
+    rank table on Ascend) and switch to data parallel with averaged gradients.
 
-    Returns (output folder, platform in use).
+    Returns (rank, world size), read from MindSpore, never from flags that could disagree.
     """
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    rank, world = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                 gradients_mean=True, device_num=world)
+    return rank, world
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run writes, what it runs on, and which process of how many it is."""
+
+    output_dir: str
+    platform: str
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def start_run(config, default_output_dir, distribute=False):
+    """Device set-up (and joining a distributed job), plus the run's output folder with its
+    resolved ``config.yaml`` written by the main process."""
     output_dir = config.output_dir or default_output_dir
     platform = init_device(config.run_platform, config.device_id, config.seed)
-    os.makedirs(output_dir, exist_ok=True)
-    config.replace(output_dir=output_dir, run_platform=platform).save(
-        os.path.join(output_dir, "config.yaml"))
-    return output_dir, platform
+    rank, world = init_distributed() if distribute else (0, 1)
+    if rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        config.replace(output_dir=output_dir, run_platform=platform).save(
+            os.path.join(output_dir, "config.yaml"))
+    return Run(output_dir, platform, rank, world)

@@ -8,7 +8,9 @@ counts n (B, 1):
   with y >= 0 (y = -1 marks anchors on ignore regions such as COCO crowds);
 * localisation: smooth-L1 (beta 1) of P - T on positive anchors (y > 0), summed;
 * both divided by N = sum(n) over the per-device batch, with N < 1 taken as 1 (a batch without
-  positives still trains the classifier instead of dividing by zero).
+  positives still trains the classifier instead of dividing by zero). With ``global_norm`` in a
+  data-parallel run N is the mean of the devices' sums instead, so that averaging the devices'
+  gradients gives exactly the gradient of one device holding all their images.
 """
 import mindspore as ms
 from mindspore import nn, ops
@@ -35,16 +37,23 @@ class SSDWithLossCell(nn.Cell):
     ``loss = cls_loss + loc_loss``; each part is already divided by the number of positives.
     """
 
-    def __init__(self, network, gamma=2.0, alpha=0.75):
+    def __init__(self, network, gamma=2.0, alpha=0.75, global_norm=False, world_size=1):
         super().__init__()
         self.network = network
         self.gamma = float(gamma)
         self.alpha = float(alpha)
+        self.global_norm = bool(global_norm) and world_size > 1
+        self.world_size = float(world_size)
+        if self.global_norm:
+            self.all_reduce = ops.AllReduce()
 
     def construct(self, image, gt_loc, gt_label, num_match):
         pred_loc, pred_cls = self.network(image)
         positive = ops.cast(gt_label > 0, ms.float32)
-        num_positive = ops.maximum(ops.reduce_sum(ops.cast(num_match, ms.float32)), 1.0)
+        num_positive = ops.reduce_sum(ops.cast(num_match, ms.float32))
+        if self.global_norm:
+            num_positive = self.all_reduce(num_positive) / self.world_size
+        num_positive = ops.maximum(num_positive, 1.0)
         loc = ops.reduce_sum(smooth_l1(pred_loc - gt_loc) * ops.expand_dims(positive, -1))
         valid = ops.cast(gt_label >= 0, ms.float32)
         targets = ops.one_hot(ops.maximum(gt_label, 0), pred_cls.shape[-1],

@@ -17,7 +17,9 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
                          crop_rule="reference"):
     """One epoch of shuffled, augmented, encoded, batched training data (last partial batch
     dropped). The order and every random draw depend only on (seed, epoch), so an epoch can be
-    replayed exactly, also from its middle with ``.skip(batches)``."""
+    replayed exactly, also from its middle with ``.skip(batches)``. With ``num_shards`` each
+    shard takes every num_shards-th image of the same shuffled order (padded to equal size), so
+    N shards of batch B hold, step by step, the same images as one pipeline of batch N * B."""
     ds.config.set_seed(seed * 100003 + epoch)
     data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
                           num_shards=num_shards if num_shards > 1 else None,
@@ -29,10 +31,8 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
                     input_columns=["image", "annotation", "img_id"],
                     output_columns=["image", "box", "label", "num_match", "img_id"],
                     num_parallel_workers=num_workers, python_multiprocessing=False)
-    data = data.map(operations=[
-        vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),
-        vision.Normalize(mean=MEAN_RGB, std=STD_RGB),
-        vision.HWC2CHW()], input_columns=["image"], num_parallel_workers=num_workers)
+    data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
+                    input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(TRAIN_COLUMNS)
     return data.batch(batch_size, drop_remainder=True)
 

@@ -71,6 +71,30 @@ def random_sample_crop(image, gt, rng, rule="reference"):
     return image, gt
 
 
+LEVELS = np.arange(256, dtype=np.float32)
+
+
+def random_color_adjust(image, rng, brightness=0.4, contrast=0.4, saturation=0.4):
+    """Colour jitter as MindSpore's RandomColorAdjust: brightness, contrast and saturation
+    factors each drawn from [1 - x, 1 + x], applied in a random order on uint8 images (so each
+    step rounds and saturates, as the C++ op does). Brightness scales; contrast blends with the
+    mean grey level; saturation blends with the grey image. RGB uint8 in and out."""
+    factors = (("brightness", rng.uniform(1 - brightness, 1 + brightness)),
+               ("contrast", rng.uniform(1 - contrast, 1 + contrast)),
+               ("saturation", rng.uniform(1 - saturation, 1 + saturation)))
+    out = image
+    for k in rng.permutation(3):
+        name, factor = factors[k]
+        if name == "saturation":
+            gray = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+            out = cv2.addWeighted(out, factor, gray, 1 - factor, 0)
+            continue
+        base = 0.0 if name == "brightness" else float(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean())
+        table = np.clip(np.rint((LEVELS - base) * factor + base), 0, 255).astype(np.uint8)
+        out = cv2.LUT(out, table)
+    return np.ascontiguousarray(out)
+
+
 def resize(image, shape):
     """Bilinear resize to (height, width), aspect ratio not kept (as the reference)."""
     return cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
@@ -95,10 +119,11 @@ class TrainTransform:
     """(RGB image, (N, 5) pixel ground truth, img_id) -> (300x300 RGB image, loc, label,
     num_match).
 
-    Random crop, bilinear resize, horizontal flip (p = 0.5), then matching and encoding against
-    the default boxes. Colour jitter and normalisation follow as MindSpore C++ ops. The random
+    Random crop, bilinear resize, horizontal flip (p = 0.5), colour jitter, then matching and
+    encoding against the default boxes; normalisation follows as a MindSpore C++ op. The random
     draws of an image depend only on (seed, epoch, img_id), never on which worker thread runs
-    it or on what came before, so an epoch is the same whenever it is replayed (resume).
+    it, on its position in the epoch or on how the data is sharded, so an epoch is the same
+    whenever it is replayed (resume, mid-epoch too) and however many devices share it.
     """
 
     def __init__(self, box_coder, img_shape=(300, 300), crop_rule="reference", seed=0, epoch=0):
@@ -117,6 +142,7 @@ class TrainTransform:
         if rng.uniform() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             gt = flip_boxes(gt)
+        image = random_color_adjust(image, rng)
         loc, label, num_match = self.box_coder.encode_targets(gt)
         return image, loc, label, num_match, img_id
 

@@ -115,7 +115,7 @@ def read_class_names(path):
         return None
 
 
-def load_weights(network, path, drop_heads=False):
+def load_weights(network, path, drop_heads=False, params=None):
     """Load a checkpoint's weights into a detector (bare or inside wrappers).
 
     Names are compared without wrapper prefixes (``network.``), so a training checkpoint loads
@@ -127,7 +127,7 @@ def load_weights(network, path, drop_heads=False):
     Raises:
         CheckpointError if nothing matched or a shape differs (with the parameter named).
     """
-    params = read_checkpoint(path)
+    params = read_checkpoint(path) if params is None else params
     own = {_strip(p.name): p for p in network.get_parameters()}
     wanted = {}
     for name, value in params.items():
@@ -177,13 +177,13 @@ def backbone_name(name):
     return BACKBONE_PREFIX + ".".join(parts)
 
 
-def load_backbone(network, path):
+def load_backbone(network, path, params=None):
     """Load an ImageNet-style ResNet-34 checkpoint into the detector's backbone.
 
     Returns (loaded names, {checkpoint name: why skipped}); raises CheckpointError when nothing
     matched or a shape differs.
     """
-    params = read_checkpoint(path)
+    params = read_checkpoint(path) if params is None else params
     own = {_strip(p.name): p for p in network.get_parameters()}
     wanted, skipped = {}, {}
     for name, value in params.items():
@@ -209,13 +209,6 @@ def load_backbone(network, path):
     return sorted(wanted), skipped
 
 
-def is_backbone_checkpoint(path):
-    """Whether a checkpoint holds a classification backbone rather than a detector."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    names = []
-    try:
-        ms.load_checkpoint(path, choice_func=lambda name: names.append(name) and False)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-    return not any("multi_box" in n or "feature_extractor" in n for n in names)
+def is_backbone_checkpoint(params):
+    """Whether checkpoint parameters are a classification backbone rather than a detector."""
+    return not any("multi_box" in n or "feature_extractor" in n for n in params)

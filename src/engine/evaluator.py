@@ -88,7 +88,8 @@ def evaluate(config):
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
-    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
+    run = start_run(config, DEFAULT_OUTPUT_DIR)
+    output_dir, platform = run.output_dir, run.platform
     prepared = prepare_split(config, "eval", output_dir)
     net = build_inference_network(config, config.checkpoint_path)
     dataset = create_eval_dataset(prepared.files, config.eval_batch_size, config.img_shape,

@@ -50,7 +50,8 @@ def predict(config, image_path, draw_threshold=0.5):
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
     files = list_images(image_path)
-    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
+    run = start_run(config, DEFAULT_OUTPUT_DIR)
+    output_dir, platform = run.output_dir, run.platform
     names = class_names_for(config)
     net = build_inference_network(config, config.checkpoint_path)
     postprocessor = PostProcessor.from_config(config, list(range(config.num_classes)))

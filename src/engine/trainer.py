@@ -1,6 +1,7 @@
 """The training run behind train.py: data, model, schedule, train step, logs, plots,
 checkpoints, resume, evaluation during training, and stopping cleanly on signals or NaNs."""
 import json
+import math
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ from src.engine.progress import Progress, format_duration
 from src.engine.train_step import TrainStep, create_optimizer
 from src.loss import SSDWithLossCell
 from src.lr_schedule import lr_from_config, peak_lr
-from src.model import build_ssd, count_trainable_params
+from src.model import build_ssd, count_trainable_params, freeze_batch_norm
 from src.visualize import plot_training_curves, read_jsonl
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
@@ -68,11 +69,15 @@ def resolve_loss_scale(config, platform, precision):
 class MetricsLog:
     """JSON-lines log: one object per step ('kind': 'step'), epoch ('epoch') and eval ('eval').
 
-    A resumed run keeps the rows up to its checkpoint's step and appends after them.
+    A resumed run keeps the rows up to its checkpoint's step and appends after them. A disabled
+    log (the other ranks of a distributed run) writes nothing.
     """
 
-    def __init__(self, path, keep_until_step=None):
+    def __init__(self, path, keep_until_step=None, enabled=True):
         self.path = path
+        self.file = None
+        if not enabled:
+            return
         rows = []
         if keep_until_step is not None:
             rows = [r for r in read_jsonl(path) if r.get("global_step", 0) <= keep_until_step]
@@ -81,20 +86,29 @@ class MetricsLog:
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, kind, **fields):
-        self.file.write(json.dumps({"kind": kind, **fields}) + "\n")
-        self.file.flush()
+        if self.file:
+            self.file.write(json.dumps({"kind": kind, **fields}) + "\n")
+            self.file.flush()
 
     def close(self):
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second
-    Ctrl-C stops at once."""
+    Ctrl-C stops at once. In a distributed run the ranks agree (an all-reduce of the flag after
+    every step), so all of them stop after the same step."""
 
-    def __init__(self):
+    def __init__(self, world=1):
         self.requested = None
         self.previous = {}
+        self.world = world
+        self.any_rank = None
+        if world > 1:
+            from mindspore import ops
+
+            self.any_rank = ops.AllReduce()   # a sum: CPU collectives only add
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,6 +122,16 @@ class StopRequest:
         print(f"\n{self.requested} received: saving a checkpoint after this step "
               "(Ctrl-C again to stop at once)", flush=True)
 
+    def agreed(self):
+        """Whether this step is the last one (on every rank)."""
+        if self.any_rank is None:
+            return bool(self.requested)
+        flag = Tensor(np.array([1.0 if self.requested else 0.0], np.float32))
+        stop = float(self.any_rank(flag).asnumpy()[0]) > 0
+        if stop and not self.requested:
+            self.requested = "another rank's stop request"
+        return stop
+
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -115,7 +139,7 @@ class StopRequest:
 
 
 def model_summary(config, network, platform, precision, loss_scale, images, steps_per_epoch,
-                  output_dir, lr=None):
+                  output_dir, lr=None, world=1):
     """The lines printed before training starts."""
     height, width = config.img_shape
     top = lr if lr is not None else peak_lr(config)
@@ -125,28 +149,31 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
         f"{config.num_classes} classes (background included)",
         f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
         f"({config.loss_scale_mode}), {ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE)}",
-        f"Data: {images} images, batch {config.batch_size}, {steps_per_epoch} steps/epoch, "
-        f"{config.epoch_size} epochs",
+        f"Data: {images} images, batch {config.batch_size}"
+        + (f" per device x {world} devices = global batch {config.batch_size * world}"
+           if world > 1 else "")
+        + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs",
         f"Schedule: lr {config.lr_init:g} -> {top:g}{'' if config.lr else ' (scaled to the batch)'}"
         f" over {config.warmup_epochs:g} warm-up epochs, cosine to {top * config.lr_end_rate:g};"
         f" momentum {config.momentum:g}, weight decay {config.weight_decay:g}",
         f"Output: {os.path.abspath(output_dir)}"])
 
 
-def load_pretrained(config, network):
+def load_pretrained(config, network, say=print):
     """--pre_trained: a detector checkpoint (heads dropped with --filter_weight) or an
     ImageNet-style ResNet-34 backbone checkpoint; prints what was loaded and skipped."""
     path = config.pre_trained
-    if is_backbone_checkpoint(path):
-        loaded, skipped = load_backbone(network, path)
-        print(f"Backbone checkpoint {path}: loaded {len(loaded)} tensors into the ResNet-34 "
+    params = read_checkpoint(path)
+    if is_backbone_checkpoint(params):
+        loaded, skipped = load_backbone(network, path, params)
+        say(f"Backbone checkpoint {path}: loaded {len(loaded)} tensors into the ResNet-34 "
               f"backbone; skipped {len(skipped)}:")
         for name, why in sorted(skipped.items()):
-            print(f"  {name}: {why}")
+            say(f"  {name}: {why}")
         return
-    loaded, left = load_weights(network, path, drop_heads=config.filter_weight)
+    loaded, left = load_weights(network, path, config.filter_weight, params)
     reason = " (heads dropped by --filter_weight)" if config.filter_weight else ""
-    print(f"Loaded {loaded} tensors from {path}; {len(left)} keep their initial values{reason}")
+    say(f"Loaded {loaded} tensors from {path}; {len(left)} keep their initial values{reason}")
 
 
 def find_resume_checkpoint(resume, output_dir):
@@ -205,8 +232,10 @@ class EvalDuringTraining:
 
 
 def run_epoch(train_step, dataset, position, config, lr_table, log, stop, guard_state, epoch,
-              steps_per_epoch, first_batch):
-    """Train one epoch (from ``first_batch``); returns (losses, skipped, stopped early)."""
+              steps_per_epoch, first_batch, say=print, world=1):
+    """Train one epoch (from ``first_batch``); returns (losses, skipped, stopped early).
+    Images per second count every device's images."""
+    images_per_step = config.batch_size * world
     bar = Progress(steps_per_epoch - first_batch, f"epoch {epoch}/{config.epoch_size}",
                    config.progress)
     losses, skipped, tick = [], 0, time.time()
@@ -224,9 +253,9 @@ def run_epoch(train_step, dataset, position, config, lr_table, log, stop, guard_
             log.write("step", epoch=epoch, global_step=position.global_step, loss=loss,
                       cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
                       loss_scale=float(scale.asnumpy()), step_seconds=round(step_seconds, 4),
-                      img_per_s=round(config.batch_size / step_seconds, 3))
+                      img_per_s=round(images_per_step / step_seconds, 3))
             bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
-                       **{"img/s": config.batch_size / step_seconds})
+                       **{"img/s": images_per_step / step_seconds})
             if finite:
                 guard_state["in_a_row"] = 0
                 losses.append(loss)
@@ -234,14 +263,14 @@ def run_epoch(train_step, dataset, position, config, lr_table, log, stop, guard_
                 skipped += 1
                 guard_state["in_a_row"] += 1
                 ids = img_id.asnumpy().ravel().tolist()
-                print(f"\nstep {position.global_step}: non-finite loss or gradient "
+                say(f"\nstep {position.global_step}: non-finite loss or gradient "
                       f"(loss {loss}); update skipped; images {ids}", flush=True)
                 if guard_state["in_a_row"] >= config.max_nonfinite_steps:
                     raise TrainingError(
                         f"{guard_state['in_a_row']} non-finite steps in a row, the last at step "
                         f"{position.global_step} (epoch {epoch}) on images {ids}; stopping. The "
                         "last good checkpoint is kept: lower --lr, or look at those images")
-            if stop.requested:
+            if stop.agreed():
                 return losses, skipped, True
     finally:
         bar.close()
@@ -250,74 +279,89 @@ def run_epoch(train_step, dataset, position, config, lr_table, log, stop, guard_
 
 def train(config):
     """Train as configured; returns a summary dict (paths, losses, time)."""
-    output_dir, platform = start_run(config, DEFAULT_OUTPUT_DIR)
+    run = start_run(config, DEFAULT_OUTPUT_DIR, distribute=config.distribute)
+    output_dir, platform, main = run.output_dir, run.platform, run.is_main
+    if config.device_num and config.device_num != run.world:
+        raise ValueError(f"--device_num {config.device_num} but MindSpore reports {run.world} "
+                         "processes in this job; leave --device_num out")
+    say = print if main else (lambda *args, **kwargs: None)
     if config.check_dataset:
         return check_split(config, "train")
-    prepared = prepare_split(config, "train", output_dir)
+    prepared = prepare_split(config, "train", output_dir, progress=main, log=say)
     if config.only_create_dataset:
-        print(f"MindRecord set ready: {os.path.dirname(prepared.files[0])}")
+        say(f"MindRecord set ready: {os.path.dirname(prepared.files[0])}")
         return {"mindrecord_files": prepared.files}
-    eval_split = prepare_split(config, "eval", output_dir) if config.eval_interval else None
+    eval_split = prepare_split(config, "eval", output_dir, progress=main, log=say) \
+        if config.eval_interval else None
 
     coder = BoxCoder(default_boxes_from_config(config), config.match_threshold,
                      config.prior_scaling)
 
     def epoch_data(epoch):
         return create_train_dataset(prepared.files, coder, config.batch_size, config.img_shape,
+                                    num_shards=run.world, shard_id=run.rank,
                                     num_workers=config.num_parallel_workers, seed=config.seed,
                                     epoch=epoch)
 
-    steps_per_epoch = prepared.images // config.batch_size
+    per_rank_images = math.ceil(prepared.images / run.world)   # shards are padded to equal size
+    steps_per_epoch = per_rank_images // config.batch_size
     if steps_per_epoch == 0:
-        raise DatasetError(f"{prepared.images} training images make no full batch of "
-                           f"--batch_size {config.batch_size}")
+        raise DatasetError(f"{per_rank_images} training images per device make no full batch "
+                           f"of --batch_size {config.batch_size}")
     network = build_ssd(config)
     if config.pre_trained:
-        load_pretrained(config, network)
+        load_pretrained(config, network, say)
+    if config.freeze_bn:
+        say(f"--freeze_bn: {freeze_batch_norm(network)} BatchNorm layers use running statistics")
     precision = resolve_precision(config, platform)
     if precision == "fp16":
         network.to_float(ms.float16)
     loss_scale = resolve_loss_scale(config, platform, precision)
-    lr_table = lr_from_config(config, steps_per_epoch)
+    lr_table = lr_from_config(config, steps_per_epoch, run.world)
     optimizer = create_optimizer(network, lr_table, config.momentum, config.weight_decay)
-    train_step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha), optimizer,
+    loss = SSDWithLossCell(network, config.gamma, config.alpha, config.loss_norm == "global",
+                           run.world)
+    train_step = TrainStep(loss, optimizer,
                            loss_scale, dynamic=config.loss_scale_mode == "dynamic")
     train_step.set_train(True)
-    evaluator = EvalDuringTraining(config, eval_split) if eval_split else None
+    evaluator = EvalDuringTraining(config, eval_split) if eval_split and main else None
 
     start = config.pre_trained_epoch_size
     position = Position(start, steps_per_epoch, start * steps_per_epoch)
     resume_path = find_resume_checkpoint(config.resume, output_dir) if config.resume else None
     if resume_path:
         position = restore(train_step, resume_path, steps_per_epoch)
-        print(f"Resuming from {resume_path}: epoch {position.epoch}, step {position.step_in_epoch}"
+        say(f"Resuming from {resume_path}: epoch {position.epoch}, step {position.step_in_epoch}"
               f"/{steps_per_epoch}, global step {position.global_step}", flush=True)
     elif config.resume:
-        print(f"--resume auto: no checkpoint in {output_dir} yet, starting fresh", flush=True)
+        say(f"--resume auto: no checkpoint in {output_dir} yet, starting fresh", flush=True)
     optimizer.global_step.set_data(Tensor(np.array([position.global_step], np.int32)))
     first_epoch, first_batch = position.next_start(steps_per_epoch)
     if first_epoch > config.epoch_size:
         raise ValueError(f"nothing left to train: epoch {position.epoch} is done and "
                          f"--epoch_size is {config.epoch_size}")
-    print(model_summary(config, network, platform, precision, loss_scale, prepared.images,
-                        steps_per_epoch, output_dir, float(lr_table.max())), flush=True)
+    say(model_summary(config, network, platform, precision, loss_scale, prepared.images,
+                      steps_per_epoch, output_dir, float(lr_table.max()), run.world), flush=True)
 
     log = MetricsLog(os.path.join(output_dir, LOG_NAME),
-                     keep_until_step=position.global_step if resume_path else None)
+                     keep_until_step=position.global_step if resume_path else None,
+                     enabled=main)
     curve_path = os.path.join(output_dir, CURVE_NAME)
     best = {"mAP": max([r["mAP"] for r in read_jsonl(log.path) if r.get("kind") == "eval"],
-                       default=-1.0)}
+                       default=-1.0) if main else -1.0}
     run_start, epoch_losses, checkpoint, skipped_total = time.time(), [], None, 0
     guard_state = {"in_a_row": 0}
 
     def save(path):
+        if not main:
+            return path
         return save_checkpoint(train_step, path, state_entries(
             epoch=position.epoch, step_in_epoch=position.step_in_epoch,
             global_step=position.global_step, seed=config.seed,
             steps_per_epoch=steps_per_epoch, class_names=prepared.source.class_names))
 
     try:
-        with StopRequest() as stop:
+        with StopRequest(run.world) as stop:
             for epoch in range(first_epoch, config.epoch_size + 1):
                 dataset = epoch_data(epoch)
                 skip = first_batch if epoch == first_epoch else 0
@@ -326,13 +370,14 @@ def train(config):
                 position.epoch, position.step_in_epoch = epoch, skip
                 epoch_start = time.time()
                 losses, skipped, stopped = run_epoch(
-                    train_step, dataset, position, config, lr_table, log, stop, guard_state,
-                    epoch, steps_per_epoch, skip)
+                    train_step, dataset, position, config if main else config.replace(
+                        progress="off"), lr_table, log, stop, guard_state, epoch,
+                    steps_per_epoch, skip, say, run.world)
                 skipped_total += skipped
                 if stopped:
                     checkpoint = save(os.path.join(output_dir, checkpoint_name(
                         epoch, position.step_in_epoch)))
-                    print(f"Stopped by {stop.requested} at epoch {epoch}, step "
+                    say(f"Stopped by {stop.requested} at epoch {epoch}, step "
                           f"{position.step_in_epoch}/{steps_per_epoch}. Saved {checkpoint}.\n"
                           f"Resume with the same command plus --resume auto", flush=True)
                     return {"checkpoint": checkpoint, "stopped": stop.requested,
@@ -343,16 +388,18 @@ def train(config):
                 log.write("epoch", epoch=epoch, global_step=position.global_step,
                           mean_loss=mean_loss, seconds=round(seconds, 2), skipped_steps=skipped)
                 done = len(losses) + skipped
-                print(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
-                      f"{seconds:.1f} s ({done * config.batch_size / seconds:.2f} img/s)"
+                say(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
+                      f"{seconds:.1f} s ({done * config.batch_size * run.world / seconds:.2f} "
+                      "img/s)"
                       f"{f', {skipped} non-finite steps skipped' if skipped else ''}, about "
                       f"{format_duration((config.epoch_size - epoch) * seconds)} left",
                       flush=True)
                 if epoch % config.save_checkpoint_epochs == 0 or epoch == config.epoch_size:
                     checkpoint = save(os.path.join(output_dir,
                                                    checkpoint_name(epoch, steps_per_epoch)))
-                    prune_checkpoints(output_dir, config.keep_checkpoint_max)
-                    print(f"Saved checkpoint {checkpoint}", flush=True)
+                    if main:
+                        prune_checkpoints(output_dir, config.keep_checkpoint_max)
+                    say(f"Saved checkpoint {checkpoint}", flush=True)
                 if evaluator and epoch >= config.eval_start_epoch and (
                         epoch % config.eval_interval == 0 or epoch == config.epoch_size):
                     stats = evaluator(network, output_dir, epoch)
@@ -365,13 +412,14 @@ def train(config):
                         note = f"; new best, saved {os.path.join(output_dir, BEST_NAME)}"
                     print(f"eval epoch {epoch}: mAP {stats[0]:.4f}, AP50 {stats[1]:.4f}{note}",
                           flush=True)
-                plot_training_curves(log.path, curve_path)
+                if main:
+                    plot_training_curves(log.path, curve_path)
     finally:
         log.close()
     total = time.time() - run_start
     trend = (f"loss {epoch_losses[0]:.4f} (first epoch mean) -> {epoch_losses[-1]:.4f} (last)"
              if epoch_losses else "")
-    print(f"Training done in {format_duration(total)}: {trend}; checkpoint {checkpoint}; "
+    say(f"Training done in {format_duration(total)}: {trend}; checkpoint {checkpoint}; "
           f"curves {curve_path}; log {log.path}", flush=True)
     return {"checkpoint": checkpoint, "epoch_losses": epoch_losses, "seconds": total,
             "log": log.path, "curve": curve_path, "skipped_steps": skipped_total,

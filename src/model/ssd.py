@@ -135,6 +135,15 @@ def init_weights(network, sigma=INIT_SIGMA):
                                        param.shape, param.dtype))
 
 
+def freeze_batch_norm(network):
+    """Make every BatchNorm normalise with its running statistics, in training too (and stop
+    updating them); gamma and beta still train. Returns the number of layers changed."""
+    layers = [cell for _, cell in network.cells_and_names() if isinstance(cell, nn.BatchNorm2d)]
+    for cell in layers:
+        cell.use_batch_statistics = False
+    return len(layers)
+
+
 def count_trainable_params(network):
     return int(sum(int(np.prod(p.shape)) for p in network.trainable_params()))
 
