@@ -5,13 +5,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+KERNEL := build/kernels/libssd_onednn_conv.so
 DEMO_DATA ?= demo_data
 DEMO_OUT ?= outputs/demo
 DEMO_LONG_OUT ?= outputs/demo-long
 
 .PHONY: setup setup-cpp demo demo-long test clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL)
 
 # The C++ inference program needs cmake, g++ and OpenCV's development files (tests build it).
 setup-cpp:
@@ -33,6 +34,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
+
+# Our oneDNN convolution for MindSpore's CPU backend (g++; headers from onednn-devel).
+$(KERNEL): src/kernels/onednn_conv.cc src/kernels/build.sh $(STAMP)
+	PYTHON=$(PY) bash src/kernels/build.sh
 
 demo: setup
 	$(PY) -m src.demo_data --out $(DEMO_DATA) --num_train 160 --num_val 40 --seed 0

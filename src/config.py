@@ -64,6 +64,12 @@ class Config:
                               section="model")
     extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
                                       "channels of the six feature maps", section="model")
+    conv_impl: str = _key("auto", "convolutions: auto (our oneDNN kernels on CPU when built, "
+                                  "else MindSpore's), mindspore, or onednn",
+                          choices=("auto", "mindspore", "onednn"), section="model")
+    conv_dtype: str = _key("float32", "arithmetic of our oneDNN convolutions: float32, or "
+                                      "bfloat16 (float32 accumulation; AMX where the CPU has it)",
+                           choices=("float32", "bfloat16"), section="model")
     extras_strides: tuple = _key((1, 1, 2, 2, 2, 1),
                                  "strides of the extra blocks (entries 2..5 are used)",
                                  section="model")

@@ -29,7 +29,9 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     if file_format == "AIR" and platform != "Ascend":
         raise ExportError("AIR export needs an Ascend device and its CANN toolkit "
                           "(--device_target Ascend); on CPU and GPU export MINDIR or ONNX")
-    net = build_inference_network(config, checkpoint_path)
+    # Exported graphs must not refer to our kernel library: MindSpore's own convolutions.
+    net = build_inference_network(config, checkpoint_path, conv_impl="mindspore",
+                                  conv_dtype="float32")
     sample = ms.Tensor(np.random.default_rng(0).uniform(
         -1, 1, (batch_size, 3, *config.img_shape)).astype(np.float32))
     os.makedirs(os.path.dirname(os.path.abspath(file_name)) or ".", exist_ok=True)

@@ -12,22 +12,44 @@ from dataclasses import dataclass
 
 PLATFORMS = ("CPU", "GPU", "Ascend")
 ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_onednn_conv.so")
+
+
+def requested_conv_impl(argv=None):
+    """--conv_impl from the command line (or SSD_CONV_IMPL), read before any config is parsed."""
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg.startswith("--conv_impl="):
+            return arg.split("=", 1)[1]
+        if arg == "--conv_impl" and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.environ.get("SSD_CONV_IMPL", "auto")
 
 
 def cap_onednn_isa():
-    """Cap oneDNN at AVX2 unless the user chose a value; returns the value in effect.
+    """Cap oneDNN at AVX2 when MindSpore's own CPU convolutions will run, unless the user chose a
+    value; returns the value in effect (None: no cap).
 
     Why: MindSpore 2.10's CPU convolution hands oneDNN fixed plain layouts (NCHW activations,
     OIHW weights). On AVX-512/AMX processors oneDNN's fast kernels refuse those layouts and it
     falls back to a reference kernel about 35x slower; capped at AVX2 it uses im2col + GEMM
-    (a 64->128 3x3 convolution: 3.3 s -> 0.05 s). oneDNN reads the variable once, when the
-    library loads, so this must run before ``import mindspore``. GPU and Ascend kernels do not
-    use oneDNN, so the cap costs them nothing.
+    (a 64->128 3x3 convolution: 3.3 s -> 0.05 s). Our own convolution (``src/kernels``, built
+    by make) lets oneDNN choose blocked layouts and wants AVX-512; the cap applies to the whole
+    oneDNN library (ours runs in MindSpore's), so it is left off when our kernels are built and
+    not declined with --conv_impl mindspore (BatchNorm, ReLU and pooling run 2-2.6x faster
+    uncapped too). oneDNN reads the variable once, when the library loads, so this must run
+    before ``import mindspore``. GPU and Ascend kernels do not use oneDNN.
     """
-    if ONEDNN_ISA_VARIABLE not in os.environ and "mindspore" in sys.modules:
+    if ONEDNN_ISA_VARIABLE in os.environ:
+        return os.environ[ONEDNN_ISA_VARIABLE]
+    if os.path.isfile(KERNEL_LIBRARY) and requested_conv_impl() != "mindspore":
+        return None
+    if "mindspore" in sys.modules:
         warnings.warn(f"mindspore was imported before src: {ONEDNN_ISA_VARIABLE} cannot take effect "
                       "and CPU convolutions may run ~35x slower; import src first.", stacklevel=2)
-    return os.environ.setdefault(ONEDNN_ISA_VARIABLE, "AVX2")
+    os.environ[ONEDNN_ISA_VARIABLE] = "AVX2"
+    return "AVX2"
 
 
 def detect_platform():

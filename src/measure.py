@@ -22,11 +22,16 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def environment(platform):
+def environment(config, platform):
+    """Where the numbers came from: versions, device, cores, the oneDNN ISA cap ('' when none)
+    and which convolution implementation the model was built with."""
     import mindspore as ms
 
+    from src.model.conv import resolve_conv_impl
+
     return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
-            ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE, "")}
+            ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE, ""),
+            "conv_impl": resolve_conv_impl(config.conv_impl, platform)}
 
 
 def timed(function, repeats, warmup):
@@ -211,7 +216,7 @@ def run(config, modes, steps=5, warmup=2):
                 result = benchmark_infer(config, steps, warmup)
             else:
                 result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
-            result.update(environment(platform))
+            result.update(environment(config, platform))
             print(json.dumps(result), flush=True)
             results.append(result)
     return results

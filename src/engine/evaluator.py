@@ -21,9 +21,9 @@ from src.model import SsdInferWithDecoder, build_ssd
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
 
 
-def build_inference_network(config, checkpoint_path=None):
+def build_inference_network(config, checkpoint_path=None, conv_impl=None, conv_dtype=None):
     """Detector + in-graph decoder in eval mode, weights from ``checkpoint_path`` if given."""
-    network = build_ssd(config)
+    network = build_ssd(config, conv_impl, conv_dtype)
     if checkpoint_path:
         load_weights(network, checkpoint_path)
     net = SsdInferWithDecoder(network, default_boxes_from_config(config).cyxhw,

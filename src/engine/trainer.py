@@ -25,7 +25,7 @@ from src.engine.progress import Progress, format_duration
 from src.engine.train_step import TrainStep, create_optimizer
 from src.loss import SSDWithLossCell
 from src.lr_schedule import lr_from_config, peak_lr
-from src.model import build_ssd, count_trainable_params, freeze_batch_norm
+from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
 from src.visualize import plot_training_curves, read_jsonl
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
@@ -148,7 +148,8 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
         f"{config.num_classes} classes (background included)",
         f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
-        f"({config.loss_scale_mode}), {ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE)}",
+        f"({config.loss_scale_mode}), convolutions: {conv_description(network)}, "
+        f"{ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE, '(not set)')}",
         f"Data: {images} images, batch {config.batch_size}"
         + (f" per device x {world} devices = global batch {config.batch_size * world}"
            if world > 1 else "")

@@ -7,9 +7,11 @@ its checkpoints load (``conv1``, ``bn1``, ``layer1.0.conv1`` ... ``down_sample_l
 """
 from mindspore import nn
 
+from src.model.conv import Conv2d
+
 
 def conv3x3(in_channels, out_channels, stride=1):
-    return nn.Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1)
+    return Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1)
 
 
 def batch_norm(channels):
@@ -34,7 +36,7 @@ class BasicBlock(nn.Cell):
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([
-                nn.Conv2d(in_channels, out_channels, 1, stride, pad_mode="valid"),
+                Conv2d(in_channels, out_channels, 1, stride, pad_mode="valid"),
                 batch_norm(out_channels)])
 
     def construct(self, x):
@@ -57,7 +59,7 @@ class ResNet34Backbone(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3)
+        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3)
         self.bn1 = batch_norm(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")

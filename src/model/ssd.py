@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from src.model.conv import Conv2d, building_with, resolve_conv_impl
 from src.model.resnet34 import ResNet34Backbone
 
 EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
@@ -33,9 +34,9 @@ class SSDFeatureExtractor(nn.Cell):
             stride = strides[min(i + 2, len(strides) - 1)]
             padding = {"pad_mode": "pad", "padding": 1} if stride > 1 else {"pad_mode": "valid"}
             blocks.append(nn.SequentialCell([
-                nn.Conv2d(out_channels[i], mid, 1),
+                Conv2d(out_channels[i], mid, 1),
                 nn.ReLU(),
-                nn.Conv2d(mid, out_channels[i + 1], 3, stride, **padding),
+                Conv2d(mid, out_channels[i + 1], 3, stride, **padding),
                 nn.ReLU()]))
         self.additional_blocks = nn.CellList(blocks)
 
@@ -51,10 +52,10 @@ class SSDFeatureExtractor(nn.Cell):
 def separable_head(channels, outputs):
     """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias."""
     return nn.SequentialCell([
-        nn.Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels),
+        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels),
         nn.BatchNorm2d(channels, eps=1e-3, momentum=0.97),
         nn.ReLU6(),
-        nn.Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros")])
+        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros")])
 
 
 class MultiBox(nn.Cell):
@@ -144,13 +145,31 @@ def freeze_batch_norm(network):
     return len(layers)
 
 
+def conv_description(network):
+    """'oneDNN (ours)' or "MindSpore's": which convolutions a network was built with."""
+    from src.model.onednn_conv import OneDnnConv2d
+
+    dtypes = {cell.compute_dtype for _, cell in network.cells_and_names()
+              if isinstance(cell, OneDnnConv2d)}
+    if not dtypes:
+        return "MindSpore's"
+    return "oneDNN (ours)" + ("" if dtypes == {"float32"} else ", bfloat16 compute")
+
+
 def count_trainable_params(network):
     return int(sum(int(np.prod(p.shape)) for p in network.trainable_params()))
 
 
-def build_ssd(config):
-    """The detector a Config describes, with the reference's initialisation."""
-    network = SsdResnet34(config.num_classes, config.extras_out_channels, config.extras_strides,
-                          config.num_default, config.num_ssd_boxes)
+def build_ssd(config, conv_impl=None, conv_dtype=None):
+    """The detector a Config describes, with the reference's initialisation.
+
+    Convolutions are ``config.conv_impl``'s (see ``src.model.conv``) unless ``conv_impl``
+    ('mindspore' or 'onednn') says otherwise, computing in ``config.conv_dtype`` unless
+    ``conv_dtype`` says otherwise; parameters are the same (float32) either way.
+    """
+    impl = conv_impl or resolve_conv_impl(config.conv_impl, ms.get_context("device_target"))
+    with building_with(impl, conv_dtype or config.conv_dtype):
+        network = SsdResnet34(config.num_classes, config.extras_out_channels,
+                              config.extras_strides, config.num_default, config.num_ssd_boxes)
     init_weights(network)
     return network

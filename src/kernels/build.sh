@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Build build/kernels/libssd_onednn_conv.so: our oneDNN convolution for MindSpore's CPU backend.
+# Needs g++, the project's virtual environment with mindspore (its bundled libdnnl.so.3 is what
+# we link against) and onednn-devel (headers, from requirements.txt).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+python="${PYTHON:-$root/.venv/bin/python}"
+die() { echo "error: $*" >&2; exit 2; }
+command -v g++ >/dev/null || die "g++ not found"
+prefix="$("$python" -c 'import sys; print(sys.prefix)')"
+library_dir="$("$python" -c 'import os, mindspore; print(os.path.join(os.path.dirname(mindspore.__file__), "lib"))' 2>/dev/null)" \
+    || die "mindspore is not importable by $python"
+headers="$prefix/include/oneapi/dnnl"
+[ -f "$headers/dnnl.hpp" ] || die "oneDNN headers not found in $headers (pip install onednn-devel==2025.3.0)"
+[ -f "$library_dir/libdnnl.so.3" ] || die "MindSpore's libdnnl.so.3 not found in $library_dir"
+out="$root/build/kernels"
+mkdir -p "$out/include/oneapi/dnnl"
+# onednn-devel's config describes a SYCL/TBB build; MindSpore's library uses the threadpool runtime.
+sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_THREADPOOL/' \
+    -e 's/^#define DNNL_CPU_RUNTIME .*/#define DNNL_CPU_RUNTIME DNNL_RUNTIME_THREADPOOL/' \
+    -e 's/^#define DNNL_GPU_RUNTIME .*/#define DNNL_GPU_RUNTIME DNNL_RUNTIME_NONE/' \
+    -e 's/^#define DNNL_GPU_VENDOR .*/#define DNNL_GPU_VENDOR DNNL_VENDOR_NONE/' \
+    "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
+g++ -O3 -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
+    "$here/onednn_conv.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
+    -o "$out/libssd_onednn_conv.so.tmp"
+mv "$out/libssd_onednn_conv.so.tmp" "$out/libssd_onednn_conv.so"
+echo "Built $out/libssd_onednn_conv.so"

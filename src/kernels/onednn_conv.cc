@@ -1,0 +1,409 @@
+// 2-D convolution for MindSpore's CPU backend through oneDNN with blocked layouts.
+//
+// MindSpore 2.10's own CPU convolution creates its oneDNN primitives with plain NCHW/OIHW
+// layouts, which AVX-512 kernels refuse (a reference kernel runs instead, or im2col + GEMM
+// under ONEDNN_MAX_CPU_ISA=AVX2). Here oneDNN chooses the layouts (format_tag::any), so it
+// runs its direct/brgemm kernels; tensors are reordered from and to MindSpore's plain layouts
+// around each call. Three MindSpore Custom AOT entry points: forward, backward-data and
+// backward-weights (with bias). Tensors in and out are float32; the arithmetic is float32, or
+// with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
+// as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
+//
+// Every entry point takes, after its tensors, an int32[9] "geometry" tensor:
+//   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
+//   compute_bf16.
+// Weights are MindSpore's (O, I/groups, kh, kw). Primitives and their blocked buffers are
+// cached per shape and geometry. Work runs on a thread pool of our own (the oneDNN library
+// bundled with MindSpore uses the threadpool runtime, so it needs one to use more than one
+// core); SSD_CONV_THREADS sets its size (default: the machine's cores).
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "oneapi/dnnl/dnnl_threadpool.hpp"
+#include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
+
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// A fixed set of worker threads; parallel_for runs fn(i, n) for i < n and returns when done.
+class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
+ public:
+  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
+  }
+  ~ThreadPool() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      quit_ = true;
+      ++generation_;
+    }
+    wake_.notify_all();
+    for (auto &worker : workers_) worker.join();
+  }
+  int get_num_threads() const override { return threads_; }
+  bool get_in_parallel() const override { return in_parallel_; }
+  uint64_t get_flags() const override { return 0; }
+
+  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
+    if (n <= 0) return;
+    if (n == 1 || threads_ == 1 || in_parallel_) {
+      for (int i = 0; i < n; ++i) fn(i, n);
+      return;
+    }
+    std::unique_lock<std::mutex> call(call_mutex_);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = &fn;
+      total_ = n;
+      next_.store(0);
+      running_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    in_parallel_ = true;
+    Drain();
+    in_parallel_ = false;
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return running_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void Drain() {
+    for (int i = next_.fetch_add(1); i < total_; i = next_.fetch_add(1)) (*task_)(i, total_);
+  }
+  void Work() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (quit_) return;
+      }
+      in_parallel_ = true;
+      Drain();
+      in_parallel_ = false;
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--running_ == 0) done_.notify_one();
+    }
+  }
+
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_, call_mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int, int)> *task_ = nullptr;
+  std::atomic<int> next_{0};
+  int total_ = 0, running_ = 0;
+  uint64_t generation_ = 0;
+  bool quit_ = false;
+  static thread_local bool in_parallel_;
+};
+thread_local bool ThreadPool::in_parallel_ = false;
+
+int ThreadCount() {
+  const char *env = std::getenv("SSD_CONV_THREADS");
+  int wanted = env ? std::atoi(env) : 0;
+  if (wanted > 0) return wanted;
+  unsigned cores = std::thread::hardware_concurrency();
+  return cores ? static_cast<int>(cores) : 1;
+}
+
+struct Runtime {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  ThreadPool pool{ThreadCount()};
+  dnnl::stream stream = dnnl::threadpool_interop::make_stream(engine, &pool);
+};
+
+Runtime &Rt() {
+  static Runtime runtime;
+  return runtime;
+}
+
+struct Geometry {
+  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16;
+  dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
+};
+
+Geometry ReadGeometry(const void *data) {
+  const int32_t *g = static_cast<const int32_t *>(data);
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8]};
+}
+
+struct Shapes {
+  memory::dims src, wei, dst, bias, strides, dilates{0, 0}, pad_l, pad_r;
+  tag wei_tag;
+};
+
+// x (N, C, H, W), w (O, C/g, kh, kw), y (N, O, OH, OW).
+Shapes MakeShapes(const int64_t *x, const int64_t *w, const Geometry &g) {
+  Shapes s;
+  const int64_t oh = (x[2] + g.pad_t + g.pad_b - w[2]) / g.stride_h + 1;
+  const int64_t ow = (x[3] + g.pad_l + g.pad_r - w[3]) / g.stride_w + 1;
+  s.src = {x[0], x[1], x[2], x[3]};
+  s.dst = {x[0], w[0], oh, ow};
+  s.bias = {w[0]};
+  s.strides = {g.stride_h, g.stride_w};
+  s.pad_l = {g.pad_t, g.pad_l};
+  s.pad_r = {g.pad_b, g.pad_r};
+  if (g.groups > 1) {
+    s.wei = {g.groups, w[0] / g.groups, w[1], w[2], w[3]};
+    s.wei_tag = tag::goihw;
+  } else {
+    s.wei = {w[0], w[1], w[2], w[3]};
+    s.wei_tag = tag::oihw;
+  }
+  return s;
+}
+
+std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geometry &g) {
+  std::ostringstream key;
+  key << kind;
+  for (int i = 0; i < 4; ++i) key << ',' << x[i] << ',' << w[i];
+  key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
+      << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16;
+  return key.str();
+}
+
+// A tensor in MindSpore's plain layout and the layout the primitive wants; reorders between
+// them when they differ (the blocked buffer lives as long as the cache entry).
+struct Port {
+  memory::desc plain, chosen;
+  memory blocked;
+  bool reorder = false;
+  dnnl::reorder to_chosen, to_plain;
+
+  void Init(const memory::desc &plain_desc, const memory::desc &chosen_desc, bool input,
+            bool output) {
+    auto &engine = Rt().engine;
+    plain = plain_desc;
+    chosen = chosen_desc;
+    reorder = plain != chosen;
+    if (!reorder) return;
+    blocked = memory(chosen, engine);
+    memory plain_mem(plain, engine, DNNL_MEMORY_NONE);
+    if (input) to_chosen = dnnl::reorder(plain_mem, blocked);
+    if (output) to_plain = dnnl::reorder(blocked, plain_mem);
+  }
+  // The memory the primitive reads or writes for user data at `ptr`.
+  memory Bind(void *ptr, bool input) {
+    memory user(plain, Rt().engine, ptr);
+    if (!reorder) return user;
+    if (input) to_chosen.execute(Rt().stream, user, blocked);
+    return blocked;
+  }
+  void Finish(void *ptr) {
+    if (!reorder) return;
+    memory user(plain, Rt().engine, ptr);
+    to_plain.execute(Rt().stream, blocked, user);
+  }
+};
+
+struct Forward {
+  dnnl::convolution_forward conv;
+  Port src, wei, dst;
+  memory::desc bias;
+};
+struct BackwardData {
+  dnnl::convolution_backward_data conv;
+  Port diff_dst, wei, diff_src;
+};
+struct BackwardWeights {
+  dnnl::convolution_backward_weights conv;
+  Port src, diff_dst, diff_wei;
+  memory::desc diff_bias;
+};
+
+std::mutex cache_mutex;
+std::map<std::string, std::shared_ptr<void>> cache;
+
+memory::desc Any(const memory::dims &dims, dt type) { return memory::desc(dims, type, tag::any); }
+
+// src and weights in `compute`, dst in `dst_type`, bias float32.
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Shapes &s, bool bias, dt compute,
+                                                      dt dst_type) {
+  if (bias) {
+    return dnnl::convolution_forward::primitive_desc(
+        Rt().engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+        Any(s.src, compute), Any(s.wei, compute), memory::desc(s.bias, dt::f32, tag::x),
+        Any(s.dst, dst_type), s.strides, s.dilates, s.pad_l, s.pad_r);
+  }
+  return dnnl::convolution_forward::primitive_desc(
+      Rt().engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Any(s.src, compute), Any(s.wei, compute), Any(s.dst, dst_type), s.strides, s.dilates,
+      s.pad_l, s.pad_r);
+}
+
+template <typename T>
+T *Cached(const std::string &key, const std::function<T *()> &make) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = cache.find(key);
+  if (found != cache.end()) return static_cast<T *>(found->second.get());
+  T *entry = make();
+  cache[key] = std::shared_ptr<void>(entry, [](void *p) { delete static_cast<T *>(p); });
+  return entry;
+}
+
+memory::desc Plain(const memory::dims &dims, tag t) { return memory::desc(dims, dt::f32, t); }
+
+int Fail(const char *what, const dnnl::error &error) {
+  std::fprintf(stderr, "onednn_conv %s: %s (status %d)\n", what, error.what(),
+               static_cast<int>(error.status));
+  return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// params: x, w, [bias,] geometry, y
+int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                void *stream, void *extra) {
+  (void)ndims;
+  (void)dtypes;
+  (void)stream;
+  (void)extra;
+  try {
+    const bool has_bias = nparam == 5;
+    const Geometry g = ReadGeometry(params[has_bias ? 3 : 2]);
+    const int64_t *x = shapes[0], *w = shapes[1];
+    Forward *f = Cached<Forward>(Key("fwd", x, w, g), [&] {
+      Shapes s = MakeShapes(x, w, g);
+      auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32);
+      auto *e = new Forward();
+      e->conv = dnnl::convolution_forward(pd);
+      e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
+      e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
+      e->dst.Init(Plain(s.dst, tag::nchw), pd.dst_desc(), false, true);
+      e->bias = Plain(s.bias, tag::x);
+      return e;
+    });
+    void *y = params[nparam - 1];
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, f->src.Bind(params[0], true)},
+                                            {DNNL_ARG_WEIGHTS, f->wei.Bind(params[1], true)},
+                                            {DNNL_ARG_DST, f->dst.Bind(y, false)}};
+    if (has_bias) args[DNNL_ARG_BIAS] = memory(f->bias, Rt().engine, params[2]);
+    f->conv.execute(Rt().stream, args);
+    f->dst.Finish(y);
+    Rt().stream.wait();
+  } catch (const dnnl::error &error) {
+    return Fail("forward", error);
+  }
+  return 0;
+}
+
+// params: dy, w, x (for its shape only), geometry, dx
+int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes,
+                     const char **dtypes, void *stream, void *extra) {
+  (void)nparam;
+  (void)ndims;
+  (void)dtypes;
+  (void)stream;
+  (void)extra;
+  try {
+    const Geometry g = ReadGeometry(params[3]);
+    const int64_t *w = shapes[1], *x = shapes[2];
+    BackwardData *b = Cached<BackwardData>(Key("bwd_data", x, w, g), [&] {
+      Shapes s = MakeShapes(x, w, g);
+      const dt c = g.compute();
+      auto hint = ForwardDesc(s, false, c, c);
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, dt::f32), Any(s.wei, c),
+          Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
+      auto *e = new BackwardData();
+      e->conv = dnnl::convolution_backward_data(pd);
+      e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+      e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
+      e->diff_src.Init(Plain(s.src, tag::nchw), pd.diff_src_desc(), false, true);
+      return e;
+    });
+    void *dx = params[4];
+    b->conv.execute(Rt().stream, {{DNNL_ARG_DIFF_DST, b->diff_dst.Bind(params[0], true)},
+                                  {DNNL_ARG_WEIGHTS, b->wei.Bind(params[1], true)},
+                                  {DNNL_ARG_DIFF_SRC, b->diff_src.Bind(dx, false)}});
+    b->diff_src.Finish(dx);
+    Rt().stream.wait();
+  } catch (const dnnl::error &error) {
+    return Fail("backward data", error);
+  }
+  return 0;
+}
+
+// params: x, dy, w (for its shape only), geometry, dw [, db]
+int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes,
+                        const char **dtypes, void *stream, void *extra) {
+  (void)ndims;
+  (void)dtypes;
+  (void)stream;
+  (void)extra;
+  try {
+    const bool has_bias = nparam == 6;
+    const Geometry g = ReadGeometry(params[3]);
+    const int64_t *x = shapes[0], *w = shapes[2];
+    BackwardWeights *b = Cached<BackwardWeights>(Key("bwd_weights", x, w, g), [&] {
+      Shapes s = MakeShapes(x, w, g);
+      const dt c = g.compute();
+      auto hint = ForwardDesc(s, has_bias, c, c);
+      auto make = [&]() {
+        if (has_bias) {
+          return dnnl::convolution_backward_weights::primitive_desc(
+              Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c),
+              Any(s.wei, dt::f32), Plain(s.bias, tag::x), Any(s.dst, c), s.strides, s.dilates,
+              s.pad_l, s.pad_r, hint);
+        }
+        return dnnl::convolution_backward_weights::primitive_desc(
+            Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c), Any(s.wei, dt::f32),
+            Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
+      };
+      auto pd = make();
+      auto *e = new BackwardWeights();
+      e->conv = dnnl::convolution_backward_weights(pd);
+      e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
+      e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+      e->diff_wei.Init(Plain(s.wei, s.wei_tag), pd.diff_weights_desc(), false, true);
+      e->diff_bias = Plain(s.bias, tag::x);
+      return e;
+    });
+    void *dw = params[4];
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, b->src.Bind(params[0], true)},
+                                            {DNNL_ARG_DIFF_DST, b->diff_dst.Bind(params[1], true)},
+                                            {DNNL_ARG_DIFF_WEIGHTS, b->diff_wei.Bind(dw, false)}};
+    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(b->diff_bias, Rt().engine, params[5]);
+    b->conv.execute(Rt().stream, args);
+    b->diff_wei.Finish(dw);
+    Rt().stream.wait();
+  } catch (const dnnl::error &error) {
+    return Fail("backward weights", error);
+  }
+  return 0;
+}
+
+// The same with a bias (separate names: MindSpore keys some Custom op information by function).
+int ConvForwardBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                    void *stream, void *extra) {
+  return ConvForward(nparam, params, ndims, shapes, dtypes, stream, extra);
+}
+
+int ConvBackwardWeightsBias(int nparam, void **params, int *ndims, int64_t **shapes,
+                            const char **dtypes, void *stream, void *extra) {
+  return ConvBackwardWeights(nparam, params, ndims, shapes, dtypes, stream, extra);
+}
+
+}  // extern "C"

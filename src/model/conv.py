@@ -1,0 +1,69 @@
+"""Which convolution the model is built with: MindSpore's ``nn.Conv2d``, or on CPU our oneDNN
+kernels (``OneDnnConv2d``: same arguments, parameters and results, about twice as fast here).
+
+``conv_impl`` 'auto' picks oneDNN on CPU when its library is built (``make`` builds it), else
+``nn.Conv2d``. ``conv_dtype`` 'bfloat16' (oneDNN only) multiplies in bfloat16 with float32
+accumulation. The choice is made once per network build (``building_with``).
+"""
+import contextlib
+import os
+import warnings
+
+from mindspore import nn
+
+from src.device import ONEDNN_ISA_VARIABLE
+from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
+
+IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
+_current = [("mindspore", "float32")]
+
+
+def check_conv_dtype(dtype, impl):
+    """Refuse a compute dtype the chosen implementation cannot run."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"conv_dtype {dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    if dtype != "float32" and impl != "onednn":
+        raise ValueError(f"conv_dtype {dtype} needs our oneDNN convolutions (CPU, built by make); "
+                         f"this run uses {impl}'s")
+
+
+def resolve_conv_impl(choice, platform):
+    """'mindspore' or 'onednn' for a config's ``conv_impl`` on a platform."""
+    if choice not in IMPLEMENTATIONS:
+        raise ValueError(f"conv_impl {choice!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
+    if choice == "onednn":
+        if platform != "CPU":
+            raise ValueError(f"--conv_impl onednn runs on CPU only (this run: {platform})")
+        if not library_path():
+            raise ValueError("--conv_impl onednn: the kernel library is not built "
+                             "(run make, or bash src/kernels/build.sh)")
+        return "onednn"
+    if choice == "auto" and platform == "CPU" and library_path():
+        return "onednn"
+    if platform == "CPU" and ONEDNN_ISA_VARIABLE not in os.environ:
+        warnings.warn(f"MindSpore's CPU convolutions run about 35x slower on AVX-512 processors "
+                      f"without {ONEDNN_ISA_VARIABLE}=AVX2, which was not set because our kernels "
+                      "are built: pass --conv_impl mindspore on the command line (not only in a "
+                      "config file), or set the variable yourself", stacklevel=2)
+    return "mindspore"
+
+
+@contextlib.contextmanager
+def building_with(impl, dtype="float32"):
+    """Build the layers created inside the block with ``impl`` convolutions computing in
+    ``dtype``."""
+    check_conv_dtype(dtype, impl)
+    previous = _current[0]
+    _current[0] = (impl, dtype)
+    try:
+        yield
+    finally:
+        _current[0] = previous
+
+
+def Conv2d(*args, **kwargs):  # noqa: N802  (stands in for the class nn.Conv2d)
+    """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'."""
+    impl, dtype = _current[0]
+    if impl == "onednn":
+        return OneDnnConv2d(*args, compute_dtype=dtype, **kwargs)
+    return nn.Conv2d(*args, **kwargs)

@@ -1,0 +1,123 @@
+"""A drop-in for ``nn.Conv2d`` on CPU whose convolutions run through oneDNN with blocked layouts
+(``src/kernels/onednn_conv.cc``, MindSpore Custom AOT ops with their own backward ops).
+
+Same parameters and names as ``nn.Conv2d`` (``weight`` (O, I/groups, kh, kw), ``bias``), so
+checkpoints move freely between the two. Padding: 'pad' (symmetric), 'valid', or 'same' for
+stride 1 with an odd kernel (all the model needs). Built by ``make`` (``src/kernels/build.sh``);
+``library_path()`` tells whether it is there.
+"""
+import os
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+from src.device import KERNEL_LIBRARY as LIBRARY
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
+
+
+def library_path():
+    """The built kernel library, or None."""
+    return LIBRARY if os.path.isfile(LIBRARY) else None
+
+
+def conv_output_shape(x, w, geometry):
+    stride_h, stride_w, top, left, bottom, right = geometry[:6]
+    return [x[0], w[0], (x[2] + top + bottom - w[2]) // stride_h + 1,
+            (x[3] + left + right - w[3]) // stride_w + 1]
+
+
+def _custom(function, out_shape, out_dtype, bprop=None):
+    return ops.Custom(f"{LIBRARY}:{function}", out_shape=out_shape, out_dtype=out_dtype,
+                      func_type="aot", bprop=bprop)
+
+
+class ConvOps:
+    """The three Custom ops of one convolution geometry (stride, padding, groups, bias)."""
+
+    def __init__(self, geometry, has_bias):
+        self.geometry = tuple(int(v) for v in geometry)
+        same_dtype = lambda x, *rest: x  # noqa: E731
+        self.backward_data = _custom("ConvBackwardData", lambda dy, w, x, g: x, same_dtype)
+        if has_bias:
+            self.backward_weights = _custom(
+                "ConvBackwardWeightsBias", lambda x, dy, w, g: (w, [w[0]]),
+                lambda x, dy, w, g: (x, x))
+
+            def bprop(x, w, b, g, out, dout):
+                dw, db = self.backward_weights(x, dout, w, g)
+                return self.backward_data(dout, w, x, g), dw, db, ops.zeros_like(g)
+
+            self.forward = _custom(
+                "ConvForwardBias",
+                lambda x, w, b, g: conv_output_shape(x, w, self.geometry), same_dtype, bprop)
+        else:
+            self.backward_weights = _custom("ConvBackwardWeights", lambda x, dy, w, g: w,
+                                            same_dtype)
+
+            def bprop(x, w, g, out, dout):
+                return (self.backward_data(dout, w, x, g),
+                        self.backward_weights(x, dout, w, g), ops.zeros_like(g))
+
+            self.forward = _custom(
+                "ConvForward", lambda x, w, g: conv_output_shape(x, w, self.geometry),
+                same_dtype, bprop)
+
+
+def explicit_padding(kernel_size, pad_mode, padding):
+    """(top, left, bottom, right) of nn.Conv2d's padding arguments."""
+    kernel_h, kernel_w = kernel_size
+    if pad_mode == "valid":
+        return 0, 0, 0, 0
+    if pad_mode == "pad":
+        if isinstance(padding, int):
+            return padding, padding, padding, padding
+        return tuple(padding)
+    if kernel_h % 2 == 0 or kernel_w % 2 == 0:
+        raise ValueError("OneDnnConv2d supports pad_mode 'same' for odd kernels only")
+    return kernel_h // 2, kernel_w // 2, kernel_h // 2, kernel_w // 2
+
+
+class OneDnnConv2d(nn.Cell):
+    """``nn.Conv2d`` with the same arguments and parameters, computed by our oneDNN kernels.
+
+    Input (N, C, H, W) float32 -> (N, O, OH, OW) float32. ``compute_dtype`` 'bfloat16'
+    multiplies in bfloat16 (inputs and weights rounded as they are reordered) and accumulates
+    in float32: AMX on processors that have it. Parameters and gradients stay float32.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
+                 padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
+                 bias_init=None, compute_dtype="float32"):
+        super().__init__()
+        kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        if dilation != 1:
+            raise ValueError("OneDnnConv2d supports dilation 1 only")
+        if pad_mode == "same" and strides != (1, 1):
+            raise ValueError("OneDnnConv2d supports pad_mode 'same' with stride 1 only")
+        self.in_channels, self.out_channels, self.group = in_channels, out_channels, group
+        self.kernel_size, self.stride, self.has_bias = kernel, strides, has_bias
+        top, left, bottom, right = explicit_padding(kernel, pad_mode, padding)
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype {compute_dtype!r}: expected one of "
+                             f"{', '.join(COMPUTE_DTYPES)}")
+        self.compute_dtype = compute_dtype
+        geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
+                    COMPUTE_DTYPES.index(compute_dtype))
+        self.geometry = Tensor(np.array(geometry, np.int32))
+        self.weight = Parameter(initializer(weight_init or "he_uniform",
+                                            (out_channels, in_channels // group, *kernel),
+                                            ms.float32), name="weight")
+        self.bias = Parameter(initializer(bias_init or "zeros", (out_channels,), ms.float32),
+                              name="bias") if has_bias else None
+        self.ops = ConvOps(geometry, has_bias)
+        self.forward = self.ops.forward
+
+    def construct(self, x):
+        if self.has_bias:
+            return self.forward(x, self.weight, self.bias, self.geometry)
+        return self.forward(x, self.weight, self.geometry)

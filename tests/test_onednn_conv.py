@@ -1,0 +1,151 @@
+"""Our oneDNN convolution: for every convolution the model has, outputs and gradients equal to
+nn.Conv2d's; the whole detector gives the same outputs with either; the ISA cap follows."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from src.config import Config
+from src.device import KERNEL_LIBRARY
+from tests.conftest import ROOT
+
+
+def test_kernel_library_is_built():
+    assert os.path.isfile(KERNEL_LIBRARY), "make (or bash src/kernels/build.sh) builds it"
+
+
+def geometries():
+    """Every distinct convolution of the detector: (in, out, kernel, stride, pad, group, bias)."""
+    import mindspore as ms  # noqa: F401
+    from src.model import build_ssd
+    from src.model.onednn_conv import OneDnnConv2d
+
+    found = set()
+    for _, cell in build_ssd(Config(), conv_impl="onednn").cells_and_names():
+        if isinstance(cell, OneDnnConv2d):
+            g = cell.geometry.asnumpy().tolist()
+            found.add((cell.in_channels, cell.out_channels, cell.kernel_size[0], g[0],
+                       tuple(g[2:6]), cell.group, bool(g[7])))
+    return sorted(found)
+
+
+class Loss:
+    def __init__(self, conv):
+        from mindspore import nn
+
+        class Cell(nn.Cell):
+            def __init__(self):
+                super().__init__()
+                self.conv = conv
+
+            def construct(self, x, target):
+                return (self.conv(x) * target).sum()
+
+        self.cell = Cell()
+
+
+def compare_with_nn_conv2d(compute_dtype, rtol):
+    """Outputs and gradients of OneDnnConv2d vs nn.Conv2d for small copies of every model
+    convolution; returns our outputs."""
+    import mindspore as ms
+    from mindspore import Tensor, nn
+    from src.model.onednn_conv import OneDnnConv2d
+
+    shapes = geometries()
+    assert len(shapes) >= 10
+    rng = np.random.default_rng(0)
+    outputs = []
+    for cin, cout, k, stride, pads, group, bias in shapes:
+        cin, cout = min(cin, 32), min(cout, 48)      # small copies of each geometry
+        if group > 1:
+            cin = cout = group = min(group, 32)
+        args = dict(pad_mode="pad", padding=pads) if any(pads) else dict(pad_mode="valid")
+        ref = nn.Conv2d(cin, cout, k, stride, group=group, has_bias=bias,
+                        bias_init="normal" if bias else None, **args)
+        ours = OneDnnConv2d(cin, cout, k, stride, group=group, has_bias=bias,
+                            compute_dtype=compute_dtype, **args)
+        ours.weight.set_data(ref.weight.data.copy())
+        if bias:
+            ours.bias.set_data(ref.bias.data.copy())
+        size = max(k + 2, 13)
+        x = Tensor(rng.normal(size=(2, cin, size, size)).astype(np.float32))
+        y_ref, y = ref(x).asnumpy(), ours(x).asnumpy()
+        assert y.shape == y_ref.shape and y.dtype == np.float32
+        np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
+        outputs.append(y)
+        target = Tensor(rng.normal(size=y.shape).astype(np.float32))
+        grads = []
+        for conv in (ref, ours):
+            fn = ms.value_and_grad(Loss(conv).cell, grad_position=0,
+                                   weights=conv.trainable_params())
+            _, (dx, dws) = fn(x, target)
+            grads.append([dx.asnumpy()] + [d.asnumpy() for d in dws])
+        for want, got in zip(*grads):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=rtol,
+                                       atol=rtol * np.abs(want).max(), err_msg=str(
+                                           (cin, cout, k, stride, pads, group, bias)))
+    return outputs
+
+
+def test_every_model_convolution_matches_nn_conv2d(graph_cpu):
+    compare_with_nn_conv2d("float32", rtol=1e-4)
+
+
+def test_bfloat16_compute_is_close_to_float32_and_really_rounds(graph_cpu):
+    # bfloat16 keeps 8 significant bits: products round at ~0.4 %, sums stay float32.
+    bf16 = compare_with_nn_conv2d("bfloat16", rtol=3e-2)
+    fp32 = compare_with_nn_conv2d("float32", rtol=1e-4)
+    differing = [not np.array_equal(a, b) for a, b in zip(bf16, fp32)]
+    assert all(differing), "bfloat16 outputs equal float32 ones: the bf16 path did not run"
+
+
+def test_bfloat16_needs_our_convolutions():
+    from src.model.conv import building_with
+
+    with pytest.raises(ValueError, match="conv_dtype bfloat16 needs our oneDNN"):
+        with building_with("mindspore", "bfloat16"):
+            pass
+    with pytest.raises(ValueError, match="expected one of float32, bfloat16"):
+        with building_with("onednn", "float16"):
+            pass
+
+
+def test_whole_detector_same_outputs_either_way(graph_cpu):
+    import mindspore as ms
+    from src.model import SsdInferWithDecoder, build_ssd, conv_description
+    from src.anchors import generate_default_boxes
+
+    config = Config(num_classes=4)
+    ours = build_ssd(config, conv_impl="onednn")
+    theirs = build_ssd(config, conv_impl="mindspore")
+    assert conv_description(ours) == "oneDNN (ours)" and conv_description(theirs) == \
+        "MindSpore's"
+    ms.load_param_into_net(theirs, {p.name: p for p in ours.get_parameters()})
+    image = ms.Tensor(np.random.default_rng(1).normal(size=(1, 3, 300, 300)).astype(
+        np.float32))
+    outputs = []
+    for network in (ours, theirs):
+        net = SsdInferWithDecoder(network, generate_default_boxes().cyxhw)
+        net.set_train(False)
+        outputs.append([o.asnumpy() for o in net(image)])
+    for got, want in zip(*outputs):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("env, argv, expected", [
+    ({}, [], "None"),
+    ({"SSD_CONV_IMPL": "mindspore"}, [], "AVX2"),
+    ({}, ["--conv_impl", "mindspore"], "AVX2"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, [], "AVX512_CORE"),
+])
+def test_isa_cap_follows_the_convolutions(env, argv, expected):
+    code = ("import os, sys; sys.argv += {argv!r}; import src; "
+            "print(os.environ.get('ONEDNN_MAX_CPU_ISA'))").format(argv=argv)
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ONEDNN_MAX_CPU_ISA", "SSD_CONV_IMPL")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, env={**clean, **env}, timeout=60)
+    assert result.stdout.strip() == expected, result.stderr
