@@ -1,10 +1,14 @@
-"""Measure speed and memory: python benchmark.py --mode train|infer|data|postprocess|all
+"""Measure speed and memory: python benchmark.py --mode train|infer|eval|data|postprocess|all
 
 --batch_size (default 8 here), --steps, --warmup and --device_target as usual; any config flag
-works (e.g. --data_url ROOT for the data mode on your own COCO-layout data, --checkpoint_path
-for inference with trained weights). Prints one JSON line per mode.
+works (e.g. --data_url ROOT for the data and eval modes on your own COCO-layout data,
+--checkpoint_path for trained weights, --conv_dtype bfloat16). --eval_images N: generated val
+images for the eval mode's memory reading (default 40, the demo's val set).
+--twin PATH/torch_twin.py [--twin_python PY]: run the PyTorch twin right after, with the same
+batch, steps and threads, and print the ratios. Prints one JSON line per mode.
 """
 import argparse
+import os
 import sys
 
 import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
@@ -17,11 +21,17 @@ def main(argv=None):
     parser.add_argument("--mode", default="all", choices=(*MODES, "all"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eval_images", type=int, default=40)
+    parser.add_argument("--twin", default=None)
+    parser.add_argument("--twin_python", default="python3")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.eval_images < 1:
+        parser.error("--steps and --eval_images must be >= 1 and --warmup >= 0")
+    if args.twin and not os.path.isfile(args.twin):
+        parser.error(f"--twin {args.twin}: no such file")
     config = parse_config(rest, __doc__, overrides={"batch_size": 8})
-    run(config, MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup)
+    run(config, MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
+        args.twin, args.twin_python, args.eval_images)
     return 0
 
 

@@ -15,11 +15,16 @@ import numpy as np
 from src.config import Config
 from src.device import ONEDNN_ISA_VARIABLE, init_device
 
-MODES = ("data", "train", "infer", "postprocess")
+MODES = ("data", "train", "infer", "eval", "postprocess")
 
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def environment(config, platform):
@@ -142,6 +147,49 @@ def benchmark_infer(config, steps, warmup):
     return result
 
 
+def benchmark_eval(config, workdir, images):
+    """Memory of eval.py's path on generated demo-style val images: data pipeline, inference,
+    post-processing, COCOeval. Resident memory is read after every batch: what the first
+    batch leaves is the working set; growth after it would scale with the number of images."""
+    import contextlib
+    import io
+
+    from src.data.pipeline import create_eval_dataset
+    from src.data.sources import prepare_split
+    from src.demo_data import generate
+    from src.detections import PostProcessor
+    from src.engine.evaluator import build_inference_network, run_inference, score_and_report
+
+    if not config.coco_root:
+        root = os.path.join(workdir, "eval-data")
+        generate(root, 1, images, seed=0, image_size=(640, 480))
+        config = config.replace(coco_root=root, num_classes=4)
+    output_dir = os.path.join(workdir, "eval")
+    prepared = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "eval-mr")),
+                             "eval", output_dir, progress=False, log=lambda m: None)
+    net = build_inference_network(config, config.checkpoint_path or None)
+    dataset = create_eval_dataset(prepared.files, config.eval_batch_size, config.img_shape,
+                                  config.num_parallel_workers)
+    post = PostProcessor.from_config(config, prepared.source.category_ids)
+    samples = []
+    start = time.perf_counter()
+    detections, img_ids = run_inference(
+        net, dataset, config.eval_batch_size, post, progress="off",
+        on_batch=lambda done: samples.append((done, current_rss_mb())))
+    seconds = time.perf_counter() - start
+    with contextlib.redirect_stdout(io.StringIO()):
+        score_and_report(config, prepared.ground_truth, detections, img_ids, output_dir, {})
+    (first_done, first_rss), (last_done, last_rss) = samples[0], samples[-1]
+    growth = (last_rss - first_rss) / max(last_done - first_done, 1) * 100
+    return {"mode": "eval", "images": len(img_ids), "eval_batch_size": config.eval_batch_size,
+            "eval_img_per_s": round(len(img_ids) / seconds, 2),
+            "eval_rss_after_first_batch_mb": round(first_rss),
+            "eval_rss_after_last_batch_mb": round(last_rss),
+            "eval_rss_growth_mb_per_100_images": round(growth, 1),
+            "eval_peak_rss_mb": round(peak_rss_mb()),
+            "weights": "checkpoint" if config.checkpoint_path else "random"}
+
+
 def synthetic_outputs(config, rng):
     """Decoded boxes and scores shaped like a trained detector's: anchors jittered a little,
     class scores mostly near zero (Beta(0.5, 40)), so a few hundred pass score > 0.1."""
@@ -202,8 +250,39 @@ def benchmark_postprocess(config, images, warmup, workdir):
             "rss_growth_mb": round(peak_rss_mb() - rss_before, 1)}
 
 
-def run(config, modes, steps=5, warmup=2):
-    """Run the modes; returns their result dicts (each also printed as one JSON line)."""
+def run_twin(script, python, config, steps, warmup):
+    """The PyTorch twin's result dict (its last JSON line), run with our batch, steps and
+    thread count (``../shared/bench/torch_twin.py``; it needs a Python with torch)."""
+    import subprocess
+
+    command = [python, script, "--mode", "all", "--batch", str(config.batch_size),
+               "--threads", str(os.cpu_count() or 1), "--steps", str(steps),
+               "--warmup", str(warmup)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n"
+                           f"{result.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def compare_with_twin(ours, twin):
+    """Ratios of our numbers to the twin's: above 1 is better for throughputs; for the
+    batch-1 latency, below 1 is better."""
+    ratios = {"mode": "compare", "twin_torch": twin.get("torch_version"),
+              "twin_train_img_per_s": twin.get("train_img_per_s"),
+              "twin_infer_bs1_ms": twin.get("infer_bs1_ms"),
+              "twin_infer_bs8_img_per_s": twin.get("infer_bs8_img_per_s")}
+    for key in ("train_img_per_s", "infer_bs8_img_per_s", "infer_bs1_ms"):
+        if key in ours and twin.get(key):
+            ratios[f"{key}_ratio"] = round(ours[key] / twin[key], 3)
+    return ratios
+
+
+def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40):
+    """Run the modes; returns their result dicts (each also printed as one JSON line).
+    With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
+    'compare' line gives the ratios."""
     platform = init_device(config.run_platform, config.device_id, config.seed)
     results = []
     with tempfile.TemporaryDirectory(prefix="ssd-benchmark-") as workdir:
@@ -214,11 +293,19 @@ def run(config, modes, steps=5, warmup=2):
                 result = benchmark_train(config, steps, warmup)
             elif mode == "infer":
                 result = benchmark_infer(config, steps, warmup)
+            elif mode == "eval":
+                result = benchmark_eval(config, workdir, eval_images)
             else:
                 result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
             result.update(environment(config, platform))
             print(json.dumps(result), flush=True)
             results.append(result)
+    if twin:
+        ours = {k: v for r in results for k, v in r.items()}
+        twin_result = run_twin(twin, twin_python, config, steps, warmup)
+        print(json.dumps({"mode": "twin", **twin_result}), flush=True)
+        results.append(compare_with_twin(ours, twin_result))
+        print(json.dumps(results[-1]), flush=True)
     return results
 
 

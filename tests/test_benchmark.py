@@ -8,16 +8,18 @@ FIELDS = {
     "train": {"train_step_s_median", "train_step_s_min", "train_step_s_max", "train_img_per_s",
               "params"},
     "infer": {"infer_bs1_ms", "infer_bs8_img_per_s"},
+    "eval": {"eval_peak_rss_mb", "eval_rss_growth_mb_per_100_images", "images"},
     "postprocess": {"postprocess_ms_per_image", "peak_rss_mb"},
 }
 
 
 def test_all_modes_print_their_fields():
     result = run_script(["benchmark.py", "--mode", "all", "--batch_size", "2", "--steps", "1",
-                         "--warmup", "0", "--device_target", "CPU"])
+                         "--warmup", "0", "--device_target", "CPU", "--eval_images", "12",
+                         "--eval_batch_size", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [line["mode"] for line in lines] == ["data", "train", "infer", "postprocess"]
+    assert [line["mode"] for line in lines] == ["data", "train", "infer", "eval", "postprocess"]
     for line in lines:
         assert FIELDS[line["mode"]] <= set(line), line
         assert line["mindspore"] == "2.10.0" and line["device"] == "CPU"
@@ -25,7 +27,28 @@ def test_all_modes_print_their_fields():
         assert line["ONEDNN_MAX_CPU_ISA"] == ""
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
-    assert lines[0]["data_img_per_s"] > 0 and lines[3]["postprocess_ms_per_image"] > 0
+    assert lines[0]["data_img_per_s"] > 0 and lines[4]["postprocess_ms_per_image"] > 0
+    evaluation = lines[3]
+    assert evaluation["images"] == 12
+    # Eval streams its batches: resident memory after the last of six batches stays within
+    # allocator noise of the first (a retained graph, iterator or batch per step would not).
+    growth = evaluation["eval_rss_after_last_batch_mb"] - evaluation["eval_rss_after_first_batch_mb"]
+    assert growth < 50, evaluation
+
+
+def test_twin_comparison_ratios():
+    from src.measure import compare_with_twin
+
+    ratios = compare_with_twin({"train_img_per_s": 3.0, "infer_bs1_ms": 50.0},
+                               {"train_img_per_s": 2.0, "infer_bs1_ms": 100.0,
+                                "infer_bs8_img_per_s": 10.0, "torch_version": "2.13.0"})
+    assert ratios["train_img_per_s_ratio"] == 1.5 and ratios["infer_bs1_ms_ratio"] == 0.5
+    assert "infer_bs8_img_per_s_ratio" not in ratios and ratios["twin_torch"] == "2.13.0"
+
+
+def test_missing_twin_script_is_refused():
+    result = run_script(["benchmark.py", "--twin", "/nonexistent/torch_twin.py"], timeout=120)
+    assert result.returncode == 2 and "/nonexistent/torch_twin.py" in result.stderr
 
 
 def test_bad_mode_is_refused():

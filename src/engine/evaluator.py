@@ -32,11 +32,13 @@ def build_inference_network(config, checkpoint_path=None, conv_impl=None, conv_d
     return net
 
 
-def run_inference(net, dataset, batch_size, postprocessor, progress="auto", desc="eval"):
+def run_inference(net, dataset, batch_size, postprocessor, progress="auto", desc="eval",
+                  on_batch=None):
     """Detections (COCO records) and image ids of every image of an eval dataset.
 
     Batches are streamed: only the detections are kept, never the raw 8732 x C scores. A short
     last batch is padded to ``batch_size`` so one compiled graph serves every batch.
+    ``on_batch(images_done)`` is called after each batch.
     """
     detections, img_ids = [], []
     bar = Progress(dataset.get_dataset_size(), desc, progress)
@@ -52,6 +54,8 @@ def run_inference(net, dataset, batch_size, postprocessor, progress="auto", desc
                                                       batch["image_shape"]))
         img_ids.extend(int(i) for i in ids)
         bar.update(detections=len(detections))
+        if on_batch:
+            on_batch(len(img_ids))
     bar.close()
     return detections, img_ids
 

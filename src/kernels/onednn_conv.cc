@@ -4,8 +4,8 @@
 // layouts, which AVX-512 kernels refuse (a reference kernel runs instead, or im2col + GEMM
 // under ONEDNN_MAX_CPU_ISA=AVX2). Here oneDNN chooses the layouts (format_tag::any), so it
 // runs its direct/brgemm kernels; tensors are reordered from and to MindSpore's plain layouts
-// around each call. Three MindSpore Custom AOT entry points: forward, backward-data and
-// backward-weights (with bias). Tensors in and out are float32; the arithmetic is float32, or
+// around each call. MindSpore Custom AOT entry points: forward, and backward (data and
+// weights, with bias, in one op); each with and without bias. Tensors in and out are float32; the arithmetic is float32, or
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
@@ -309,88 +309,86 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   return 0;
 }
 
-// params: dy, w, x (for its shape only), geometry, dx
-int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes,
-                     const char **dtypes, void *stream, void *extra) {
-  (void)nparam;
-  (void)ndims;
-  (void)dtypes;
-  (void)stream;
-  (void)extra;
-  try {
-    const Geometry g = ReadGeometry(params[3]);
-    const int64_t *w = shapes[1], *x = shapes[2];
-    BackwardData *b = Cached<BackwardData>(Key("bwd_data", x, w, g), [&] {
-      Shapes s = MakeShapes(x, w, g);
-      const dt c = g.compute();
-      auto hint = ForwardDesc(s, false, c, c);
-      auto pd = dnnl::convolution_backward_data::primitive_desc(
-          Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, dt::f32), Any(s.wei, c),
-          Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
-      auto *e = new BackwardData();
-      e->conv = dnnl::convolution_backward_data(pd);
-      e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
-      e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
-      e->diff_src.Init(Plain(s.src, tag::nchw), pd.diff_src_desc(), false, true);
-      return e;
-    });
-    void *dx = params[4];
-    b->conv.execute(Rt().stream, {{DNNL_ARG_DIFF_DST, b->diff_dst.Bind(params[0], true)},
-                                  {DNNL_ARG_WEIGHTS, b->wei.Bind(params[1], true)},
-                                  {DNNL_ARG_DIFF_SRC, b->diff_src.Bind(dx, false)}});
-    b->diff_src.Finish(dx);
-    Rt().stream.wait();
-  } catch (const dnnl::error &error) {
-    return Fail("backward data", error);
-  }
-  return 0;
+BackwardData *MakeBackwardData(const Shapes &s, const Geometry &g) {
+  const dt c = g.compute();
+  auto hint = ForwardDesc(s, false, c, c);
+  auto pd = dnnl::convolution_backward_data::primitive_desc(
+      Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, dt::f32), Any(s.wei, c),
+      Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
+  auto *e = new BackwardData();
+  e->conv = dnnl::convolution_backward_data(pd);
+  e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+  e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
+  e->diff_src.Init(Plain(s.src, tag::nchw), pd.diff_src_desc(), false, true);
+  return e;
 }
 
-// params: x, dy, w (for its shape only), geometry, dw [, db]
-int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes,
-                        const char **dtypes, void *stream, void *extra) {
+BackwardWeights *MakeBackwardWeights(const Shapes &s, const Geometry &g) {
+  const dt c = g.compute();
+  auto hint = ForwardDesc(s, g.has_bias, c, c);
+  auto pd = g.has_bias
+                ? dnnl::convolution_backward_weights::primitive_desc(
+                      Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c),
+                      Any(s.wei, dt::f32), Plain(s.bias, tag::x), Any(s.dst, c), s.strides,
+                      s.dilates, s.pad_l, s.pad_r, hint)
+                : dnnl::convolution_backward_weights::primitive_desc(
+                      Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c),
+                      Any(s.wei, dt::f32), Any(s.dst, c), s.strides, s.dilates, s.pad_l,
+                      s.pad_r, hint);
+  auto *e = new BackwardWeights();
+  e->conv = dnnl::convolution_backward_weights(pd);
+  e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
+  e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+  e->diff_wei.Init(Plain(s.wei, s.wei_tag), pd.diff_weights_desc(), false, true);
+  e->diff_bias = Plain(s.bias, tag::x);
+  return e;
+}
+
+// Both backward convolutions in one op, so that dy is reordered once when they want the same
+// layout (they usually do).
+struct Backward {
+  std::unique_ptr<BackwardData> data;
+  std::unique_ptr<BackwardWeights> weights;
+  bool share_diff_dst = false;
+};
+
+// params: dy, x, w, geometry, dx, dw [, db]
+int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                 void *stream, void *extra) {
   (void)ndims;
   (void)dtypes;
   (void)stream;
   (void)extra;
   try {
-    const bool has_bias = nparam == 6;
     const Geometry g = ReadGeometry(params[3]);
-    const int64_t *x = shapes[0], *w = shapes[2];
-    BackwardWeights *b = Cached<BackwardWeights>(Key("bwd_weights", x, w, g), [&] {
+    const bool has_bias = nparam == 7;
+    const int64_t *x = shapes[1], *w = shapes[2];
+    Backward *b = Cached<Backward>(Key("bwd", x, w, g), [&] {
       Shapes s = MakeShapes(x, w, g);
-      const dt c = g.compute();
-      auto hint = ForwardDesc(s, has_bias, c, c);
-      auto make = [&]() {
-        if (has_bias) {
-          return dnnl::convolution_backward_weights::primitive_desc(
-              Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c),
-              Any(s.wei, dt::f32), Plain(s.bias, tag::x), Any(s.dst, c), s.strides, s.dilates,
-              s.pad_l, s.pad_r, hint);
-        }
-        return dnnl::convolution_backward_weights::primitive_desc(
-            Rt().engine, dnnl::algorithm::convolution_direct, Any(s.src, c), Any(s.wei, dt::f32),
-            Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
-      };
-      auto pd = make();
-      auto *e = new BackwardWeights();
-      e->conv = dnnl::convolution_backward_weights(pd);
-      e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
-      e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
-      e->diff_wei.Init(Plain(s.wei, s.wei_tag), pd.diff_weights_desc(), false, true);
-      e->diff_bias = Plain(s.bias, tag::x);
+      auto *e = new Backward();
+      e->data.reset(MakeBackwardData(s, g));
+      e->weights.reset(MakeBackwardWeights(s, g));
+      e->share_diff_dst = e->data->diff_dst.chosen == e->weights->diff_dst.chosen;
       return e;
     });
-    void *dw = params[4];
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, b->src.Bind(params[0], true)},
-                                            {DNNL_ARG_DIFF_DST, b->diff_dst.Bind(params[1], true)},
-                                            {DNNL_ARG_DIFF_WEIGHTS, b->diff_wei.Bind(dw, false)}};
-    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(b->diff_bias, Rt().engine, params[5]);
-    b->conv.execute(Rt().stream, args);
-    b->diff_wei.Finish(dw);
+    void *dx = params[4], *dw = params[5];
+    BackwardData &d = *b->data;
+    BackwardWeights &k = *b->weights;
+    memory dy = k.diff_dst.Bind(params[0], true);
+    d.conv.execute(Rt().stream,
+                   {{DNNL_ARG_DIFF_DST, b->share_diff_dst ? dy : d.diff_dst.Bind(params[0], true)},
+                    {DNNL_ARG_WEIGHTS, d.wei.Bind(params[2], true)},
+                    {DNNL_ARG_DIFF_SRC, d.diff_src.Bind(dx, false)}});
+    d.diff_src.Finish(dx);
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, k.src.Bind(params[1], true)},
+                                            {DNNL_ARG_DIFF_DST, dy},
+                                            {DNNL_ARG_DIFF_WEIGHTS, k.diff_wei.Bind(dw, false)}};
+    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(k.diff_bias, Rt().engine, params[6]);
+    k.conv.execute(Rt().stream, args);
+    k.diff_wei.Finish(dw);
     Rt().stream.wait();
   } catch (const dnnl::error &error) {
-    return Fail("backward weights", error);
+    return Fail("backward", error);
   }
   return 0;
 }
@@ -401,9 +399,9 @@ int ConvForwardBias(int nparam, void **params, int *ndims, int64_t **shapes, con
   return ConvForward(nparam, params, ndims, shapes, dtypes, stream, extra);
 }
 
-int ConvBackwardWeightsBias(int nparam, void **params, int *ndims, int64_t **shapes,
-                            const char **dtypes, void *stream, void *extra) {
-  return ConvBackwardWeights(nparam, params, ndims, shapes, dtypes, stream, extra);
+int ConvBackwardBias(int nparam, void **params, int *ndims, int64_t **shapes,
+                     const char **dtypes, void *stream, void *extra) {
+  return ConvBackward(nparam, params, ndims, shapes, dtypes, stream, extra);
 }
 
 }  // extern "C"

@@ -1,5 +1,5 @@
 """A drop-in for ``nn.Conv2d`` on CPU whose convolutions run through oneDNN with blocked layouts
-(``src/kernels/onednn_conv.cc``, MindSpore Custom AOT ops with their own backward ops).
+(``src/kernels/onednn_conv.cc``, MindSpore Custom AOT ops with their own backward op).
 
 Same parameters and names as ``nn.Conv2d`` (``weight`` (O, I/groups, kh, kw), ``bias``), so
 checkpoints move freely between the two. Padding: 'pad' (symmetric), 'valid', or 'same' for
@@ -36,31 +36,30 @@ def _custom(function, out_shape, out_dtype, bprop=None):
 
 
 class ConvOps:
-    """The three Custom ops of one convolution geometry (stride, padding, groups, bias)."""
+    """The Custom ops of one convolution geometry (stride, padding, groups, bias, compute
+    dtype): forward, and backward (dx, dw[, db] in one op) as its bprop."""
 
     def __init__(self, geometry, has_bias):
         self.geometry = tuple(int(v) for v in geometry)
         same_dtype = lambda x, *rest: x  # noqa: E731
-        self.backward_data = _custom("ConvBackwardData", lambda dy, w, x, g: x, same_dtype)
         if has_bias:
-            self.backward_weights = _custom(
-                "ConvBackwardWeightsBias", lambda x, dy, w, g: (w, [w[0]]),
-                lambda x, dy, w, g: (x, x))
+            self.backward = _custom("ConvBackwardBias", lambda dy, x, w, g: (x, w, [w[0]]),
+                                    lambda dy, x, w, g: (x, x, x))
 
             def bprop(x, w, b, g, out, dout):
-                dw, db = self.backward_weights(x, dout, w, g)
-                return self.backward_data(dout, w, x, g), dw, db, ops.zeros_like(g)
+                dx, dw, db = self.backward(dout, x, w, g)
+                return dx, dw, db, ops.zeros_like(g)
 
             self.forward = _custom(
                 "ConvForwardBias",
                 lambda x, w, b, g: conv_output_shape(x, w, self.geometry), same_dtype, bprop)
         else:
-            self.backward_weights = _custom("ConvBackwardWeights", lambda x, dy, w, g: w,
-                                            same_dtype)
+            self.backward = _custom("ConvBackward", lambda dy, x, w, g: (x, w),
+                                    lambda dy, x, w, g: (x, x))
 
             def bprop(x, w, g, out, dout):
-                return (self.backward_data(dout, w, x, g),
-                        self.backward_weights(x, dout, w, g), ops.zeros_like(g))
+                dx, dw = self.backward(dout, x, w, g)
+                return dx, dw, ops.zeros_like(g)
 
             self.forward = _custom(
                 "ConvForward", lambda x, w, g: conv_output_shape(x, w, self.geometry),
