@@ -102,6 +102,27 @@ def test_bfloat16_compute_is_close_to_float32_and_really_rounds(graph_cpu):
     assert all(differing), "bfloat16 outputs equal float32 ones: the bf16 path did not run"
 
 
+def test_layer_without_input_grad_gives_zero_dx_and_the_same_weight_grads(graph_cpu):
+    import mindspore as ms
+    from mindspore import Tensor, nn
+    from src.model.onednn_conv import OneDnnConv2d
+
+    ref = nn.Conv2d(3, 8, 7, 2, pad_mode="pad", padding=3)
+    ours = OneDnnConv2d(3, 8, 7, 2, pad_mode="pad", padding=3, input_grad=False)
+    ours.weight.set_data(ref.weight.data.copy())
+    rng = np.random.default_rng(2)
+    x = Tensor(rng.normal(size=(2, 3, 20, 20)).astype(np.float32))
+    target = Tensor(rng.normal(size=(2, 8, 10, 10)).astype(np.float32))
+    grads = []
+    for conv in (ref, ours):
+        fn = ms.value_and_grad(Loss(conv).cell, grad_position=0, weights=conv.trainable_params())
+        _, (dx, dws) = fn(x, target)
+        grads.append((dx.asnumpy(), dws[0].asnumpy()))
+    assert np.abs(grads[0][0]).max() > 0 and not grads[1][0].any()
+    np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-4,
+                               atol=1e-4 * np.abs(grads[0][1]).max())
+
+
 def test_bfloat16_needs_our_convolutions():
     from src.model.conv import building_with
 

@@ -51,6 +51,8 @@ class TrainStep(nn.Cell):
                                     requires_grad=False)
         self.good_steps = Parameter(Tensor(0, ms.int32), name="good_steps", requires_grad=False)
         self.dynamic = dynamic
+        # grad / 1 is grad: with a fixed scale of 1 (fp32 training) the division is left out.
+        self.unscale = dynamic or float(loss_scale) != 1.0
         self.scale_factor = float(scale_factor)
         self.scale_window = int(scale_window)
         self.hyper_map = ops.HyperMap()
@@ -67,7 +69,8 @@ class TrainStep(nn.Cell):
                 ops.zeros_like(loc_loss))
         grads = self.grad(self.network, self.weights)(image, gt_loc, gt_label, num_match, sens)
         grads = self.grad_reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
+        if self.unscale:
+            grads = self.hyper_map(ops.partial(_unscale, scale), grads)
         finite = ms.amp.all_finite(grads)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))

@@ -9,9 +9,15 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[9] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[10] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
-//   compute_bf16.
+//   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
+//   whose input is the network's input image).
+//
+// The forward op has a second output the size of x: x in the layout the convolution read it
+// in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
+// forward's output, kept for the bprop) and computes the weight gradient from it when that
+// layout is also the one backward-weights wants, instead of reordering x again.
 // Weights are MindSpore's (O, I/groups, kh, kw). Primitives and their blocked buffers are
 // cached per shape and geometry. Work runs on a thread pool of our own (the oneDNN library
 // bundled with MindSpore uses the threadpool runtime, so it needs one to use more than one
@@ -138,13 +144,13 @@ Runtime &Rt() {
 }
 
 struct Geometry {
-  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16;
+  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
 };
 
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
-  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8]};
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8], g[9]};
 }
 
 struct Shapes {
@@ -220,6 +226,7 @@ struct Forward {
   dnnl::convolution_forward conv;
   Port src, wei, dst;
   memory::desc bias;
+  bool src_to_output = false;  // x is reordered into the second output (see the top)
 };
 struct BackwardData {
   dnnl::convolution_backward_data conv;
@@ -261,6 +268,13 @@ T *Cached(const std::string &key, const std::function<T *()> &make) {
   return entry;
 }
 
+template <typename T>
+T *Find(const std::string &key) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = cache.find(key);
+  return found == cache.end() ? nullptr : static_cast<T *>(found->second.get());
+}
+
 memory::desc Plain(const memory::dims &dims, tag t) { return memory::desc(dims, dt::f32, t); }
 
 int Fail(const char *what, const dnnl::error &error) {
@@ -273,7 +287,7 @@ int Fail(const char *what, const dnnl::error &error) {
 
 extern "C" {
 
-// params: x, w, [bias,] geometry, y
+// params: x, w, [bias,] geometry, y, x_blocked
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                 void *stream, void *extra) {
   (void)ndims;
@@ -281,7 +295,7 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   (void)stream;
   (void)extra;
   try {
-    const bool has_bias = nparam == 5;
+    const bool has_bias = nparam == 6;
     const Geometry g = ReadGeometry(params[has_bias ? 3 : 2]);
     const int64_t *x = shapes[0], *w = shapes[1];
     Forward *f = Cached<Forward>(Key("fwd", x, w, g), [&] {
@@ -293,10 +307,19 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
       e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
       e->dst.Init(Plain(s.dst, tag::nchw), pd.dst_desc(), false, true);
       e->bias = Plain(s.bias, tag::x);
+      e->src_to_output = e->src.reorder && e->src.chosen.get_size() <= e->src.plain.get_size();
       return e;
     });
-    void *y = params[nparam - 1];
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, f->src.Bind(params[0], true)},
+    void *y = params[nparam - 2];
+    memory src;
+    if (f->src_to_output) {
+      src = memory(f->src.chosen, Rt().engine, params[nparam - 1]);
+      memory user(f->src.plain, Rt().engine, params[0]);
+      f->src.to_chosen.execute(Rt().stream, user, src);
+    } else {
+      src = f->src.Bind(params[0], true);
+    }
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                             {DNNL_ARG_WEIGHTS, f->wei.Bind(params[1], true)},
                                             {DNNL_ARG_DST, f->dst.Bind(y, false)}};
     if (has_bias) args[DNNL_ARG_BIAS] = memory(f->bias, Rt().engine, params[2]);
@@ -350,9 +373,10 @@ struct Backward {
   std::unique_ptr<BackwardData> data;
   std::unique_ptr<BackwardWeights> weights;
   bool share_diff_dst = false;
+  bool src_from_forward = false;  // x_blocked holds x as backward-weights wants it
 };
 
-// params: dy, x, w, geometry, dx, dw [, db]
+// params: dy, x, x_blocked (the forward's second output), w, geometry, dx, dw [, db]
 int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                  void *stream, void *extra) {
   (void)ndims;
@@ -360,30 +384,39 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
   (void)stream;
   (void)extra;
   try {
-    const Geometry g = ReadGeometry(params[3]);
-    const bool has_bias = nparam == 7;
-    const int64_t *x = shapes[1], *w = shapes[2];
+    const Geometry g = ReadGeometry(params[4]);
+    const bool has_bias = nparam == 8;
+    const int64_t *x = shapes[1], *w = shapes[3];
+    const Forward *f = Find<Forward>(Key("fwd", x, w, g));  // ran before, for this x
     Backward *b = Cached<Backward>(Key("bwd", x, w, g), [&] {
       Shapes s = MakeShapes(x, w, g);
       auto *e = new Backward();
       e->data.reset(MakeBackwardData(s, g));
       e->weights.reset(MakeBackwardWeights(s, g));
       e->share_diff_dst = e->data->diff_dst.chosen == e->weights->diff_dst.chosen;
+      e->src_from_forward = f && f->src_to_output && f->src.chosen == e->weights->src.chosen;
       return e;
     });
-    void *dx = params[4], *dw = params[5];
+    void *dx = params[5], *dw = params[6];
     BackwardData &d = *b->data;
     BackwardWeights &k = *b->weights;
     memory dy = k.diff_dst.Bind(params[0], true);
-    d.conv.execute(Rt().stream,
-                   {{DNNL_ARG_DIFF_DST, b->share_diff_dst ? dy : d.diff_dst.Bind(params[0], true)},
-                    {DNNL_ARG_WEIGHTS, d.wei.Bind(params[2], true)},
-                    {DNNL_ARG_DIFF_SRC, d.diff_src.Bind(dx, false)}});
-    d.diff_src.Finish(dx);
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, k.src.Bind(params[1], true)},
+    if (g.no_input_grad) {
+      std::memset(dx, 0, d.diff_src.plain.get_size());
+    } else {
+      d.conv.execute(Rt().stream, {{DNNL_ARG_DIFF_DST, b->share_diff_dst
+                                                           ? dy
+                                                           : d.diff_dst.Bind(params[0], true)},
+                                   {DNNL_ARG_WEIGHTS, d.wei.Bind(params[3], true)},
+                                   {DNNL_ARG_DIFF_SRC, d.diff_src.Bind(dx, false)}});
+      d.diff_src.Finish(dx);
+    }
+    memory src = b->src_from_forward ? memory(k.src.chosen, Rt().engine, params[2])
+                                     : k.src.Bind(params[1], true);
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
                                             {DNNL_ARG_DIFF_DST, dy},
                                             {DNNL_ARG_DIFF_WEIGHTS, k.diff_wei.Bind(dw, false)}};
-    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(k.diff_bias, Rt().engine, params[6]);
+    if (has_bias) args[DNNL_ARG_DIFF_BIAS] = memory(k.diff_bias, Rt().engine, params[7]);
     k.conv.execute(Rt().stream, args);
     k.diff_wei.Finish(dw);
     Rt().stream.wait();

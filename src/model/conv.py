@@ -61,9 +61,11 @@ def building_with(impl, dtype="float32"):
         _current[0] = previous
 
 
-def Conv2d(*args, **kwargs):  # noqa: N802  (stands in for the class nn.Conv2d)
-    """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'."""
+def Conv2d(*args, input_grad=True, **kwargs):  # noqa: N802  (stands in for nn.Conv2d)
+    """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'.
+    ``input_grad=False`` marks a layer whose input needs no gradient (the image): ours then
+    skips computing it."""
     impl, dtype = _current[0]
     if impl == "onednn":
-        return OneDnnConv2d(*args, compute_dtype=dtype, **kwargs)
+        return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad, **kwargs)
     return nn.Conv2d(*args, **kwargs)

@@ -37,33 +37,35 @@ def _custom(function, out_shape, out_dtype, bprop=None):
 
 class ConvOps:
     """The Custom ops of one convolution geometry (stride, padding, groups, bias, compute
-    dtype): forward, and backward (dx, dw[, db] in one op) as its bprop."""
+    dtype). Forward gives (y, x_blocked): x_blocked is x as the kernel read it, passed back to
+    the backward op (dx, dw[, db] in one op, the forward's bprop) to spare a second reorder."""
 
     def __init__(self, geometry, has_bias):
         self.geometry = tuple(int(v) for v in geometry)
-        same_dtype = lambda x, *rest: x  # noqa: E731
+        both = lambda x, *rest: (x, x)  # noqa: E731
         if has_bias:
-            self.backward = _custom("ConvBackwardBias", lambda dy, x, w, g: (x, w, [w[0]]),
-                                    lambda dy, x, w, g: (x, x, x))
+            self.backward = _custom("ConvBackwardBias",
+                                    lambda dy, x, xb, w, g: (x, w, [w[0]]),
+                                    lambda dy, x, xb, w, g: (x, x, x))
 
             def bprop(x, w, b, g, out, dout):
-                dx, dw, db = self.backward(dout, x, w, g)
+                dx, dw, db = self.backward(dout[0], x, out[1], w, g)
                 return dx, dw, db, ops.zeros_like(g)
 
             self.forward = _custom(
                 "ConvForwardBias",
-                lambda x, w, b, g: conv_output_shape(x, w, self.geometry), same_dtype, bprop)
+                lambda x, w, b, g: (conv_output_shape(x, w, self.geometry), x), both, bprop)
         else:
-            self.backward = _custom("ConvBackward", lambda dy, x, w, g: (x, w),
-                                    lambda dy, x, w, g: (x, x))
+            self.backward = _custom("ConvBackward", lambda dy, x, xb, w, g: (x, w),
+                                    lambda dy, x, xb, w, g: (x, x))
 
             def bprop(x, w, g, out, dout):
-                dx, dw = self.backward(dout, x, w, g)
+                dx, dw = self.backward(dout[0], x, out[1], w, g)
                 return dx, dw, ops.zeros_like(g)
 
             self.forward = _custom(
-                "ConvForward", lambda x, w, g: conv_output_shape(x, w, self.geometry),
-                same_dtype, bprop)
+                "ConvForward", lambda x, w, g: (conv_output_shape(x, w, self.geometry), x),
+                both, bprop)
 
 
 def explicit_padding(kernel_size, pad_mode, padding):
@@ -86,11 +88,13 @@ class OneDnnConv2d(nn.Cell):
     Input (N, C, H, W) float32 -> (N, O, OH, OW) float32. ``compute_dtype`` 'bfloat16'
     multiplies in bfloat16 (inputs and weights rounded as they are reordered) and accumulates
     in float32: AMX on processors that have it. Parameters and gradients stay float32.
+    ``input_grad=False`` (for a layer whose input is the image) skips computing the input
+    gradient and reports it as zeros.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
-                 bias_init=None, compute_dtype="float32"):
+                 bias_init=None, compute_dtype="float32", input_grad=True):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -106,7 +110,7 @@ class OneDnnConv2d(nn.Cell):
                              f"{', '.join(COMPUTE_DTYPES)}")
         self.compute_dtype = compute_dtype
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
-                    COMPUTE_DTYPES.index(compute_dtype))
+                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad))
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
@@ -118,5 +122,5 @@ class OneDnnConv2d(nn.Cell):
 
     def construct(self, x):
         if self.has_bias:
-            return self.forward(x, self.weight, self.bias, self.geometry)
-        return self.forward(x, self.weight, self.geometry)
+            return self.forward(x, self.weight, self.bias, self.geometry)[0]
+        return self.forward(x, self.weight, self.geometry)[0]

@@ -59,7 +59,7 @@ class ResNet34Backbone(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3)
+        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False)
         self.bn1 = batch_norm(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
