@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
-KERNEL := build/kernels/libssd_onednn_conv.so
+KERNEL := build/kernels/libssd_cpu_kernels.so
 DEMO_DATA ?= demo_data
 DEMO_OUT ?= outputs/demo
 DEMO_LONG_OUT ?= outputs/demo-long
@@ -35,8 +35,8 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
 
-# Our oneDNN convolution for MindSpore's CPU backend (g++; headers from onednn-devel).
-$(KERNEL): src/kernels/onednn_conv.cc src/kernels/build.sh $(STAMP)
+# Our CPU kernels: the oneDNN convolution and the fused focal loss (g++; headers from onednn-devel).
+$(KERNEL): src/kernels/onednn_conv.cc src/kernels/focal_loss.cc src/kernels/build.sh $(STAMP)
 	PYTHON=$(PY) bash src/kernels/build.sh
 
 demo: setup

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 PLATFORMS = ("CPU", "GPU", "Ascend")
 ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_onednn_conv.so")
+KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_cpu_kernels.so")
 
 
 def requested_conv_impl(argv=None):

@@ -44,7 +44,8 @@ class ConstantNet:
         self.cell = Net()
 
 
-def test_zero_predictions_total(ms):
+@pytest.mark.parametrize("fused", [False, True])
+def test_zero_predictions_total(ms, fused):
     batch, anchors, classes = 2, 8732, 81
     rng = np.random.default_rng(0)
     gt_loc = rng.normal(0, 1.5, (batch, anchors, 4)).astype(np.float32)
@@ -54,7 +55,8 @@ def test_zero_predictions_total(ms):
     num_match = np.array([[30], [10]], np.int32)
     net = ConstantNet(ms, np.zeros((batch, anchors, 4), np.float32),
                       np.zeros((batch, anchors, classes), np.float32)).cell
-    loss, cls, loc = SSDWithLossCell(net)(ms.Tensor(np.zeros((1,), np.float32)),
+    loss, cls, loc = SSDWithLossCell(net, fused_focal=fused)(
+                                          ms.Tensor(np.zeros((1,), np.float32)),
                                           ms.Tensor(gt_loc), ms.Tensor(label),
                                           ms.Tensor(num_match))
     diff = np.abs(gt_loc[label > 0])
@@ -77,13 +79,49 @@ def test_zero_positives_is_finite(ms):
     assert float(loc.asnumpy()) == 0
 
 
-def test_ignored_anchors_add_nothing(ms):
+@pytest.mark.parametrize("fused", [False, True])
+def test_ignored_anchors_add_nothing(ms, fused):
     net = ConstantNet(ms, np.zeros((1, 8732, 4), np.float32),
                       np.zeros((1, 8732, 81), np.float32)).cell
     label = np.zeros((1, 8732), np.int32)
     label[0, :10] = 3
     label[0, 10:110] = -1
-    loss, cls, loc = SSDWithLossCell(net)(ms.Tensor(np.zeros((1,), np.float32)),
+    loss, cls, loc = SSDWithLossCell(net, fused_focal=fused)(
+                                          ms.Tensor(np.zeros((1,), np.float32)),
                                           ms.Tensor(np.zeros((1, 8732, 4), np.float32)),
                                           ms.Tensor(label), ms.Tensor(np.array([[10]], np.int32)))
     assert float(cls.asnumpy()) == pytest.approx((8732 - 100) * 3.595701 / 10, rel=1e-4)
+
+
+def test_fused_focal_loss_matches_the_composed_one_and_its_gradient(ms):
+    """Our fused op against the elementwise formula (autodiff) on varied logits and labels."""
+    from mindspore import nn, ops
+    from src.loss import fused_focal_loss_sum
+
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(0, 3, (2, 500, 81))).astype(np.float32)
+    labels = rng.integers(-1, 81, (2, 500)).astype(np.int32)
+    labels[:, :300] = 0                                  # mostly background, as in training
+    settings = ms.Tensor([2.0, 0.75], ms.float32)
+    fused = fused_focal_loss_sum()
+
+    class Composed(nn.Cell):
+        def construct(self, x, y):
+            targets = ops.one_hot(ops.maximum(y, 0), 81, ops.ones((), ms.float32),
+                                  ops.zeros((), ms.float32))
+            valid = ops.expand_dims(ops.cast(y >= 0, ms.float32), -1)
+            return ops.reduce_sum(sigmoid_focal_loss(x, targets) * valid) * 3.0
+
+    class Fused(nn.Cell):
+        def construct(self, x, y):
+            return fused(x, y, settings).reshape(()) * 3.0
+
+    results = []
+    for cell in (Composed(), Fused()):
+        value, grad = ms.value_and_grad(cell, grad_position=0)(ms.Tensor(logits),
+                                                               ms.Tensor(labels))
+        results.append((float(value.asnumpy()), grad.asnumpy()))
+    (want, want_grad), (got, got_grad) = results
+    assert got == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    assert not got_grad[labels < 0].any() and np.abs(got_grad).max() > 0

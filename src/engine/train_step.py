@@ -15,6 +15,14 @@ def _unscale_tensor(scale, grad):
     return grad / scale
 
 
+_flatten = ops.MultitypeFuncGraph("flatten")
+
+
+@_flatten.register("Tensor")
+def _flatten_tensor(grad):
+    return grad.reshape(-1)
+
+
 def no_weight_decay(param):
     """BatchNorm's gamma and beta are not decayed; conv weights and head biases are."""
     return "beta" in param.name or "gamma" in param.name
@@ -71,12 +79,18 @@ class TrainStep(nn.Cell):
         grads = self.grad_reducer(grads)
         if self.unscale:
             grads = self.hyper_map(ops.partial(_unscale, scale), grads)
-        finite = ms.amp.all_finite(grads)
+        finite = self.all_finite(grads)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
         if self.dynamic:
             loss = ops.depend(loss, self.update_scale(finite))
         return loss, cls_loss, loc_loss, finite, scale
+
+    def all_finite(self, grads):
+        """True when no gradient holds inf or NaN. One check over the gradients laid end to
+        end: on CPU ms.amp.all_finite's two ops per gradient (314 a step here) cost ~50 ms more
+        than the 51 MB copy."""
+        return ops.isfinite(ops.concat(self.hyper_map(_flatten, grads))).all()
 
     def update_scale(self, finite):
         if finite:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build build/kernels/libssd_onednn_conv.so: our oneDNN convolution for MindSpore's CPU backend.
+# Build build/kernels/libssd_cpu_kernels.so: our CPU kernels for MindSpore (the oneDNN convolution,
+# the fused focal loss).
 # Needs g++, the project's virtual environment with mindspore (its bundled libdnnl.so.3 is what
 # we link against) and onednn-devel (headers, from requirements.txt).
 set -euo pipefail
@@ -23,7 +24,7 @@ sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNT
     -e 's/^#define DNNL_GPU_VENDOR .*/#define DNNL_GPU_VENDOR DNNL_VENDOR_NONE/' \
     "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
 g++ -O3 -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
-    "$here/onednn_conv.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
-    -o "$out/libssd_onednn_conv.so.tmp"
-mv "$out/libssd_onednn_conv.so.tmp" "$out/libssd_onednn_conv.so"
-echo "Built $out/libssd_onednn_conv.so"
+    "$here/onednn_conv.cc" "$here/focal_loss.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
+    -o "$out/libssd_cpu_kernels.so.tmp"
+mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
+echo "Built $out/libssd_cpu_kernels.so"
