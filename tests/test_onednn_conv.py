@@ -156,6 +156,35 @@ def test_whole_detector_same_outputs_either_way(graph_cpu):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_batch_norm_folded_into_our_convolutions_gives_the_same_detections(graph_cpu):
+    import mindspore as ms
+    from mindspore import nn
+    from src.engine.evaluator import build_inference_network
+    from src.model.fold import fold_batch_norm
+
+    config = Config(num_classes=4)
+    plain = build_inference_network(config, fold_bn=False)
+    rng = np.random.default_rng(4)
+    for _, cell in plain.cells_and_names():           # statistics a trained model might have
+        if isinstance(cell, nn.BatchNorm2d):
+            n = cell.gamma.shape[0]
+            for param, values in ((cell.gamma, rng.uniform(0.5, 1.5, n)),
+                                  (cell.beta, rng.normal(0, 0.1, n)),
+                                  (cell.moving_mean, rng.normal(0, 0.1, n)),
+                                  (cell.moving_variance, rng.uniform(0.5, 2.0, n))):
+                param.set_data(ms.Tensor(values.astype(np.float32)))
+    folded = build_inference_network(config, fold_bn=False)
+    ms.load_param_into_net(folded, {p.name: p for p in plain.get_parameters()})
+    assert fold_batch_norm(folded.network) == 41
+    assert not any(isinstance(c, nn.BatchNorm2d) for _, c in folded.cells_and_names())
+    image = ms.Tensor(rng.normal(size=(1, 3, 300, 300)).astype(np.float32))
+    for want, got in zip(plain(image), folded(image)):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-5)
+    plain.set_train(True)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(plain)
+
+
 @pytest.mark.parametrize("env, argv, expected", [
     ({}, [], "None"),
     ({"SSD_CONV_IMPL": "mindspore"}, [], "AVX2"),

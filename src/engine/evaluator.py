@@ -17,18 +17,26 @@ from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
                          reference_protocol_images, stats_dict, write_json_atomic)
 from src.visualize import plot_pr_curves
 from src.model import SsdInferWithDecoder, build_ssd
+from src.model.fold import fold_batch_norm
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
 
 
-def build_inference_network(config, checkpoint_path=None, conv_impl=None, conv_dtype=None):
-    """Detector + in-graph decoder in eval mode, weights from ``checkpoint_path`` if given."""
+def build_inference_network(config, checkpoint_path=None, conv_impl=None, conv_dtype=None,
+                            fold_bn=True):
+    """Detector + in-graph decoder in eval mode, weights from ``checkpoint_path`` if given.
+
+    With our CPU convolutions and ``fold_bn``, BatchNorm is folded into the convolutions
+    (``src.model.fold``): pass False for a network whose parameters will be replaced later.
+    """
     network = build_ssd(config, conv_impl, conv_dtype)
     if checkpoint_path:
         load_weights(network, checkpoint_path)
     net = SsdInferWithDecoder(network, default_boxes_from_config(config).cyxhw,
                               config.prior_scaling)
     net.set_train(False)
+    if fold_bn:
+        fold_batch_norm(network)
     return net
 
 

@@ -213,7 +213,7 @@ class EvalDuringTraining:
         from src.engine.evaluator import build_inference_network
 
         self.config, self.prepared = config, prepared
-        self.net = build_inference_network(config)
+        self.net = build_inference_network(config, fold_bn=False)  # parameters copied in
         self.dataset = create_eval_dataset(prepared.files, config.eval_batch_size,
                                            config.img_shape, config.num_parallel_workers)
         self.postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)

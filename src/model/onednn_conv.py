@@ -105,6 +105,7 @@ class OneDnnConv2d(nn.Cell):
         self.in_channels, self.out_channels, self.group = in_channels, out_channels, group
         self.kernel_size, self.stride, self.has_bias = kernel, strides, has_bias
         top, left, bottom, right = explicit_padding(kernel, pad_mode, padding)
+        self.padding_tlbr, self.input_grad = (top, left, bottom, right), input_grad
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype {compute_dtype!r}: expected one of "
                              f"{', '.join(COMPUTE_DTYPES)}")
@@ -119,6 +120,19 @@ class OneDnnConv2d(nn.Cell):
                               name="bias") if has_bias else None
         self.ops = ConvOps(geometry, has_bias)
         self.forward = self.ops.forward
+
+    def scaled(self, scale, shift):
+        """A copy with a bias whose output is ``scale * self(x) + shift`` per output channel
+        (numpy vectors of length out_channels), e.g. with a BatchNorm folded in."""
+        copy = OneDnnConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                            pad_mode="pad", padding=self.padding_tlbr, group=self.group,
+                            has_bias=True, compute_dtype=self.compute_dtype,
+                            input_grad=self.input_grad)
+        weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
+        bias = (self.bias.asnumpy() if self.has_bias else 0.0) * scale + shift
+        copy.weight.set_data(Tensor(weight.astype(np.float32)))
+        copy.bias.set_data(Tensor(bias.astype(np.float32)))
+        return copy
 
     def construct(self, x):
         if self.has_bias:
