@@ -4,6 +4,7 @@ This module must not import MindSpore at module level: ``cap_onednn_isa`` has to
 MindSpore (and with it oneDNN) is loaded.
 """
 import glob
+import hashlib
 import os
 import shutil
 import sys
@@ -14,6 +15,39 @@ PLATFORMS = ("CPU", "GPU", "Ascend")
 ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_cpu_kernels.so")
+KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
+
+
+def kernel_sources_digest(sources=KERNEL_SOURCES):
+    """sha256 of the kernel sources (*.cc, in name order), as build.sh records it."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(sources)):
+        if name.endswith(".cc"):
+            with open(os.path.join(sources, name), "rb") as source:
+                digest.update(source.read())
+    return digest.hexdigest()
+
+
+def kernel_library_status(library=KERNEL_LIBRARY, sources=KERNEL_SOURCES):
+    """'current', 'missing', or 'stale' (built from other sources than those in the tree: its
+    ops may not match the Python side, so it must not be loaded; make rebuilds it)."""
+    if not os.path.isfile(library):
+        return "missing"
+    try:
+        with open(library + ".sha256") as stamp:
+            recorded = stamp.read().strip()
+    except OSError:
+        return "stale"
+    return "current" if recorded == kernel_sources_digest(sources) else "stale"
+
+
+def kernel_library_usable():
+    """Whether our kernel library is built from the current sources; warns when it is stale."""
+    status = kernel_library_status()
+    if status == "stale":
+        warnings.warn(f"{KERNEL_LIBRARY} was built from other sources than src/kernels: not used "
+                      "(MindSpore's convolutions instead); run make to rebuild it", stacklevel=2)
+    return status == "current"
 
 
 def requested_conv_impl(argv=None):
@@ -43,7 +77,7 @@ def cap_onednn_isa():
     """
     if ONEDNN_ISA_VARIABLE in os.environ:
         return os.environ[ONEDNN_ISA_VARIABLE]
-    if os.path.isfile(KERNEL_LIBRARY) and requested_conv_impl() != "mindspore":
+    if requested_conv_impl() != "mindspore" and kernel_library_usable():
         return None
     if "mindspore" in sys.modules:
         warnings.warn(f"mindspore was imported before src: {ONEDNN_ISA_VARIABLE} cannot take effect "

@@ -12,8 +12,26 @@ from src.device import KERNEL_LIBRARY
 from tests.conftest import ROOT
 
 
-def test_kernel_library_is_built():
+def test_kernel_library_is_built_from_the_current_sources():
+    from src.device import kernel_library_status
+
     assert os.path.isfile(KERNEL_LIBRARY), "make (or bash src/kernels/build.sh) builds it"
+    assert kernel_library_status() == "current"
+
+
+def test_a_library_from_other_sources_is_not_used(tmp_path):
+    from src.device import kernel_library_status, kernel_sources_digest
+
+    sources, library = tmp_path / "kernels", tmp_path / "lib.so"
+    sources.mkdir()
+    (sources / "a.cc").write_text("int a;")
+    assert kernel_library_status(str(library), str(sources)) == "missing"
+    library.write_bytes(b"ELF")
+    assert kernel_library_status(str(library), str(sources)) == "stale"     # no record
+    (tmp_path / "lib.so.sha256").write_text(kernel_sources_digest(str(sources)) + "\n")
+    assert kernel_library_status(str(library), str(sources)) == "current"
+    (sources / "a.cc").write_text("int a, b;")                              # sources changed
+    assert kernel_library_status(str(library), str(sources)) == "stale"
 
 
 def geometries():

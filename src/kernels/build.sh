@@ -27,4 +27,8 @@ g++ -O3 -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
     "$here/onednn_conv.cc" "$here/focal_loss.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
     -o "$out/libssd_cpu_kernels.so.tmp"
 mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
+# Which sources it was built from: src/device.py refuses a library built from others.
+# (sha256 of the *.cc files concatenated in name order, as kernel_sources_digest computes it.)
+(cd "$here" && LC_ALL=C ls *.cc | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1) \
+    > "$out/libssd_cpu_kernels.so.sha256"
 echo "Built $out/libssd_cpu_kernels.so"

@@ -6,22 +6,21 @@ checkpoints move freely between the two. Padding: 'pad' (symmetric), 'valid', or
 stride 1 with an odd kernel (all the model needs). Built by ``make`` (``src/kernels/build.sh``);
 ``library_path()`` tells whether it is there.
 """
-import os
-
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
 from src.device import KERNEL_LIBRARY as LIBRARY
+from src.device import kernel_library_status
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
 
 
 def library_path():
-    """The built kernel library, or None."""
-    return LIBRARY if os.path.isfile(LIBRARY) else None
+    """The kernel library when it is built from the current sources, else None."""
+    return LIBRARY if kernel_library_status() == "current" else None
 
 
 def conv_output_shape(x, w, geometry):
