@@ -36,7 +36,8 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 # Our CPU kernels: the oneDNN convolution and the fused focal loss (g++; headers from onednn-devel).
-$(KERNEL): src/kernels/onednn_conv.cc src/kernels/focal_loss.cc src/kernels/build.sh $(STAMP)
+$(KERNEL): src/kernels/onednn_conv.cc src/kernels/focal_loss.cc src/kernels/threads.h \
+		src/kernels/build.sh $(STAMP)
 	PYTHON=$(PY) bash src/kernels/build.sh
 
 demo: setup

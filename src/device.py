@@ -19,10 +19,10 @@ KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
 
 
 def kernel_sources_digest(sources=KERNEL_SOURCES):
-    """sha256 of the kernel sources (*.cc, in name order), as build.sh records it."""
+    """sha256 of the kernel sources (*.cc, *.h, in name order), as build.sh records it."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(sources)):
-        if name.endswith(".cc"):
+        if name.endswith((".cc", ".h")):
             with open(os.path.join(sources, name), "rb") as source:
                 digest.update(source.read())
     return digest.hexdigest()

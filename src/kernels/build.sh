@@ -28,7 +28,7 @@ g++ -O3 -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
     -o "$out/libssd_cpu_kernels.so.tmp"
 mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
 # Which sources it was built from: src/device.py refuses a library built from others.
-# (sha256 of the *.cc files concatenated in name order, as kernel_sources_digest computes it.)
-(cd "$here" && LC_ALL=C ls *.cc | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1) \
+# (sha256 of the *.cc and *.h files concatenated in name order, as kernel_sources_digest does.)
+(cd "$here" && LC_ALL=C ls *.cc *.h | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1) \
     > "$out/libssd_cpu_kernels.so.sha256"
 echo "Built $out/libssd_cpu_kernels.so"

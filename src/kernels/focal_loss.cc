@@ -15,20 +15,14 @@
 #include <thread>
 #include <vector>
 
-namespace {
+#include "threads.h"
 
-int Threads() {
-  const char *env = std::getenv("SSD_CONV_THREADS");
-  int wanted = env ? std::atoi(env) : 0;
-  if (wanted > 0) return wanted;
-  unsigned cores = std::thread::hardware_concurrency();
-  return cores ? static_cast<int>(cores) : 1;
-}
+namespace {
 
 // Runs fn(begin, end, chunk) over [0, anchors) in `chunks` fixed pieces on up to Threads().
 template <typename Fn>
 void ForChunks(int64_t anchors, int chunks, Fn fn) {
-  const int threads = std::min(Threads(), chunks);
+  const int threads = std::min(KernelThreads(), chunks);
   auto run = [&](int first) {
     for (int c = first; c < chunks; c += threads) {
       fn(anchors * c / chunks, anchors * (c + 1) / chunks, c);
@@ -53,6 +47,20 @@ inline Terms Compute(float x, float t, float alpha) {
 
 constexpr int kChunks = 64;
 
+// The op's inputs: logits (B, A, C) f32, labels (B, A) int32, settings [gamma, alpha] f32.
+struct Inputs {
+  const float *logits;
+  const int32_t *labels;
+  float gamma, alpha;
+  int64_t classes, anchors;
+};
+
+Inputs ReadInputs(void **params, const int *ndims, int64_t **shapes) {
+  const float *settings = static_cast<const float *>(params[2]);
+  return {static_cast<const float *>(params[0]), static_cast<const int32_t *>(params[1]),
+          settings[0], settings[1], shapes[0][ndims[0] - 1], shapes[1][0] * shapes[1][1]};
+}
+
 }  // namespace
 
 extern "C" {
@@ -64,12 +72,11 @@ int FocalLossSum(int nparam, void **params, int *ndims, int64_t **shapes, const 
   (void)dtypes;
   (void)stream;
   (void)extra;
-  const float *logits = static_cast<const float *>(params[0]);
-  const int32_t *labels = static_cast<const int32_t *>(params[1]);
-  const float *settings = static_cast<const float *>(params[2]);
-  const float gamma = settings[0], alpha = settings[1];
-  const int64_t classes = shapes[0][ndims[0] - 1];
-  const int64_t anchors = shapes[1][0] * shapes[1][1];
+  const Inputs in = ReadInputs(params, ndims, shapes);
+  const float *logits = in.logits;
+  const int32_t *labels = in.labels;
+  const float gamma = in.gamma, alpha = in.alpha;
+  const int64_t classes = in.classes, anchors = in.anchors;
   std::vector<double> partial(kChunks, 0.0);
   ForChunks(anchors, kChunks, [&](int64_t begin, int64_t end, int chunk) {
     double sum = 0.0;
@@ -97,14 +104,13 @@ int FocalLossGrad(int nparam, void **params, int *ndims, int64_t **shapes, const
   (void)dtypes;
   (void)stream;
   (void)extra;
-  const float *logits = static_cast<const float *>(params[0]);
-  const int32_t *labels = static_cast<const int32_t *>(params[1]);
-  const float *settings = static_cast<const float *>(params[2]);
+  const Inputs in = ReadInputs(params, ndims, shapes);
+  const float *logits = in.logits;
+  const int32_t *labels = in.labels;
+  const float gamma = in.gamma, alpha = in.alpha;
+  const int64_t classes = in.classes, anchors = in.anchors;
   const float scale = *static_cast<const float *>(params[3]);
   float *grad = static_cast<float *>(params[4]);
-  const float gamma = settings[0], alpha = settings[1];
-  const int64_t classes = shapes[0][ndims[0] - 1];
-  const int64_t anchors = shapes[1][0] * shapes[1][1];
   ForChunks(anchors, kChunks, [&](int64_t begin, int64_t end, int) {
     for (int64_t a = begin; a < end; ++a) {
       const int32_t label = labels[a];

@@ -40,6 +40,7 @@
 #include "oneapi/dnnl/dnnl.hpp"
 #include "oneapi/dnnl/dnnl_threadpool.hpp"
 #include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
+#include "threads.h"
 
 namespace {
 
@@ -124,17 +125,9 @@ class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
 };
 thread_local bool ThreadPool::in_parallel_ = false;
 
-int ThreadCount() {
-  const char *env = std::getenv("SSD_CONV_THREADS");
-  int wanted = env ? std::atoi(env) : 0;
-  if (wanted > 0) return wanted;
-  unsigned cores = std::thread::hardware_concurrency();
-  return cores ? static_cast<int>(cores) : 1;
-}
-
 struct Runtime {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  ThreadPool pool{ThreadCount()};
+  ThreadPool pool{KernelThreads()};
   dnnl::stream stream = dnnl::threadpool_interop::make_stream(engine, &pool);
 };
 

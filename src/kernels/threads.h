@@ -1,0 +1,12 @@
+// Thread count of our CPU kernels: SSD_CONV_THREADS, else the machine's cores.
+#pragma once
+#include <cstdlib>
+#include <thread>
+
+inline int KernelThreads() {
+  const char *env = std::getenv("SSD_CONV_THREADS");
+  const int wanted = env ? std::atoi(env) : 0;
+  if (wanted > 0) return wanted;
+  const unsigned cores = std::thread::hardware_concurrency();
+  return cores ? static_cast<int>(cores) : 1;
+}
