@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build build/kernels/libssd_cpu_kernels.so: our CPU kernels for MindSpore (the oneDNN convolution,
+# BatchNorm with its activation fused in,
 # the fused focal loss).
 # Needs g++, the project's virtual environment with mindspore (its bundled libdnnl.so.3 is what
 # we link against) and onednn-devel (headers, from requirements.txt).
@@ -23,8 +24,8 @@ sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNT
     -e 's/^#define DNNL_GPU_RUNTIME .*/#define DNNL_GPU_RUNTIME DNNL_RUNTIME_NONE/' \
     -e 's/^#define DNNL_GPU_VENDOR .*/#define DNNL_GPU_VENDOR DNNL_VENDOR_NONE/' \
     "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
-g++ -O3 -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
-    "$here/onednn_conv.cc" "$here/focal_loss.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
+g++ -O3 -fopenmp-simd -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
+    "$here/onednn_conv.cc" "$here/focal_loss.cc" "$here/batch_norm.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
     -o "$out/libssd_cpu_kernels.so.tmp"
 mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
 # Which sources it was built from: src/device.py refuses a library built from others.

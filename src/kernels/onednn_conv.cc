@@ -278,6 +278,10 @@ int Fail(const char *what, const dnnl::error &error) {
 
 }  // namespace
 
+void KernelParallelFor(int n, const std::function<void(int, int)> &fn) {
+  Rt().pool.parallel_for(n, fn);
+}
+
 extern "C" {
 
 // params: x, w, [bias,] geometry, y, x_blocked

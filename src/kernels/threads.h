@@ -1,6 +1,7 @@
-// Thread count of our CPU kernels: SSD_CONV_THREADS, else the machine's cores.
+// Threads of our CPU kernels: SSD_CONV_THREADS, else the machine's cores.
 #pragma once
 #include <cstdlib>
+#include <functional>
 #include <thread>
 
 inline int KernelThreads() {
@@ -10,3 +11,7 @@ inline int KernelThreads() {
   const unsigned cores = std::thread::hardware_concurrency();
   return cores ? static_cast<int>(cores) : 1;
 }
+
+// Runs fn(i, n) for every i < n on the kernels' shared pool of KernelThreads() threads (the one
+// oneDNN runs on; defined in onednn_conv.cc) and returns when all are done.
+void KernelParallelFor(int n, const std::function<void(int, int)> &fn);

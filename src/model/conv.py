@@ -61,6 +61,11 @@ def building_with(impl, dtype="float32"):
         _current[0] = previous
 
 
+def current_conv_impl():
+    """'mindspore' or 'onednn': what the layers being built now use."""
+    return _current[0][0]
+
+
 def Conv2d(*args, input_grad=True, **kwargs):  # noqa: N802  (stands in for nn.Conv2d)
     """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'.
     ``input_grad=False`` marks a layer whose input needs no gradient (the image): ours then

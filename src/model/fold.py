@@ -9,6 +9,7 @@ inference and not updated afterwards: the folded weights are a snapshot.
 import numpy as np
 from mindspore import nn
 
+from src.model.batch_norm import AddActivation, BatchNormAct2d
 from src.model.onednn_conv import OneDnnConv2d
 
 
@@ -17,6 +18,11 @@ def _folded(conv, bn):
                               (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
     scale = gamma / np.sqrt(var + bn.eps)
     return conv.scaled(scale, beta - mean * scale)
+
+
+def _left_of(bn):
+    """What stays of a folded BatchNorm: the add and activation of a BatchNormAct2d."""
+    return AddActivation(bn.activation) if isinstance(bn, BatchNormAct2d) else nn.Identity()
 
 
 def _foldable(conv, bn):
@@ -36,7 +42,7 @@ def fold_batch_norm(network):
             for i in range(len(layers) - 1):
                 if _foldable(layers[i], layers[i + 1]):
                     cell[i] = _folded(layers[i], layers[i + 1])
-                    cell[i + 1] = nn.Identity()
+                    cell[i + 1] = _left_of(layers[i + 1])
                     folded += 1
             continue
         children = dict(cell.name_cells())
@@ -44,6 +50,6 @@ def fold_batch_norm(network):
             bn_name = "bn" + name[len("conv"):] if name.startswith("conv") else None
             if bn_name in children and _foldable(conv, children[bn_name]):
                 setattr(cell, name, _folded(conv, children[bn_name]))
-                setattr(cell, bn_name, nn.Identity())
+                setattr(cell, bn_name, _left_of(children[bn_name]))
                 folded += 1
     return folded

@@ -7,6 +7,7 @@ its checkpoints load (``conv1``, ``bn1``, ``layer1.0.conv1`` ... ``down_sample_l
 """
 from mindspore import nn
 
+from src.model.batch_norm import batch_norm
 from src.model.conv import Conv2d
 
 
@@ -14,24 +15,20 @@ def conv3x3(in_channels, out_channels, stride=1):
     return Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1)
 
 
-def batch_norm(channels):
-    """Backbone BatchNorm: eps 1e-5, running = 0.9 * running + 0.1 * batch."""
-    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9)
-
-
 class BasicBlock(nn.Cell):
     """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU.
 
-    The shortcut is a 1x1 conv + BN when the stride or the channel count changes.
+    The shortcut is a 1x1 conv + BN when the stride or the channel count changes. The ReLUs and
+    the add belong to the BatchNorm before them (``BatchNormAct2d``: one op on CPU). BatchNorm
+    here: eps 1e-5, running = 0.9 * running + 0.1 * batch.
     """
 
     def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = batch_norm(out_channels)
-        self.relu = nn.ReLU()
+        self.bn1 = batch_norm(out_channels, activation="relu")
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = batch_norm(out_channels)
+        self.bn2 = batch_norm(out_channels, activation="relu")  # applied to bn2(x) + shortcut
         self.down_sample = stride != 1 or in_channels != out_channels
         self.down_sample_layer = None
         if self.down_sample:
@@ -41,11 +38,10 @@ class BasicBlock(nn.Cell):
 
     def construct(self, x):
         identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
         if self.down_sample:
             identity = self.down_sample_layer(x)
-        return self.relu(out + identity)
+        out = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(out), identity)
 
 
 def make_layer(blocks, in_channels, out_channels, stride):
@@ -60,13 +56,12 @@ class ResNet34Backbone(nn.Cell):
     def __init__(self):
         super().__init__()
         self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False)
-        self.bn1 = batch_norm(64)
-        self.relu = nn.ReLU()
+        self.bn1 = batch_norm(64, activation="relu")
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
         self.layer1 = make_layer(3, 64, 64, 1)
         self.layer2 = make_layer(4, 64, 128, 2)
         self.layer3 = make_layer(6, 128, 256, 1)
 
     def construct(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))

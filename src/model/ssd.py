@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from src.model.batch_norm import batch_norm
 from src.model.conv import Conv2d, building_with, resolve_conv_impl
 from src.model.resnet34 import ResNet34Backbone
 
@@ -53,7 +54,7 @@ def separable_head(channels, outputs):
     """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias."""
     return nn.SequentialCell([
         Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels),
-        nn.BatchNorm2d(channels, eps=1e-3, momentum=0.97),
+        batch_norm(channels, eps=1e-3, momentum=0.97),
         nn.ReLU6(),
         Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros")])
 
