@@ -41,6 +41,12 @@ Settings ReadSettings(const void *data) {
   return {s[0], static_cast<int>(s[1])};
 }
 
+// (std::fmin / fmax keep NaN rules that stop GCC from vectorising them.)
+inline float Clamp(float v, float lower, float upper) {
+  v = v > lower ? v : lower;
+  return v < upper ? v : upper;
+}
+
 SIMD_CLONES float Sum(const float *x, int64_t n) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -67,7 +73,7 @@ SIMD_CLONES void NormalizeActivate(const float *x, const float *residual, float 
   }
   if (activation == 0) return;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fmin(std::fmax(y[i], 0.0f), upper);
+  for (int64_t i = 0; i < n; ++i) y[i] = Clamp(y[i], 0.0f, upper);
 }
 
 inline float Pass(float y, float upper) { return y > 0.0f && y < upper ? 1.0f : 0.0f; }
@@ -117,58 +123,176 @@ SIMD_CLONES void InputGradient(const float *dy, const float *y, const float *x, 
   }
 }
 
-// Calls fn(c) for each channel, the channels split into contiguous ranges over the pool.
+// Channels 16 at a time in oneDNN's blocked layout (aBcd16b: N, C/16, H, W, 16), where one
+// position's 16 channels are one vector: sums and updates per lane.
+constexpr int kBlock = 16;
+
+SIMD_CLONES void SumLanes(const float *x, int64_t positions, const float *mean, double *out) {
+  float sum[kBlock] = {};
+  for (int64_t p = 0; p < positions; ++p) {
+#pragma omp simd
+    for (int j = 0; j < kBlock; ++j) {
+      const float v = mean ? (x[p * kBlock + j] - mean[j]) * (x[p * kBlock + j] - mean[j])
+                           : x[p * kBlock + j];
+      sum[j] += v;
+    }
+  }
+  for (int j = 0; j < kBlock; ++j) out[j] += sum[j];
+}
+
+SIMD_CLONES void NormalizeActivateLanes(const float *x, const float *residual, float *y,
+                                        int64_t positions, const float *scale,
+                                        const float *shift, int activation) {
+  const float upper = activation == 2 ? 6.0f : INFINITY;
+  const float lower = activation == 0 ? -INFINITY : 0.0f;
+  for (int64_t p = 0; p < positions; ++p) {
+    const int64_t o = p * kBlock;
+#pragma omp simd
+    for (int j = 0; j < kBlock; ++j) {
+      const float v = x[o + j] * scale[j] + shift[j] + (residual ? residual[o + j] : 0.0f);
+      y[o + j] = Clamp(v, lower, upper);
+    }
+  }
+}
+
+SIMD_CLONES void GradientSumsLanes(const float *dy, const float *y, const float *x,
+                                   int64_t positions, const float *mean, int activation,
+                                   double *sum_g, double *sum_gx) {
+  const float upper = activation == 2 ? 6.0f : INFINITY;
+  float sg[kBlock] = {}, sgx[kBlock] = {};
+  for (int64_t p = 0; p < positions; ++p) {
+    const int64_t o = p * kBlock;
+#pragma omp simd
+    for (int j = 0; j < kBlock; ++j) {
+      const float g = activation == 0 ? dy[o + j] : dy[o + j] * Pass(y[o + j], upper);
+      sg[j] += g;
+      sgx[j] += g * (x[o + j] - mean[j]);
+    }
+  }
+  for (int j = 0; j < kBlock; ++j) {
+    sum_g[j] += sg[j];
+    sum_gx[j] += sgx[j];
+  }
+}
+
+SIMD_CLONES void InputGradientLanes(const float *dy, const float *y, const float *x, float *dx,
+                                    float *dresidual, int64_t positions, int activation,
+                                    const float *k, const float *a, const float *b) {
+  const float upper = activation == 2 ? 6.0f : INFINITY;
+  for (int64_t p = 0; p < positions; ++p) {
+    const int64_t o = p * kBlock;
+#pragma omp simd
+    for (int j = 0; j < kBlock; ++j) {
+      const float g = activation == 0 ? dy[o + j] : dy[o + j] * Pass(y[o + j], upper);
+      dx[o + j] = k[j] * g + a[j] * x[o + j] + b[j];
+      if (dresidual) dresidual[o + j] = g;
+    }
+  }
+}
+
+// Calls fn(first, count) for channel groups of `width` channels (1, or kBlock in the blocked
+// layout), split into contiguous ranges over the pool.
 template <typename Fn>
-void ForChannels(int64_t channels, Fn fn) {
-  const int parts = static_cast<int>(std::min<int64_t>(channels, KernelThreads()));
+void ForGroups(int64_t channels, int64_t width, Fn fn) {
+  const int64_t groups = channels / width;
+  const int parts = static_cast<int>(std::min<int64_t>(groups, KernelThreads()));
   KernelParallelFor(parts, [&](int part, int count) {
-    for (int64_t c = channels * part / count; c < channels * (part + 1) / count; ++c) fn(c);
+    for (int64_t g = groups * part / count; g < groups * (part + 1) / count; ++g) {
+      fn(g * width, width);
+    }
   });
 }
 
-// params: x, [residual,] gamma, beta, settings [eps, activation];
-// outputs y, mean, variance (unbiased, for the running statistics), invstd.
+// The op's settings: eps, activation, blocked layout, running statistics.
+struct Options {
+  Settings s;
+  bool blocked, running;
+};
+
+Options ReadOptions(const void *data) {
+  const float *v = static_cast<const float *>(data);
+  return {ReadSettings(data), v[2] != 0.0f, v[3] != 0.0f};
+}
+
+// Statistics per channel (batch ones, or the running ones given) -> mean, invstd.
+void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, int64_t width,
+                const float *running_mean, const float *running_var, float *mean, float *var,
+                float *invstd) {
+  const double count = static_cast<double>(l.batch * l.plane);
+  if (o.running) {
+    for (int64_t j = 0; j < width; ++j) {
+      mean[j] = running_mean[c0 + j];
+      var[j] = running_var[c0 + j];
+      invstd[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + o.s.eps));
+    }
+    return;
+  }
+  double sums[kBlock] = {}, squares[kBlock] = {};
+  if (o.blocked) {
+    for (int64_t n = 0; n < l.batch; ++n) SumLanes(l.Row(x, n, c0), l.plane, nullptr, sums);
+  } else {
+    for (int64_t n = 0; n < l.batch; ++n) sums[0] += Sum(l.Row(x, n, c0), l.plane);
+  }
+  for (int64_t j = 0; j < width; ++j) mean[j] = static_cast<float>(sums[j] / count);
+  if (o.blocked) {
+    for (int64_t n = 0; n < l.batch; ++n) SumLanes(l.Row(x, n, c0), l.plane, mean, squares);
+  } else {
+    for (int64_t n = 0; n < l.batch; ++n) {
+      squares[0] += SquaredDeviations(l.Row(x, n, c0), l.plane, mean[0]);
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    invstd[j] = static_cast<float>(1.0 / std::sqrt(squares[j] / count + o.s.eps));
+    var[j] = static_cast<float>(count > 1 ? squares[j] / (count - 1) : squares[j] / count);
+  }
+}
+
+// params: x, [residual,] gamma, beta, running_mean, running_var, settings [eps, activation,
+// blocked, running]; outputs y, mean, variance (unbiased: for the running statistics), invstd.
+// In the blocked layout a channel group's row is (n, c0 / 16): Row() with channels / 16.
 int Forward(int nparam, void **params, int64_t **shapes) {
-  const bool has_residual = nparam == 9;
-  const int first_vector = has_residual ? 2 : 1;
+  const bool has_residual = nparam == 11;
+  const int v0 = has_residual ? 2 : 1;  // first per-channel vector
+  const Options o = ReadOptions(params[v0 + 4]);
   const Layout l = ReadLayout(shapes[0]);
-  const Settings s = ReadSettings(params[first_vector + 2]);
   const float *x = static_cast<const float *>(params[0]);
   const float *residual = has_residual ? static_cast<const float *>(params[1]) : nullptr;
-  const float *gamma = static_cast<const float *>(params[first_vector]);
-  const float *beta = static_cast<const float *>(params[first_vector + 1]);
+  const float *gamma = static_cast<const float *>(params[v0]);
+  const float *beta = static_cast<const float *>(params[v0 + 1]);
+  const float *running_mean = static_cast<const float *>(params[v0 + 2]);
+  const float *running_var = static_cast<const float *>(params[v0 + 3]);
   float *y = static_cast<float *>(params[nparam - 4]);
   float *mean_out = static_cast<float *>(params[nparam - 3]);
   float *var_out = static_cast<float *>(params[nparam - 2]);
   float *invstd_out = static_cast<float *>(params[nparam - 1]);
-  const double count = static_cast<double>(l.batch * l.plane);
-  ForChannels(l.channels, [&](int64_t c) {
-    double sum = 0.0;
-    for (int64_t n = 0; n < l.batch; ++n) sum += Sum(l.Row(x, n, c), l.plane);
-    const float mean = static_cast<float>(sum / count);
-    double squares = 0.0;
-    for (int64_t n = 0; n < l.batch; ++n) {
-      squares += SquaredDeviations(l.Row(x, n, c), l.plane, mean);
+  ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
+    float *mean = mean_out + c0, *invstd = invstd_out + c0;
+    Statistics(l, o, x, c0, width, running_mean, running_var, mean, var_out + c0, invstd);
+    float scale[kBlock], shift[kBlock];
+    for (int64_t j = 0; j < width; ++j) {
+      scale[j] = gamma[c0 + j] * invstd[j];
+      shift[j] = beta[c0 + j] - mean[j] * scale[j];
     }
-    const double var = squares / count;
-    const float invstd = static_cast<float>(1.0 / std::sqrt(var + s.eps));
-    const float scale = gamma[c] * invstd, shift = beta[c] - mean * scale;
     for (int64_t n = 0; n < l.batch; ++n) {
-      NormalizeActivate(l.Row(x, n, c), residual ? l.Row(residual, n, c) : nullptr,
-                        l.Row(y, n, c), l.plane, scale, shift, s.activation);
+      const float *r = residual ? l.Row(residual, n, c0) : nullptr;
+      if (o.blocked) {
+        NormalizeActivateLanes(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale, shift,
+                               o.s.activation);
+      } else {
+        NormalizeActivate(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale[0], shift[0],
+                          o.s.activation);
+      }
     }
-    mean_out[c] = mean;
-    var_out[c] = static_cast<float>(count > 1 ? squares / (count - 1) : var);
-    invstd_out[c] = invstd;
   });
   return 0;
 }
 
 // params: dy, x, y, gamma, mean, invstd, settings; outputs dx, dgamma, dbeta [, dresidual].
+// With running statistics, mean and invstd are constants: dx = gamma invstd g.
 int Backward(int nparam, void **params, int64_t **shapes) {
   const bool has_residual = nparam == 11;
+  const Options o = ReadOptions(params[6]);
   const Layout l = ReadLayout(shapes[0]);
-  const Settings s = ReadSettings(params[6]);
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   const float *y = static_cast<const float *>(params[2]);
@@ -180,26 +304,43 @@ int Backward(int nparam, void **params, int64_t **shapes) {
   float *dbeta = static_cast<float *>(params[9]);
   float *dresidual = has_residual ? static_cast<float *>(params[10]) : nullptr;
   const double count = static_cast<double>(l.batch * l.plane);
-  ForChannels(l.channels, [&](int64_t c) {
-    double sum_g = 0.0, sum_gx = 0.0;
+  const int activation = o.s.activation;
+  ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
+    double sum_g[kBlock] = {}, sum_gx[kBlock] = {};
     for (int64_t n = 0; n < l.batch; ++n) {
-      float row_g, row_gx;
-      GradientSums(l.Row(dy, n, c), l.Row(y, n, c), l.Row(x, n, c), l.plane, mean[c],
-                   s.activation, &row_g, &row_gx);
-      sum_g += row_g;
-      sum_gx += row_gx;
+      if (o.blocked) {
+        GradientSumsLanes(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.plane,
+                          mean + c0, activation, sum_g, sum_gx);
+      } else {
+        float row_g, row_gx;
+        GradientSums(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.plane, mean[c0],
+                     activation, &row_g, &row_gx);
+        sum_g[0] += row_g;
+        sum_gx[0] += row_gx;
+      }
     }
-    const double sum_gxhat = sum_gx * invstd[c];
-    const double k = static_cast<double>(gamma[c]) * invstd[c];
-    const double a = -k * sum_gxhat * invstd[c] / count;
-    const double b = -k * sum_g / count - a * mean[c];
+    float k[kBlock], a[kBlock], b[kBlock];
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t c = c0 + j;
+      const double sum_gxhat = sum_gx[j] * invstd[c];
+      const double scale = static_cast<double>(gamma[c]) * invstd[c];
+      const double slope = o.running ? 0.0 : -scale * sum_gxhat * invstd[c] / count;
+      k[j] = static_cast<float>(scale);
+      a[j] = static_cast<float>(slope);
+      b[j] = static_cast<float>(o.running ? 0.0 : -scale * sum_g[j] / count - slope * mean[c]);
+      dgamma[c] = static_cast<float>(sum_gxhat);
+      dbeta[c] = static_cast<float>(sum_g[j]);
+    }
     for (int64_t n = 0; n < l.batch; ++n) {
-      InputGradient(l.Row(dy, n, c), l.Row(y, n, c), l.Row(x, n, c), l.Row(dx, n, c),
-                    dresidual ? l.Row(dresidual, n, c) : nullptr, l.plane, s.activation,
-                    static_cast<float>(k), static_cast<float>(a), static_cast<float>(b));
+      float *dr = dresidual ? l.Row(dresidual, n, c0) : nullptr;
+      if (o.blocked) {
+        InputGradientLanes(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.Row(dx, n, c0),
+                           dr, l.plane, activation, k, a, b);
+      } else {
+        InputGradient(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.Row(dx, n, c0), dr,
+                      l.plane, activation, k[0], a[0], b[0]);
+      }
     }
-    dgamma[c] = static_cast<float>(sum_gxhat);
-    dbeta[c] = static_cast<float>(sum_g);
   });
   return 0;
 }

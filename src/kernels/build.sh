@@ -24,9 +24,17 @@ sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNT
     -e 's/^#define DNNL_GPU_RUNTIME .*/#define DNNL_GPU_RUNTIME DNNL_RUNTIME_NONE/' \
     -e 's/^#define DNNL_GPU_VENDOR .*/#define DNNL_GPU_VENDOR DNNL_VENDOR_NONE/' \
     "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
-g++ -O3 -fopenmp-simd -std=c++17 -fPIC -shared -Wall -I"$out/include" -I"$prefix/include" \
-    "$here/onednn_conv.cc" "$here/focal_loss.cc" "$here/batch_norm.cc" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
-    -o "$out/libssd_cpu_kernels.so.tmp"
+flags=(-O3 -fopenmp-simd -std=c++17 -fPIC -Wall -I"$out/include" -I"$prefix/include")
+objects=()
+for source in onednn_conv batch_norm focal_loss; do
+    extra=()
+    # focal_loss: -ffast-math lets GCC call glibc's vector exp / log1p (see the file's top).
+    [ "$source" = focal_loss ] && extra=(-ffast-math)
+    g++ "${flags[@]}" "${extra[@]}" -c "$here/$source.cc" -o "$out/$source.o"
+    objects+=("$out/$source.o")
+done
+g++ -shared "${objects[@]}" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$library_dir" -pthread \
+    -lmvec -o "$out/libssd_cpu_kernels.so.tmp"
 mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
 # Which sources it was built from: src/device.py refuses a library built from others.
 # (sha256 of the *.cc and *.h files concatenated in name order, as kernel_sources_digest does.)

@@ -9,12 +9,14 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[10] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[12] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
-//   whose input is the network's input image).
+//   whose input is the network's input image), src_blocked, dst_blocked (x / y, and their
+//   gradients, are in oneDNN's blocked aBcd16b layout rather than NCHW: the layout our
+//   BatchNorm and the next convolution read, so no reorder is needed between layers).
 //
-// The forward op has a second output the size of x: x in the layout the convolution read it
+// The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
 // forward's output, kept for the bprop) and computes the weight gradient from it when that
 // layout is also the one backward-weights wants, instead of reordering x again.
@@ -137,13 +139,17 @@ Runtime &Rt() {
 }
 
 struct Geometry {
-  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad;
+  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
+      src_blocked, dst_blocked;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
+  // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked aBcd16b.
+  tag src_tag() const { return src_blocked ? tag::aBcd16b : tag::nchw; }
+  tag dst_tag() const { return dst_blocked ? tag::aBcd16b : tag::nchw; }
 };
 
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
-  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8], g[9]};
+  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8], g[9], g[10], g[11]};
 }
 
 struct Shapes {
@@ -177,7 +183,8 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   key << kind;
   for (int i = 0; i < 4; ++i) key << ',' << x[i] << ',' << w[i];
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
-      << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16;
+      << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
+      << ',' << g.src_blocked << ',' << g.dst_blocked;
   return key.str();
 }
 
@@ -300,11 +307,12 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
       auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32);
       auto *e = new Forward();
       e->conv = dnnl::convolution_forward(pd);
-      e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
+      e->src.Init(Plain(s.src, g.src_tag()), pd.src_desc(), true, false);
       e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
-      e->dst.Init(Plain(s.dst, tag::nchw), pd.dst_desc(), false, true);
+      e->dst.Init(Plain(s.dst, g.dst_tag()), pd.dst_desc(), false, true);
       e->bias = Plain(s.bias, tag::x);
-      e->src_to_output = e->src.reorder && e->src.chosen.get_size() <= e->src.plain.get_size();
+      e->src_to_output = !g.src_blocked && e->src.reorder &&
+                         e->src.chosen.get_size() <= e->src.plain.get_size();
       return e;
     });
     void *y = params[nparam - 2];
@@ -337,9 +345,9 @@ BackwardData *MakeBackwardData(const Shapes &s, const Geometry &g) {
       Any(s.dst, c), s.strides, s.dilates, s.pad_l, s.pad_r, hint);
   auto *e = new BackwardData();
   e->conv = dnnl::convolution_backward_data(pd);
-  e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+  e->diff_dst.Init(Plain(s.dst, g.dst_tag()), pd.diff_dst_desc(), true, false);
   e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
-  e->diff_src.Init(Plain(s.src, tag::nchw), pd.diff_src_desc(), false, true);
+  e->diff_src.Init(Plain(s.src, g.src_tag()), pd.diff_src_desc(), false, true);
   return e;
 }
 
@@ -357,8 +365,8 @@ BackwardWeights *MakeBackwardWeights(const Shapes &s, const Geometry &g) {
                       s.pad_r, hint);
   auto *e = new BackwardWeights();
   e->conv = dnnl::convolution_backward_weights(pd);
-  e->src.Init(Plain(s.src, tag::nchw), pd.src_desc(), true, false);
-  e->diff_dst.Init(Plain(s.dst, tag::nchw), pd.diff_dst_desc(), true, false);
+  e->src.Init(Plain(s.src, g.src_tag()), pd.src_desc(), true, false);
+  e->diff_dst.Init(Plain(s.dst, g.dst_tag()), pd.diff_dst_desc(), true, false);
   e->diff_wei.Init(Plain(s.wei, s.wei_tag), pd.diff_weights_desc(), false, true);
   e->diff_bias = Plain(s.bias, tag::x);
   return e;
@@ -421,6 +429,37 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
     return Fail("backward", error);
   }
   return 0;
+}
+
+// Layout changes between MindSpore's NCHW and the blocked aBcd16b (channels a multiple of 16) that
+// our layers keep activations in (see src/model/layout.py); each is the other's gradient.
+int Reorder(void **params, int64_t **shapes, tag from, tag to) {
+  try {
+    const int64_t *x = shapes[0];
+    const memory::dims dims = {x[0], x[1], x[2], x[3]};
+    std::ostringstream key;
+    key << "reorder," << static_cast<int>(from) << ',' << dims[0] << ',' << dims[1] << ','
+        << dims[2] << ',' << dims[3];
+    auto *r = Cached<dnnl::reorder>(key.str(), [&] {
+      return new dnnl::reorder(memory(Plain(dims, from), Rt().engine, DNNL_MEMORY_NONE),
+                               memory(Plain(dims, to), Rt().engine, DNNL_MEMORY_NONE));
+    });
+    memory src(Plain(dims, from), Rt().engine, params[0]);
+    memory dst(Plain(dims, to), Rt().engine, params[1]);
+    r->execute(Rt().stream, src, dst);
+    Rt().stream.wait();
+  } catch (const dnnl::error &error) {
+    return Fail("reorder", error);
+  }
+  return 0;
+}
+
+// params: x (N, C, H, W), y
+int ToBlocked(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return Reorder(params, shapes, tag::nchw, tag::aBcd16b);
+}
+int ToPlain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return Reorder(params, shapes, tag::aBcd16b, tag::nchw);
 }
 
 // The same with a bias (separate names: MindSpore keys some Custom op information by function).

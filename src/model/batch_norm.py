@@ -2,17 +2,19 @@
 
 ``BatchNormAct2d`` is an ``nn.BatchNorm2d`` (same arguments, parameters and names, so
 checkpoints move freely) that also applies the add and activation. When the network is built
-with our CPU kernels (``src.model.conv.building_with('onednn')``), a training step runs all of
-it as one Custom op with its own backward op (``src/kernels/batch_norm.cc``): MindSpore's CPU
-BatchNorm backward is about 3.5x slower than PyTorch's on this model's shapes, and the ReLU,
-its gradient and the add are three more passes over the activations. Otherwise (GPU, Ascend,
-eval mode, frozen statistics) it is MindSpore's BatchNorm, add and activation ops.
+with our CPU kernels (``src.model.conv.building_with('onednn')``), it runs all of
+it as one Custom op with its own backward op (``src/kernels/batch_norm.cc``), in every mode:
+MindSpore's CPU BatchNorm backward is about 3.5x slower than PyTorch's on this model's shapes,
+the ReLU, its gradient and the add are three more passes over the activations, and ours reads
+and writes oneDNN's blocked layout (``src.model.layout``). Otherwise (GPU, Ascend, MindSpore's
+convolutions) it is MindSpore's BatchNorm, add and activation ops.
 """
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.device import KERNEL_LIBRARY
-from src.model.conv import current_conv_impl
+from src.model.conv import blocked_layouts, current_conv_impl
+from src.model.layout import check_blockable
 
 ACTIVATIONS = (None, "relu", "relu6")  # index = the kernel's activation code
 
@@ -24,28 +26,32 @@ def _custom(function, out_shape, outputs, bprop=None):
 
 
 def fused_ops(residual):
-    """Forward Custom op ``(x, [residual,] gamma, beta, settings) -> (y, batch mean, batch
-    variance (unbiased), invstd)`` with its backward op as bprop."""
+    """Forward Custom op ``(x, [residual,] gamma, beta, running_mean, running_variance,
+    settings) -> (y, mean, variance, invstd)`` with its backward op as bprop. ``settings``:
+    [eps, activation code, blocked layout, use the running statistics]; with batch statistics,
+    the outputs are the batch mean and unbiased variance."""
     if residual:
         backward = _custom("BatchNormAddActBackward",
                            lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma, x), 4)
 
-        def bprop(x, res, gamma, beta, settings, out, dout):
+        def bprop(x, res, gamma, beta, mean, var, settings, out, dout):
             dx, dgamma, dbeta, dres = backward(dout[0], x, out[0], gamma, out[1], out[3],
                                                settings)
-            return dx, dres, dgamma, dbeta, ops.zeros_like(settings)
+            return (dx, dres, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(var),
+                    ops.zeros_like(settings))
 
         return _custom("BatchNormAddActForward",
-                       lambda x, res, gamma, beta, s: (x, gamma, gamma, gamma), 4, bprop)
+                       lambda x, res, gamma, *rest: (x, gamma, gamma, gamma), 4, bprop)
     backward = _custom("BatchNormActBackward",
                        lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma), 3)
 
-    def bprop(x, gamma, beta, settings, out, dout):
+    def bprop(x, gamma, beta, mean, var, settings, out, dout):
         dx, dgamma, dbeta = backward(dout[0], x, out[0], gamma, out[1], out[3], settings)
-        return dx, dgamma, dbeta, ops.zeros_like(settings)
+        return (dx, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(var),
+                ops.zeros_like(settings))
 
-    return _custom("BatchNormActForward",
-                   lambda x, gamma, beta, s: (x, gamma, gamma, gamma), 4, bprop)
+    return _custom("BatchNormActForward", lambda x, gamma, *rest: (x, gamma, gamma, gamma), 4,
+                   bprop)
 
 
 class AddActivation(nn.Cell):
@@ -71,18 +77,26 @@ class BatchNormAct2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d(num_features, eps, momentum)``, then ``+ residual`` when given, then
     ``activation`` (None, 'relu' or 'relu6'). Input and residual (N, C, H, W) float32.
 
-    ``fused=True`` (CPU, our kernel library built) computes a training step's BatchNorm, add
-    and activation in one Custom op; the running statistics are updated as ``nn.BatchNorm2d``
-    updates them (``momentum`` weight on the old value, unbiased batch variance).
+    ``fused=True`` (CPU, our kernel library built) computes BatchNorm, add and activation in
+    one Custom op, in every mode; in training with batch statistics the running statistics are
+    updated as ``nn.BatchNorm2d`` updates them (``momentum`` weight on the old value, unbiased
+    batch variance). ``blocked`` (fused only): x, residual and y are in the blocked layout of
+    ``src.model.layout``.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.9, activation=None, fused=False):
+    def __init__(self, num_features, eps=1e-5, momentum=0.9, activation=None, fused=False,
+                 blocked=False):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.after = AddActivation(activation)
         self.activation = activation
-        self.fused = fused
+        if blocked and not fused:
+            raise ValueError("a blocked BatchNorm needs the fused kernel (fused=True)")
+        check_blockable(num_features, blocked, "BatchNorm")
+        self.fused, self.blocked = fused, blocked
         if fused:
-            self.settings = Tensor([eps, ACTIVATIONS.index(activation)], ms.float32)
+            code = ACTIVATIONS.index(activation)
+            self.batch_settings = Tensor([eps, code, int(blocked), 0], ms.float32)
+            self.running_settings = Tensor([eps, code, int(blocked), 1], ms.float32)
             self.fused_forward = fused_ops(residual=False)
             self.fused_add_forward = fused_ops(residual=True)
 
@@ -91,13 +105,18 @@ class BatchNormAct2d(nn.BatchNorm2d):
             return self.training
         return self.use_batch_statistics
 
+    def _fused(self, x, residual, settings):
+        if residual is None:
+            return self.fused_forward(x, self.gamma, self.beta, self.moving_mean,
+                                      self.moving_variance, settings)
+        return self.fused_add_forward(x, residual, self.gamma, self.beta, self.moving_mean,
+                                      self.moving_variance, settings)
+
     def construct(self, x, residual=None):
-        if self.fused and self._batch_statistics():
-            if residual is None:
-                y, mean, var, _ = self.fused_forward(x, self.gamma, self.beta, self.settings)
-            else:
-                y, mean, var, _ = self.fused_add_forward(x, residual, self.gamma, self.beta,
-                                                         self.settings)
+        if self.fused and not self._batch_statistics():
+            return self._fused(x, residual, self.running_settings)[0]
+        if self.fused:
+            y, mean, var, _ = self._fused(x, residual, self.batch_settings)
             keep = 1.0 - self.momentum  # self.momentum is the batch's weight (nn.BatchNorm2d)
             y = ops.depend(y, ops.assign(self.moving_mean,
                                          self.moving_mean * keep + mean * self.momentum))
@@ -106,7 +125,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return self.after(super().construct(x), residual)
 
 
-def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None):
-    """A BatchNormAct2d, fused when the network is being built with our CPU kernels."""
+def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None, blocked=False):
+    """A BatchNormAct2d, fused when the network is being built with our CPU kernels; in the
+    blocked layout when marked ``blocked`` and the network keeps blocked layouts."""
     return BatchNormAct2d(channels, eps, momentum, activation,
-                          fused=current_conv_impl() == "onednn")
+                          fused=current_conv_impl() == "onednn",
+                          blocked=blocked and blocked_layouts())

@@ -15,7 +15,7 @@ from src.device import ONEDNN_ISA_VARIABLE
 from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
 
 IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
-_current = [("mindspore", "float32")]
+_current = [("mindspore", "float32", False)]  # impl, compute dtype, blocked layouts
 
 
 def check_conv_dtype(dtype, impl):
@@ -49,12 +49,13 @@ def resolve_conv_impl(choice, platform):
 
 
 @contextlib.contextmanager
-def building_with(impl, dtype="float32"):
+def building_with(impl, dtype="float32", blocked=True):
     """Build the layers created inside the block with ``impl`` convolutions computing in
-    ``dtype``."""
+    ``dtype``; with 'onednn' and ``blocked``, layers the model marks as blocked keep their
+    activations in oneDNN's blocked layout (``src.model.layout``)."""
     check_conv_dtype(dtype, impl)
     previous = _current[0]
-    _current[0] = (impl, dtype)
+    _current[0] = (impl, dtype, impl == "onednn" and blocked)
     try:
         yield
     finally:
@@ -66,11 +67,20 @@ def current_conv_impl():
     return _current[0][0]
 
 
-def Conv2d(*args, input_grad=True, **kwargs):  # noqa: N802  (stands in for nn.Conv2d)
+def blocked_layouts():
+    """Whether the layers being built keep blocked activations where the model allows it."""
+    return _current[0][2]
+
+
+def Conv2d(*args, input_grad=True, blocked_input=False, blocked_output=False,  # noqa: N802
+           **kwargs):
     """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'.
     ``input_grad=False`` marks a layer whose input needs no gradient (the image): ours then
-    skips computing it."""
-    impl, dtype = _current[0]
+    skips computing it. ``blocked_input`` / ``blocked_output`` mark an input / output in the
+    model's blocked region (used when ``blocked_layouts()``)."""
+    impl, dtype, blocked = _current[0]
     if impl == "onednn":
-        return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad, **kwargs)
+        return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad,
+                            blocked_input=blocked and blocked_input,
+                            blocked_output=blocked and blocked_output, **kwargs)
     return nn.Conv2d(*args, **kwargs)

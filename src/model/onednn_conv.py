@@ -13,6 +13,7 @@ from mindspore.common.initializer import initializer
 
 from src.device import KERNEL_LIBRARY as LIBRARY
 from src.device import kernel_library_status
+from src.model.layout import check_blockable
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
@@ -42,6 +43,10 @@ class ConvOps:
     def __init__(self, geometry, has_bias):
         self.geometry = tuple(int(v) for v in geometry)
         both = lambda x, *rest: (x, x)  # noqa: E731
+        blocked_input = self.geometry[10]
+
+        def shapes(x, w, *rest):  # x_blocked is not needed when x already is
+            return conv_output_shape(x, w, self.geometry), [1] if blocked_input else x
         if has_bias:
             self.backward = _custom("ConvBackwardBias",
                                     lambda dy, x, xb, w, g: (x, w, [w[0]]),
@@ -53,7 +58,7 @@ class ConvOps:
 
             self.forward = _custom(
                 "ConvForwardBias",
-                lambda x, w, b, g: (conv_output_shape(x, w, self.geometry), x), both, bprop)
+                shapes, both, bprop)
         else:
             self.backward = _custom("ConvBackward", lambda dy, x, xb, w, g: (x, w),
                                     lambda dy, x, xb, w, g: (x, x))
@@ -63,8 +68,7 @@ class ConvOps:
                 return dx, dw, ops.zeros_like(g)
 
             self.forward = _custom(
-                "ConvForward", lambda x, w, g: (conv_output_shape(x, w, self.geometry), x),
-                both, bprop)
+                "ConvForward", shapes, both, bprop)
 
 
 def explicit_padding(kernel_size, pad_mode, padding):
@@ -88,12 +92,14 @@ class OneDnnConv2d(nn.Cell):
     multiplies in bfloat16 (inputs and weights rounded as they are reordered) and accumulates
     in float32: AMX on processors that have it. Parameters and gradients stay float32.
     ``input_grad=False`` (for a layer whose input is the image) skips computing the input
-    gradient and reports it as zeros.
+    gradient and reports it as zeros. ``blocked_input`` / ``blocked_output``: x / y (and their
+    gradients) hold oneDNN's blocked layout (``src.model.layout``) instead of NCHW.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
-                 bias_init=None, compute_dtype="float32", input_grad=True):
+                 bias_init=None, compute_dtype="float32", input_grad=True, blocked_input=False,
+                 blocked_output=False):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -109,8 +115,12 @@ class OneDnnConv2d(nn.Cell):
             raise ValueError(f"compute_dtype {compute_dtype!r}: expected one of "
                              f"{', '.join(COMPUTE_DTYPES)}")
         self.compute_dtype = compute_dtype
+        check_blockable(in_channels, blocked_input, "input")
+        check_blockable(out_channels, blocked_output, "output")
+        self.blocked_input, self.blocked_output = blocked_input, blocked_output
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
-                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad))
+                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad), int(blocked_input),
+                    int(blocked_output))
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
@@ -126,7 +136,8 @@ class OneDnnConv2d(nn.Cell):
         copy = OneDnnConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                             pad_mode="pad", padding=self.padding_tlbr, group=self.group,
                             has_bias=True, compute_dtype=self.compute_dtype,
-                            input_grad=self.input_grad)
+                            input_grad=self.input_grad, blocked_input=self.blocked_input,
+                            blocked_output=self.blocked_output)
         weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
         bias = (self.bias.asnumpy() if self.has_bias else 0.0) * scale + shift
         copy.weight.set_data(Tensor(weight.astype(np.float32)))

@@ -8,11 +8,14 @@ its checkpoints load (``conv1``, ``bn1``, ``layer1.0.conv1`` ... ``down_sample_l
 from mindspore import nn
 
 from src.model.batch_norm import batch_norm
-from src.model.conv import Conv2d
+from src.model.conv import Conv2d, blocked_layouts
+from src.model.layout import ToBlocked
+
+BLOCKED = {"blocked_input": True, "blocked_output": True}  # a layer inside the blocked region
 
 
 def conv3x3(in_channels, out_channels, stride=1):
-    return Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1)
+    return Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1, **BLOCKED)
 
 
 class BasicBlock(nn.Cell):
@@ -26,15 +29,15 @@ class BasicBlock(nn.Cell):
     def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = batch_norm(out_channels, activation="relu")
+        self.bn1 = batch_norm(out_channels, activation="relu", blocked=True)
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = batch_norm(out_channels, activation="relu")  # applied to bn2(x) + shortcut
+        self.bn2 = batch_norm(out_channels, activation="relu", blocked=True)  # of bn2 + shortcut
         self.down_sample = stride != 1 or in_channels != out_channels
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([
-                Conv2d(in_channels, out_channels, 1, stride, pad_mode="valid"),
-                batch_norm(out_channels)])
+                Conv2d(in_channels, out_channels, 1, stride, pad_mode="valid", **BLOCKED),
+                batch_norm(out_channels, blocked=True)])
 
     def construct(self, x):
         identity = x
@@ -51,17 +54,22 @@ def make_layer(blocks, in_channels, out_channels, stride):
 
 
 class ResNet34Backbone(nn.Cell):
-    """(B, 3, H, W) image -> (B, 256, H/8, W/8) feature map (38x38 for 300x300)."""
+    """(B, 3, H, W) image -> (B, 256, H/8, W/8) feature map (38x38 for 300x300).
+
+    The stem works in NCHW (MindSpore's max-pool reads it); from layer1 on, activations are in
+    the blocked layout when the network keeps blocked layouts (``src.model.layout``).
+    """
 
     def __init__(self):
         super().__init__()
         self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False)
         self.bn1 = batch_norm(64, activation="relu")
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.to_blocked = ToBlocked(64, blocked_layouts())
         self.layer1 = make_layer(3, 64, 64, 1)
         self.layer2 = make_layer(4, 64, 128, 2)
         self.layer3 = make_layer(6, 128, 256, 1)
 
     def construct(self, x):
-        x = self.maxpool(self.bn1(self.conv1(x)))
+        x = self.to_blocked(self.maxpool(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))

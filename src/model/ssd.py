@@ -13,7 +13,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from src.model.batch_norm import batch_norm
 from src.model.conv import Conv2d, building_with, resolve_conv_impl
-from src.model.resnet34 import ResNet34Backbone
+from src.model.resnet34 import BLOCKED, ResNet34Backbone
 
 EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
 INIT_SIGMA = 0.02
@@ -35,9 +35,9 @@ class SSDFeatureExtractor(nn.Cell):
             stride = strides[min(i + 2, len(strides) - 1)]
             padding = {"pad_mode": "pad", "padding": 1} if stride > 1 else {"pad_mode": "valid"}
             blocks.append(nn.SequentialCell([
-                Conv2d(out_channels[i], mid, 1),
+                Conv2d(out_channels[i], mid, 1, **BLOCKED),
                 nn.ReLU(),
-                Conv2d(mid, out_channels[i + 1], 3, stride, **padding),
+                Conv2d(mid, out_channels[i + 1], 3, stride, **padding, **BLOCKED),
                 nn.ReLU()]))
         self.additional_blocks = nn.CellList(blocks)
 
@@ -51,12 +51,13 @@ class SSDFeatureExtractor(nn.Cell):
 
 
 def separable_head(channels, outputs):
-    """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias."""
+    """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias.
+    Reads a blocked feature map (when the network keeps blocked layouts), gives NCHW."""
     return nn.SequentialCell([
-        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels),
-        batch_norm(channels, eps=1e-3, momentum=0.97),
+        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels, **BLOCKED),
+        batch_norm(channels, eps=1e-3, momentum=0.97, blocked=True),
         nn.ReLU6(),
-        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros")])
+        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros", blocked_input=True)])
 
 
 class MultiBox(nn.Cell):

@@ -1,0 +1,147 @@
+"""Our fused BatchNorm (+ residual add + activation) and the blocked activation layout: outputs,
+gradients and running statistics equal to MindSpore's BatchNorm2d, add and ReLU/ReLU6, in NCHW
+and in the blocked layout, with batch and with running statistics; a piece of the detector
+gives the same outputs and gradients whether it keeps activations blocked or not."""
+import numpy as np
+import pytest
+
+CHANNELS = 32
+
+
+def to_blocked(array):
+    """(N, C, H, W) NCHW -> the same values in aBcd16b order (N, C/16, H, W, 16), same shape."""
+    n, c, h, w = array.shape
+    return np.ascontiguousarray(
+        array.reshape(n, c // 16, 16, h, w).transpose(0, 1, 3, 4, 2)).reshape(array.shape)
+
+
+def to_plain(array):
+    n, c, h, w = array.shape
+    return np.ascontiguousarray(
+        array.reshape(n, c // 16, h, w, 16).transpose(0, 1, 4, 2, 3)).reshape(array.shape)
+
+
+def run_batch_norm(activation, residual, frozen, fused, blocked, data):
+    """Loss sum(y * dy) of one BatchNormAct2d on data: (loss, dx, dresidual, dgamma, dbeta,
+    running mean, running variance), arrays in NCHW order."""
+    import mindspore as ms
+    from mindspore import Tensor, nn
+    from src.model.batch_norm import BatchNormAct2d
+
+    bn = BatchNormAct2d(CHANNELS, eps=1e-3, momentum=0.97, activation=activation, fused=fused,
+                        blocked=blocked)
+    for param, name in ((bn.gamma, "gamma"), (bn.beta, "beta"), (bn.moving_mean, "mean"),
+                        (bn.moving_variance, "var")):
+        param.set_data(Tensor(data[name]))
+    if frozen:
+        bn.use_batch_statistics = False
+    bn.set_train(True)
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.bn = bn
+
+        def construct(self, x, r, dy):
+            y = self.bn(x, r) if residual else self.bn(x)
+            return (y * dy).sum()
+
+    layout, back = (to_blocked, to_plain) if blocked else (lambda a: a, lambda a: a)
+    grad = ms.value_and_grad(Loss(), grad_position=(0, 1), weights=[bn.gamma, bn.beta])
+    loss, ((dx, dr), (dgamma, dbeta)) = grad(*(Tensor(layout(data[k])) for k in ("x", "r", "dy")))
+    return [loss.asnumpy(), back(dx.asnumpy()), back(dr.asnumpy()), dgamma.asnumpy(),
+            dbeta.asnumpy(), bn.moving_mean.asnumpy(), bn.moving_variance.asnumpy()]
+
+
+@pytest.mark.parametrize("activation, residual", [(None, False), ("relu", True),
+                                                  ("relu6", False)])
+@pytest.mark.parametrize("frozen", [False, True], ids=["batch_stats", "running_stats"])
+def test_fused_batch_norm_equals_mindspores_in_both_layouts(graph_cpu, activation, residual,
+                                                            frozen):
+    rng = np.random.default_rng(7)
+    shape = (3, CHANNELS, 7, 6)
+    data = {"x": rng.normal(1, 3, shape), "r": rng.normal(0, 1, shape),
+            "dy": rng.normal(0, 1, shape), "gamma": rng.normal(1, 0.5, CHANNELS),
+            "beta": np.linspace(-1, 4, CHANNELS), "mean": np.linspace(-1, 1, CHANNELS),
+            "var": np.linspace(0.5, 3, CHANNELS)}
+    data = {k: v.astype(np.float32) for k, v in data.items()}
+    want = run_batch_norm(activation, residual, frozen, False, False, data)
+    assert np.abs(want[1]).max() > 0.1                      # the gradient reaches the input
+    if residual:                                            # the ReLU masks some of it
+        assert 0.1 < (want[2] == 0).mean() < 0.9
+    for blocked in (False, True):
+        got = run_batch_norm(activation, residual, frozen, True, blocked, data)
+        for name, g, w in zip(("loss", "dx", "dresidual", "dgamma", "dbeta", "running mean",
+                               "running variance"), got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max(),
+                                       err_msg=f"{name}, blocked={blocked}")
+
+
+def test_reorder_ops_and_blocked_channel_checks(graph_cpu):
+    import mindspore as ms
+    from src.model.batch_norm import BatchNormAct2d
+    from src.model.layout import ToBlocked
+    from src.model.onednn_conv import OneDnnConv2d
+
+    x = np.random.default_rng(0).normal(size=(2, 32, 5, 3)).astype(np.float32)
+    layer = ToBlocked(32, enabled=True)
+    np.testing.assert_array_equal(layer(ms.Tensor(x)).asnumpy(), to_blocked(x))
+    dx = ms.grad(layer)(ms.Tensor(x))          # gradient of sum: ones, back in NCHW
+    np.testing.assert_array_equal(dx.asnumpy(), np.ones_like(x))
+    assert ToBlocked(24, enabled=False)(ms.Tensor(x)) is not None
+    with pytest.raises(ValueError, match="divisible by 16, got 24"):
+        ToBlocked(24, enabled=True)
+    with pytest.raises(ValueError, match="divisible by 16, got 24"):
+        OneDnnConv2d(16, 24, 1, blocked_output=True)
+    with pytest.raises(ValueError, match="needs the fused kernel"):
+        BatchNormAct2d(32, blocked=True)
+
+
+def detector_piece(impl, blocked):
+    """Stem output -> blocked region (two ResNet blocks, one with a 1x1 shortcut) -> a
+    separable head back to NCHW, built with ``impl`` convolutions."""
+    from mindspore import nn
+    from src.model.conv import blocked_layouts, building_with
+    from src.model.layout import ToBlocked
+    from src.model.resnet34 import BasicBlock
+    from src.model.ssd import separable_head
+
+    with building_with(impl, "float32", blocked=blocked):
+        return nn.SequentialCell([ToBlocked(32, blocked_layouts()), BasicBlock(32, 64, 2),
+                                  BasicBlock(64, 64), separable_head(64, 24)])
+
+
+def test_a_blocked_detector_piece_equals_nchw_and_mindspore(graph_cpu):
+    import mindspore as ms
+    from mindspore import nn
+
+    class Loss(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def construct(self, x, dy):
+            return (self.net(x) * dy).sum()
+
+    rng = np.random.default_rng(3)
+    x = ms.Tensor(rng.normal(size=(2, 32, 12, 12)).astype(np.float32))
+    dy = ms.Tensor(rng.normal(size=(2, 24, 6, 6)).astype(np.float32))
+    # All built and given the same parameters before any runs (a network built after another
+    # has run could start from that one's running statistics: seen with MindSpore 2.10).
+    nets = [detector_piece(impl, blocked) for impl, blocked in
+            (("mindspore", False), ("onednn", False), ("onednn", True))]
+    for net in nets[1:]:
+        for param, reference in zip(net.get_parameters(), nets[0].get_parameters()):
+            assert param.name == reference.name
+            param.set_data(ms.Tensor(reference.asnumpy()))
+    results = []
+    for net in nets:
+        net.set_train(True)
+        value, (dx, grads) = ms.value_and_grad(Loss(net), 0, net.trainable_params())(x, dy)
+        stats = [p.asnumpy() for p in net.get_parameters() if "moving" in p.name]
+        assert len(grads) == 20 and len(stats) == 12        # 6 convolutions, 6 BatchNorms
+        results.append([value.asnumpy(), dx.asnumpy(), *[g.asnumpy() for g in grads], *stats])
+    assert np.abs(results[0][-2]).max() > 1e-3               # running statistics did move
+    for got in results[1:]:
+        for g, w in zip(got, results[0]):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
