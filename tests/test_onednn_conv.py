@@ -10,6 +10,7 @@ import pytest
 from src.config import Config
 from src.device import KERNEL_LIBRARY
 from tests.conftest import ROOT
+from tests.test_batch_norm import to_blocked, to_plain
 
 
 def test_kernel_library_is_built_from_the_current_sources():
@@ -82,29 +83,42 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
         args = dict(pad_mode="pad", padding=pads) if any(pads) else dict(pad_mode="valid")
         ref = nn.Conv2d(cin, cout, k, stride, group=group, has_bias=bias,
                         bias_init="normal" if bias else None, **args)
-        ours = OneDnnConv2d(cin, cout, k, stride, group=group, has_bias=bias,
-                            compute_dtype=compute_dtype, **args)
-        ours.weight.set_data(ref.weight.data.copy())
-        if bias:
-            ours.bias.set_data(ref.bias.data.copy())
+        # and, where the channels allow, reading and writing the blocked layout
+        layouts = [(False, False)] + [(cin % 16 == 0, cout % 16 == 0)] * (
+            compute_dtype == "float32" and (cin % 16 == 0 or cout % 16 == 0))
         size = max(k + 2, 13)
-        x = Tensor(rng.normal(size=(2, cin, size, size)).astype(np.float32))
-        y_ref, y = ref(x).asnumpy(), ours(x).asnumpy()
-        assert y.shape == y_ref.shape and y.dtype == np.float32
-        np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
-        outputs.append(y)
-        target = Tensor(rng.normal(size=y.shape).astype(np.float32))
-        grads = []
-        for conv in (ref, ours):
-            fn = ms.value_and_grad(Loss(conv).cell, grad_position=0,
-                                   weights=conv.trainable_params())
-            _, (dx, dws) = fn(x, target)
-            grads.append([dx.asnumpy()] + [d.asnumpy() for d in dws])
-        for want, got in zip(*grads):
-            assert got.dtype == np.float32
-            np.testing.assert_allclose(got, want, rtol=rtol,
-                                       atol=rtol * np.abs(want).max(), err_msg=str(
-                                           (cin, cout, k, stride, pads, group, bias)))
+        x = rng.normal(size=(2, cin, size, size)).astype(np.float32)
+        y_ref = ref(Tensor(x)).asnumpy()
+        target = rng.normal(size=y_ref.shape).astype(np.float32)
+        fn = ms.value_and_grad(Loss(ref).cell, grad_position=0, weights=ref.trainable_params())
+        _, (dx, dws) = fn(Tensor(x), Tensor(target))
+        want_grads = [dx.asnumpy()] + [d.asnumpy() for d in dws]
+        for blocked_input, blocked_output in layouts:
+            ours = OneDnnConv2d(cin, cout, k, stride, group=group, has_bias=bias,
+                                compute_dtype=compute_dtype, blocked_input=blocked_input,
+                                blocked_output=blocked_output, **args)
+            ours.weight.set_data(ref.weight.data.copy())
+            if bias:
+                ours.bias.set_data(ref.bias.data.copy())
+            into = to_blocked if blocked_input else (lambda a: a)
+            out_of = to_plain if blocked_output else (lambda a: a)
+            y = out_of(ours(Tensor(into(x))).asnumpy())
+            assert y.shape == y_ref.shape and y.dtype == np.float32
+            np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
+            if not (blocked_input or blocked_output):
+                outputs.append(y)
+            fn = ms.value_and_grad(Loss(ours).cell, grad_position=0,
+                                   weights=ours.trainable_params())
+            target_ours = to_blocked(target) if blocked_output else target
+            _, (dx, dws) = fn(Tensor(into(x)), Tensor(target_ours))
+            got_grads = [(to_plain if blocked_input else (lambda a: a))(dx.asnumpy())] + [
+                d.asnumpy() for d in dws]
+            for want, got in zip(want_grads, got_grads):
+                assert got.dtype == np.float32
+                np.testing.assert_allclose(got, want, rtol=rtol,
+                                           atol=rtol * np.abs(want).max(), err_msg=str(
+                                               (cin, cout, k, stride, pads, group, bias,
+                                                blocked_input, blocked_output)))
     return outputs
 
 
@@ -139,6 +153,36 @@ def test_layer_without_input_grad_gives_zero_dx_and_the_same_weight_grads(graph_
     assert np.abs(grads[0][0]).max() > 0 and not grads[1][0].any()
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-4,
                                atol=1e-4 * np.abs(grads[0][1]).max())
+
+
+def test_inference_copies_fuse_the_activation_and_keep_their_own_weights(graph_cpu):
+    import mindspore as ms
+    from mindspore import nn
+    from src.model.onednn_conv import OneDnnConv2d
+
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.normal(0, 20, size=(2, 16, 9, 9)).astype(np.float32))
+    ref = nn.Conv2d(16, 32, 3, pad_mode="pad", padding=1, has_bias=True, bias_init="normal")
+    want = ref(x).asnumpy()
+    layers = []
+    for sign in (1.0, -1.0):                      # same shape, different weights
+        layer = OneDnnConv2d(16, 32, 3, pad_mode="pad", padding=1, has_bias=True)
+        layer.weight.set_data(ms.Tensor(sign * ref.weight.asnumpy()))
+        layer.bias.set_data(ms.Tensor(sign * ref.bias.asnumpy()))
+        layers.append(layer)
+    copies = {(sign, act): layer.for_inference(activation=act)
+              for sign, layer in zip((1.0, -1.0), layers) for act in (None, "relu", "relu6")}
+    assert all(c.constant_weights for c in copies.values())
+    for _ in range(2):                            # second round: the kept weights
+        for (sign, act), copy in copies.items():
+            expected = sign * want
+            if act:
+                expected = np.clip(expected, 0, 6 if act == "relu6" else None)
+            np.testing.assert_allclose(copy(x).asnumpy(), expected, rtol=1e-4,
+                                       atol=1e-4 * np.abs(want).max(), err_msg=str((sign, act)))
+    assert (want > 6).any() and (want < 0).any()  # both clips were exercised
+    with pytest.raises(ValueError, match="already applies its activation"):
+        copies[(1.0, "relu")].for_inference(activation="relu")
 
 
 def test_bfloat16_needs_our_convolutions():

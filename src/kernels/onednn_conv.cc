@@ -9,12 +9,14 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[12] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[14] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
 //   whose input is the network's input image), src_blocked, dst_blocked (x / y, and their
 //   gradients, are in oneDNN's blocked aBcd16b layout rather than NCHW: the layout our
-//   BatchNorm and the next convolution read, so no reorder is needed between layers).
+//   BatchNorm and the next convolution read, so no reorder is needed between layers),
+//   activation (0 none, 1 ReLU, 2 ReLU6, fused into the forward: inference only),
+//   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered).
 //
 // The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
@@ -140,7 +142,7 @@ Runtime &Rt() {
 
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_blocked, dst_blocked;
+      src_blocked, dst_blocked, activation, constant_weights_id;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
   // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked aBcd16b.
   tag src_tag() const { return src_blocked ? tag::aBcd16b : tag::nchw; }
@@ -149,7 +151,8 @@ struct Geometry {
 
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
-  return {g[0], g[1], g[2], g[3], g[4], g[5], g[6] < 1 ? 1 : g[6], g[7], g[8], g[9], g[10], g[11]};
+  return {g[0], g[1], g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6],
+          g[7], g[8], g[9], g[10], g[11], g[12], g[13]};
 }
 
 struct Shapes {
@@ -184,7 +187,7 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   for (int i = 0; i < 4; ++i) key << ',' << x[i] << ',' << w[i];
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
       << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
-      << ',' << g.src_blocked << ',' << g.dst_blocked;
+      << ',' << g.src_blocked << ',' << g.dst_blocked << ',' << g.activation;
   return key.str();
 }
 
@@ -243,19 +246,56 @@ std::map<std::string, std::shared_ptr<void>> cache;
 
 memory::desc Any(const memory::dims &dims, dt type) { return memory::desc(dims, type, tag::any); }
 
-// src and weights in `compute`, dst in `dst_type`, bias float32.
+// src and weights in `compute`, dst in `dst_type`, bias float32; activation (1 ReLU, 2 ReLU6)
+// applied to the output as a oneDNN post-op (inference networks only: there is no backward).
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Shapes &s, bool bias, dt compute,
-                                                      dt dst_type) {
+                                                      dt dst_type, int64_t activation = 0) {
+  dnnl::primitive_attr attr;
+  if (activation) {
+    dnnl::post_ops post;
+    if (activation == 2) {
+      post.append_eltwise(dnnl::algorithm::eltwise_clip, 0.0f, 6.0f);
+    } else {
+      post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    }
+    attr.set_post_ops(post);
+  }
   if (bias) {
     return dnnl::convolution_forward::primitive_desc(
         Rt().engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
         Any(s.src, compute), Any(s.wei, compute), memory::desc(s.bias, dt::f32, tag::x),
-        Any(s.dst, dst_type), s.strides, s.dilates, s.pad_l, s.pad_r);
+        Any(s.dst, dst_type), s.strides, s.dilates, s.pad_l, s.pad_r, attr);
   }
   return dnnl::convolution_forward::primitive_desc(
       Rt().engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
       Any(s.src, compute), Any(s.wei, compute), Any(s.dst, dst_type), s.strides, s.dilates,
-      s.pad_l, s.pad_r);
+      s.pad_l, s.pad_r, attr);
+}
+
+// Weights of a layer that promised they do not change (constant_weights_id: one id per layer
+// of an inference network), kept in the primitive's layout: reordered again only when the
+// layer's weight buffer or the wanted layout changes.
+struct ConstantWeights {
+  const void *source = nullptr;
+  memory::desc desc;
+  memory blocked;
+};
+std::mutex constant_mutex;
+std::map<int64_t, ConstantWeights> constant_weights;
+
+memory ReorderedOnce(int64_t id, Port &port, void *weights) {
+  if (!port.reorder) return port.Bind(weights, true);
+  std::lock_guard<std::mutex> lock(constant_mutex);
+  ConstantWeights &entry = constant_weights[id];
+  if (entry.source != weights || entry.desc != port.chosen) {
+    entry.blocked = memory(port.chosen, Rt().engine);
+    memory user(port.plain, Rt().engine, weights);
+    port.to_chosen.execute(Rt().stream, user, entry.blocked);
+    Rt().stream.wait();
+    entry.source = weights;
+    entry.desc = port.chosen;
+  }
+  return entry.blocked;
 }
 
 template <typename T>
@@ -304,7 +344,7 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
     const int64_t *x = shapes[0], *w = shapes[1];
     Forward *f = Cached<Forward>(Key("fwd", x, w, g), [&] {
       Shapes s = MakeShapes(x, w, g);
-      auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32);
+      auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32, g.activation);
       auto *e = new Forward();
       e->conv = dnnl::convolution_forward(pd);
       e->src.Init(Plain(s.src, g.src_tag()), pd.src_desc(), true, false);
@@ -325,7 +365,11 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
       src = f->src.Bind(params[0], true);
     }
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src},
-                                            {DNNL_ARG_WEIGHTS, f->wei.Bind(params[1], true)},
+                                            {DNNL_ARG_WEIGHTS,
+                                             g.constant_weights_id
+                                                 ? ReorderedOnce(g.constant_weights_id, f->wei,
+                                                                 params[1])
+                                                 : f->wei.Bind(params[1], true)},
                                             {DNNL_ARG_DST, f->dst.Bind(y, false)}};
     if (has_bias) args[DNNL_ARG_BIAS] = memory(f->bias, Rt().engine, params[2]);
     f->conv.execute(Rt().stream, args);

@@ -81,12 +81,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
     one Custom op, in every mode; in training with batch statistics the running statistics are
     updated as ``nn.BatchNorm2d`` updates them (``momentum`` weight on the old value, unbiased
     batch variance). ``blocked`` (fused only): x, residual and y are in the blocked layout of
-    ``src.model.layout``.
+    ``src.model.layout``. ``residual``: the model calls it with a residual.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, activation=None, fused=False,
-                 blocked=False):
+                 blocked=False, residual=False):
         super().__init__(num_features, eps=eps, momentum=momentum)
+        self.takes_residual = residual  # called with a residual (tells src.model.fold)
         self.after = AddActivation(activation)
         self.activation = activation
         if blocked and not fused:
@@ -125,9 +126,10 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return self.after(super().construct(x), residual)
 
 
-def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None, blocked=False):
+def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None, blocked=False,
+               residual=False):
     """A BatchNormAct2d, fused when the network is being built with our CPU kernels; in the
     blocked layout when marked ``blocked`` and the network keeps blocked layouts."""
     return BatchNormAct2d(channels, eps, momentum, activation,
                           fused=current_conv_impl() == "onednn",
-                          blocked=blocked and blocked_layouts())
+                          blocked=blocked and blocked_layouts(), residual=residual)

@@ -1,10 +1,14 @@
-"""BatchNorm folded into the convolution before it, for inference with our CPU convolutions.
+"""Inference networks with our CPU convolutions: BatchNorm folded into the convolution before
+it, activations fused into the convolutions, weights kept reordered.
 
 In eval mode BatchNorm is an affine map per channel, so conv -> BN equals one convolution with
 scaled weights and a bias: ``w' = w s``, ``b' = (b - mean) s + beta``, ``s = gamma /
-sqrt(var + eps)``. That removes every BatchNorm op from an inference graph (the backbone's
-41 of them at batch 8: about 8 % of CPU inference time). Only for networks that are used for
-inference and not updated afterwards: the folded weights are a snapshot.
+sqrt(var + eps)``. A ReLU or ReLU6 right after (the BatchNorm's own, or an ``nn.ReLU`` /
+``nn.ReLU6`` layer) becomes part of the convolution (a oneDNN post-op); what stays of a
+BatchNorm with a residual input is its add and activation (``AddActivation``). Every
+convolution of the result is an inference-only copy whose weights are reordered once
+(``OneDnnConv2d.for_inference``). Only for networks that are used for inference and not updated
+afterwards: the result is a snapshot.
 """
 import numpy as np
 from mindspore import nn
@@ -12,44 +16,70 @@ from mindspore import nn
 from src.model.batch_norm import AddActivation, BatchNormAct2d
 from src.model.onednn_conv import OneDnnConv2d
 
+ACTIVATION_LAYERS = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
-def _folded(conv, bn):
+
+def _fold(conv, bn):
+    """(the folded convolution, what replaces the BatchNorm)."""
     gamma, beta, mean, var = (p.asnumpy().astype(np.float64) for p in
                               (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
     scale = gamma / np.sqrt(var + bn.eps)
-    return conv.scaled(scale, beta - mean * scale)
-
-
-def _left_of(bn):
-    """What stays of a folded BatchNorm: the add and activation of a BatchNormAct2d."""
-    return AddActivation(bn.activation) if isinstance(bn, BatchNormAct2d) else nn.Identity()
+    activation = getattr(bn, "activation", None)
+    if isinstance(bn, BatchNormAct2d) and bn.takes_residual:
+        return conv.for_inference(scale, beta - mean * scale), AddActivation(activation)
+    return conv.for_inference(scale, beta - mean * scale, activation), nn.Identity()
 
 
 def _foldable(conv, bn):
     return isinstance(conv, OneDnnConv2d) and isinstance(bn, nn.BatchNorm2d)
 
 
+def _fuse_sequence(cell):
+    """In a SequentialCell: conv [BN] [activation layer] -> one inference convolution."""
+    layers = list(cell.cell_list)
+    folded = 0
+    for i, conv in enumerate(layers):
+        if not isinstance(conv, OneDnnConv2d) or conv.constant_weights:
+            continue
+        after = i + 1
+        if after < len(layers) and _foldable(conv, layers[after]):
+            conv, layers[after] = _fold(conv, layers[after])
+            folded += 1
+            if not isinstance(layers[after], nn.Identity):
+                layers[i] = conv
+                continue
+            after += 1
+        else:
+            conv = conv.for_inference()
+        activation = ACTIVATION_LAYERS.get(type(layers[after])) if after < len(layers) else None
+        if activation and not conv.activation:
+            conv = conv.for_inference(activation=activation)
+            layers[after] = nn.Identity()
+        layers[i] = conv
+    for i, layer in enumerate(layers):
+        if layer is not cell[i]:
+            cell[i] = layer
+    return folded
+
+
 def fold_batch_norm(network):
-    """Fold each BatchNorm that directly follows one of our convolutions (``convN`` / ``bnN``
-    attributes, or neighbours in a SequentialCell) into it, in place; returns the count.
-    The network must be in eval mode (``set_train(False)``)."""
+    """Turn an eval-mode network with our convolutions into its inference form, in place (see
+    the module's docstring): folds each BatchNorm that directly follows one of our
+    convolutions (``convN`` / ``bnN`` attributes, or neighbours in a SequentialCell); returns
+    the number folded."""
     if network.training:
         raise ValueError("fold_batch_norm needs a network in eval mode (set_train(False))")
     folded = 0
     for _, cell in list(network.cells_and_names()):
         if isinstance(cell, nn.SequentialCell):
-            layers = list(cell.cell_list)
-            for i in range(len(layers) - 1):
-                if _foldable(layers[i], layers[i + 1]):
-                    cell[i] = _folded(layers[i], layers[i + 1])
-                    cell[i + 1] = _left_of(layers[i + 1])
-                    folded += 1
+            folded += _fuse_sequence(cell)
             continue
         children = dict(cell.name_cells())
         for name, conv in children.items():
             bn_name = "bn" + name[len("conv"):] if name.startswith("conv") else None
             if bn_name in children and _foldable(conv, children[bn_name]):
-                setattr(cell, name, _folded(conv, children[bn_name]))
-                setattr(cell, bn_name, _left_of(children[bn_name]))
+                conv, rest = _fold(conv, children[bn_name])
+                setattr(cell, name, conv)
+                setattr(cell, bn_name, rest)
                 folded += 1
     return folded

@@ -6,6 +6,8 @@ checkpoints move freely between the two. Padding: 'pad' (symmetric), 'valid', or
 stride 1 with an odd kernel (all the model needs). Built by ``make`` (``src/kernels/build.sh``);
 ``library_path()`` tells whether it is there.
 """
+import itertools
+
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -17,6 +19,8 @@ from src.model.layout import check_blockable
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
+ACTIVATIONS = (None, "relu", "relu6")      # index = the kernel's activation code
+_constant_layer_ids = itertools.count(1)
 
 
 def library_path():
@@ -94,12 +98,14 @@ class OneDnnConv2d(nn.Cell):
     ``input_grad=False`` (for a layer whose input is the image) skips computing the input
     gradient and reports it as zeros. ``blocked_input`` / ``blocked_output``: x / y (and their
     gradients) hold oneDNN's blocked layout (``src.model.layout``) instead of NCHW.
+    Inference only (``for_inference``): ``activation`` ('relu', 'relu6') applied to the output
+    inside the convolution; ``constant_weights``: the weights are reordered once and kept.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
                  bias_init=None, compute_dtype="float32", input_grad=True, blocked_input=False,
-                 blocked_output=False):
+                 blocked_output=False, activation=None, constant_weights=False):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -118,9 +124,13 @@ class OneDnnConv2d(nn.Cell):
         check_blockable(in_channels, blocked_input, "input")
         check_blockable(out_channels, blocked_output, "output")
         self.blocked_input, self.blocked_output = blocked_input, blocked_output
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
+        self.activation, self.constant_weights = activation, constant_weights
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
                     COMPUTE_DTYPES.index(compute_dtype), int(not input_grad), int(blocked_input),
-                    int(blocked_output))
+                    int(blocked_output), ACTIVATIONS.index(activation),
+                    next(_constant_layer_ids) if constant_weights else 0)
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
@@ -130,18 +140,26 @@ class OneDnnConv2d(nn.Cell):
         self.ops = ConvOps(geometry, has_bias)
         self.forward = self.ops.forward
 
-    def scaled(self, scale, shift):
-        """A copy with a bias whose output is ``scale * self(x) + shift`` per output channel
-        (numpy vectors of length out_channels), e.g. with a BatchNorm folded in."""
+    def for_inference(self, scale=None, shift=None, activation=None):
+        """An inference-only copy computing ``activation(scale * self(x) + shift)`` per output
+        channel (numpy vectors of length out_channels, e.g. a BatchNorm folded in; None: 1 and
+        0), with its weights marked constant: a snapshot, not to be trained or reloaded."""
+        if self.activation and (scale is not None or shift is not None or activation):
+            raise ValueError("for_inference: this copy already applies its activation")
+        has_bias = self.has_bias or shift is not None
         copy = OneDnnConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                             pad_mode="pad", padding=self.padding_tlbr, group=self.group,
-                            has_bias=True, compute_dtype=self.compute_dtype,
+                            has_bias=has_bias, compute_dtype=self.compute_dtype,
                             input_grad=self.input_grad, blocked_input=self.blocked_input,
-                            blocked_output=self.blocked_output)
+                            blocked_output=self.blocked_output,
+                            activation=activation or self.activation, constant_weights=True)
+        scale = np.ones(self.out_channels) if scale is None else scale
         weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
-        bias = (self.bias.asnumpy() if self.has_bias else 0.0) * scale + shift
         copy.weight.set_data(Tensor(weight.astype(np.float32)))
-        copy.bias.set_data(Tensor(bias.astype(np.float32)))
+        if has_bias:
+            bias = (self.bias.asnumpy() if self.has_bias else 0.0) * scale + (
+                0.0 if shift is None else shift)
+            copy.bias.set_data(Tensor(np.asarray(bias, np.float32)))
         return copy
 
     def construct(self, x):

@@ -31,7 +31,7 @@ class BasicBlock(nn.Cell):
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn1 = batch_norm(out_channels, activation="relu", blocked=True)
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = batch_norm(out_channels, activation="relu", blocked=True)  # of bn2 + shortcut
+        self.bn2 = batch_norm(out_channels, activation="relu", blocked=True, residual=True)
         self.down_sample = stride != 1 or in_channels != out_channels
         self.down_sample_layer = None
         if self.down_sample:
