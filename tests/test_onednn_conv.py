@@ -181,6 +181,11 @@ def test_inference_copies_fuse_the_activation_and_keep_their_own_weights(graph_c
             np.testing.assert_allclose(copy(x).asnumpy(), expected, rtol=1e-4,
                                        atol=1e-4 * np.abs(want).max(), err_msg=str((sign, act)))
     assert (want > 6).any() and (want < 0).any()  # both clips were exercised
+    residual = rng.normal(0, 5, size=want.shape).astype(np.float32)
+    summed = layers[0].for_inference(activation="relu", residual_sum=True)
+    np.testing.assert_allclose(summed(x, ms.Tensor(residual)).asnumpy(),
+                               np.maximum(want + residual, 0), rtol=1e-4,
+                               atol=1e-4 * np.abs(want).max())
     with pytest.raises(ValueError, match="already applies its activation"):
         copies[(1.0, "relu")].for_inference(activation="relu")
 

@@ -9,14 +9,15 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[14] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[15] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
 //   whose input is the network's input image), src_blocked, dst_blocked (x / y, and their
 //   gradients, are in oneDNN's blocked aBcd16b layout rather than NCHW: the layout our
 //   BatchNorm and the next convolution read, so no reorder is needed between layers),
 //   activation (0 none, 1 ReLU, 2 ReLU6, fused into the forward: inference only),
-//   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered).
+//   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered),
+//   residual_sum (forward only: a residual input is added before the activation).
 //
 // The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
@@ -142,7 +143,7 @@ Runtime &Rt() {
 
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_blocked, dst_blocked, activation, constant_weights_id;
+      src_blocked, dst_blocked, activation, constant_weights_id, residual_sum;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
   // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked aBcd16b.
   tag src_tag() const { return src_blocked ? tag::aBcd16b : tag::nchw; }
@@ -152,7 +153,7 @@ struct Geometry {
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
   return {g[0], g[1], g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6],
-          g[7], g[8], g[9], g[10], g[11], g[12], g[13]};
+          g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14]};
 }
 
 struct Shapes {
@@ -187,7 +188,8 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   for (int i = 0; i < 4; ++i) key << ',' << x[i] << ',' << w[i];
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
       << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
-      << ',' << g.src_blocked << ',' << g.dst_blocked << ',' << g.activation;
+      << ',' << g.src_blocked << ',' << g.dst_blocked << ',' << g.activation << ','
+      << g.residual_sum;
   return key.str();
 }
 
@@ -246,20 +248,23 @@ std::map<std::string, std::shared_ptr<void>> cache;
 
 memory::desc Any(const memory::dims &dims, dt type) { return memory::desc(dims, type, tag::any); }
 
-// src and weights in `compute`, dst in `dst_type`, bias float32; activation (1 ReLU, 2 ReLU6)
-// applied to the output as a oneDNN post-op (inference networks only: there is no backward).
+// src and weights in `compute`, dst in `dst_type`, bias float32; `sum` adds what dst holds,
+// then activation (1 ReLU, 2 ReLU6) applies, both as oneDNN post-ops (inference networks only:
+// there is no backward for them).
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Shapes &s, bool bias, dt compute,
-                                                      dt dst_type, int64_t activation = 0) {
+                                                      dt dst_type, int64_t activation = 0,
+                                                      bool sum = false) {
   dnnl::primitive_attr attr;
+  dnnl::post_ops post;
+  if (sum) post.append_sum(1.0f);
   if (activation) {
-    dnnl::post_ops post;
     if (activation == 2) {
       post.append_eltwise(dnnl::algorithm::eltwise_clip, 0.0f, 6.0f);
     } else {
       post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     }
-    attr.set_post_ops(post);
   }
+  if (sum || activation) attr.set_post_ops(post);
   if (bias) {
     return dnnl::convolution_forward::primitive_desc(
         Rt().engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
@@ -331,7 +336,8 @@ void KernelParallelFor(int n, const std::function<void(int, int)> &fn) {
 
 extern "C" {
 
-// params: x, w, [bias,] geometry, y, x_blocked
+// params: x, w, [bias,] [residual (with residual_sum: y = act(conv + residual)),] geometry, y,
+// x_blocked
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                 void *stream, void *extra) {
   (void)ndims;
@@ -339,17 +345,17 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   (void)stream;
   (void)extra;
   try {
-    const bool has_bias = nparam == 6;
-    const Geometry g = ReadGeometry(params[has_bias ? 3 : 2]);
+    const Geometry g = ReadGeometry(params[nparam - 3]);
+    const bool has_bias = g.has_bias;
     const int64_t *x = shapes[0], *w = shapes[1];
     Forward *f = Cached<Forward>(Key("fwd", x, w, g), [&] {
       Shapes s = MakeShapes(x, w, g);
-      auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32, g.activation);
+      auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32, g.activation, g.residual_sum);
       auto *e = new Forward();
       e->conv = dnnl::convolution_forward(pd);
       e->src.Init(Plain(s.src, g.src_tag()), pd.src_desc(), true, false);
       e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
-      e->dst.Init(Plain(s.dst, g.dst_tag()), pd.dst_desc(), false, true);
+      e->dst.Init(Plain(s.dst, g.dst_tag()), pd.dst_desc(), g.residual_sum, true);
       e->bias = Plain(s.bias, tag::x);
       e->src_to_output = !g.src_blocked && e->src.reorder &&
                          e->src.chosen.get_size() <= e->src.plain.get_size();
@@ -372,6 +378,14 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
                                                  : f->wei.Bind(params[1], true)},
                                             {DNNL_ARG_DST, f->dst.Bind(y, false)}};
     if (has_bias) args[DNNL_ARG_BIAS] = memory(f->bias, Rt().engine, params[2]);
+    if (g.residual_sum) {  // the sum post-op adds what the destination holds: the residual
+      void *residual = params[has_bias ? 3 : 2];
+      if (f->dst.reorder) {
+        f->dst.Bind(residual, true);
+      } else {
+        std::memcpy(y, residual, f->dst.plain.get_size());
+      }
+    }
     f->conv.execute(Rt().stream, args);
     f->dst.Finish(y);
     Rt().stream.wait();
@@ -509,6 +523,10 @@ int ToPlain(int, void **params, int *, int64_t **shapes, const char **, void *, 
 // The same with a bias (separate names: MindSpore keys some Custom op information by function).
 int ConvForwardBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                     void *stream, void *extra) {
+  return ConvForward(nparam, params, ndims, shapes, dtypes, stream, extra);
+}
+int ConvForwardBiasSum(int nparam, void **params, int *ndims, int64_t **shapes,
+                       const char **dtypes, void *stream, void *extra) {
   return ConvForward(nparam, params, ndims, shapes, dtypes, stream, extra);
 }
 

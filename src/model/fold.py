@@ -4,8 +4,9 @@ it, activations fused into the convolutions, weights kept reordered.
 In eval mode BatchNorm is an affine map per channel, so conv -> BN equals one convolution with
 scaled weights and a bias: ``w' = w s``, ``b' = (b - mean) s + beta``, ``s = gamma /
 sqrt(var + eps)``. A ReLU or ReLU6 right after (the BatchNorm's own, or an ``nn.ReLU`` /
-``nn.ReLU6`` layer) becomes part of the convolution (a oneDNN post-op); what stays of a
-BatchNorm with a residual input is its add and activation (``AddActivation``). Every
+``nn.ReLU6`` layer) becomes part of the convolution (a oneDNN post-op), and so does the
+residual add of a BatchNorm that takes one: ``bn(conv(x), r)`` becomes ``conv'(x, r)``, the
+folded convolution taking the BatchNorm's place and the identity the convolution's. Every
 convolution of the result is an inference-only copy whose weights are reordered once
 (``OneDnnConv2d.for_inference``). Only for networks that are used for inference and not updated
 afterwards: the result is a snapshot.
@@ -13,20 +14,21 @@ afterwards: the result is a snapshot.
 import numpy as np
 from mindspore import nn
 
-from src.model.batch_norm import AddActivation, BatchNormAct2d
+from src.model.batch_norm import BatchNormAct2d
 from src.model.onednn_conv import OneDnnConv2d
 
 ACTIVATION_LAYERS = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
 
 def _fold(conv, bn):
-    """(the folded convolution, what replaces the BatchNorm)."""
+    """(what replaces the convolution, what replaces the BatchNorm)."""
     gamma, beta, mean, var = (p.asnumpy().astype(np.float64) for p in
                               (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
     scale = gamma / np.sqrt(var + bn.eps)
     activation = getattr(bn, "activation", None)
     if isinstance(bn, BatchNormAct2d) and bn.takes_residual:
-        return conv.for_inference(scale, beta - mean * scale), AddActivation(activation)
+        return nn.Identity(), conv.for_inference(scale, beta - mean * scale, activation,
+                                                 residual_sum=True)
     return conv.for_inference(scale, beta - mean * scale, activation), nn.Identity()
 
 
@@ -43,11 +45,10 @@ def _fuse_sequence(cell):
             continue
         after = i + 1
         if after < len(layers) and _foldable(conv, layers[after]):
+            if getattr(layers[after], "takes_residual", False):
+                raise ValueError("a BatchNorm taking a residual inside a SequentialCell")
             conv, layers[after] = _fold(conv, layers[after])
             folded += 1
-            if not isinstance(layers[after], nn.Identity):
-                layers[i] = conv
-                continue
             after += 1
         else:
             conv = conv.for_inference()

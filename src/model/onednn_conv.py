@@ -44,14 +44,17 @@ class ConvOps:
     dtype). Forward gives (y, x_blocked): x_blocked is x as the kernel read it, passed back to
     the backward op (dx, dw[, db] in one op, the forward's bprop) to spare a second reorder."""
 
-    def __init__(self, geometry, has_bias):
+    def __init__(self, geometry, has_bias, residual_sum=False):
         self.geometry = tuple(int(v) for v in geometry)
         both = lambda x, *rest: (x, x)  # noqa: E731
         blocked_input = self.geometry[10]
 
         def shapes(x, w, *rest):  # x_blocked is not needed when x already is
             return conv_output_shape(x, w, self.geometry), [1] if blocked_input else x
-        if has_bias:
+
+        if residual_sum:  # inference only: no bprop
+            self.forward = _custom("ConvForwardBiasSum", shapes, both)
+        elif has_bias:
             self.backward = _custom("ConvBackwardBias",
                                     lambda dy, x, xb, w, g: (x, w, [w[0]]),
                                     lambda dy, x, xb, w, g: (x, x, x))
@@ -99,13 +102,15 @@ class OneDnnConv2d(nn.Cell):
     gradient and reports it as zeros. ``blocked_input`` / ``blocked_output``: x / y (and their
     gradients) hold oneDNN's blocked layout (``src.model.layout``) instead of NCHW.
     Inference only (``for_inference``): ``activation`` ('relu', 'relu6') applied to the output
-    inside the convolution; ``constant_weights``: the weights are reordered once and kept.
+    inside the convolution; ``residual_sum``: called as ``conv(x, residual)``, the residual is
+    added before the activation; ``constant_weights``: the weights are reordered once and kept.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
                  bias_init=None, compute_dtype="float32", input_grad=True, blocked_input=False,
-                 blocked_output=False, activation=None, constant_weights=False):
+                 blocked_output=False, activation=None, constant_weights=False,
+                 residual_sum=False):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -126,33 +131,40 @@ class OneDnnConv2d(nn.Cell):
         self.blocked_input, self.blocked_output = blocked_input, blocked_output
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
+        if residual_sum and not has_bias:
+            raise ValueError("residual_sum needs has_bias=True (inference copies have one)")
         self.activation, self.constant_weights = activation, constant_weights
+        self.residual_sum = residual_sum
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
                     COMPUTE_DTYPES.index(compute_dtype), int(not input_grad), int(blocked_input),
                     int(blocked_output), ACTIVATIONS.index(activation),
-                    next(_constant_layer_ids) if constant_weights else 0)
+                    next(_constant_layer_ids) if constant_weights else 0, int(residual_sum))
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
                                             ms.float32), name="weight")
         self.bias = Parameter(initializer(bias_init or "zeros", (out_channels,), ms.float32),
                               name="bias") if has_bias else None
-        self.ops = ConvOps(geometry, has_bias)
+        self.ops = ConvOps(geometry, has_bias, residual_sum)
         self.forward = self.ops.forward
 
-    def for_inference(self, scale=None, shift=None, activation=None):
-        """An inference-only copy computing ``activation(scale * self(x) + shift)`` per output
-        channel (numpy vectors of length out_channels, e.g. a BatchNorm folded in; None: 1 and
-        0), with its weights marked constant: a snapshot, not to be trained or reloaded."""
-        if self.activation and (scale is not None or shift is not None or activation):
+    def for_inference(self, scale=None, shift=None, activation=None, residual_sum=False):
+        """An inference-only copy computing ``activation(scale * self(x) + shift [+
+        residual])`` per output channel (numpy vectors of length out_channels, e.g. a BatchNorm
+        folded in; None: 1 and 0; the residual when ``residual_sum``, then called as
+        ``copy(x, residual)``), with its weights marked constant: a snapshot, not to be trained
+        or reloaded."""
+        if (self.activation or self.residual_sum) and (
+                scale is not None or shift is not None or activation or residual_sum):
             raise ValueError("for_inference: this copy already applies its activation")
-        has_bias = self.has_bias or shift is not None
+        has_bias = self.has_bias or shift is not None or residual_sum
         copy = OneDnnConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                             pad_mode="pad", padding=self.padding_tlbr, group=self.group,
                             has_bias=has_bias, compute_dtype=self.compute_dtype,
                             input_grad=self.input_grad, blocked_input=self.blocked_input,
                             blocked_output=self.blocked_output,
-                            activation=activation or self.activation, constant_weights=True)
+                            activation=activation or self.activation, constant_weights=True,
+                            residual_sum=residual_sum or self.residual_sum)
         scale = np.ones(self.out_channels) if scale is None else scale
         weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
         copy.weight.set_data(Tensor(weight.astype(np.float32)))
@@ -162,7 +174,9 @@ class OneDnnConv2d(nn.Cell):
             copy.bias.set_data(Tensor(np.asarray(bias, np.float32)))
         return copy
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        if self.residual_sum:
+            return self.forward(x, self.weight, self.bias, residual, self.geometry)[0]
         if self.has_bias:
             return self.forward(x, self.weight, self.bias, self.geometry)[0]
         return self.forward(x, self.weight, self.geometry)[0]
