@@ -53,12 +53,15 @@ def test_weight_decay_groups(parts):
     assert decay["bn.gamma"] == 0 and decay["bn.beta"] == 0
 
 
-def test_finite_step_updates_and_poisoned_step_is_skipped(parts):
+@pytest.mark.parametrize("fused_finite", [False, True], ids=["mindspore_check", "our_op"])
+def test_finite_step_updates_and_poisoned_step_is_skipped(parts, fused_finite):
     ms, Tiny = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
     net = Tiny()
-    step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1.0)
+    step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1.0,
+                     fused_finite=fused_finite)
+    assert (step.finite_op is not None) == fused_finite
     step.set_train(True)
     before = weights(net)
     loss, cls, loc, finite, scale = step(*inputs(ms))
@@ -69,6 +72,21 @@ def test_finite_step_updates_and_poisoned_step_is_skipped(parts):
     assert not bool(finite.asnumpy())
     for k, value in weights(net).items():
         np.testing.assert_array_equal(value, after[k])
+
+
+def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
+    import mindspore as ms
+    from src.engine.train_step import fused_all_finite
+
+    check = fused_all_finite()
+    rng = np.random.default_rng(1)
+    tensors = [rng.normal(size=shape).astype(np.float32) * 1e30
+               for shape in [(64, 3, 7, 7), (64,), (1,), (513, 17), (3, 3, 3, 3)]]
+    assert bool(check(*[ms.Tensor(t) for t in tensors]).asnumpy())
+    for index, bad in [(0, np.inf), (2, np.nan), (3, -np.inf), (4, np.float32(np.nan))]:
+        poisoned = [t.copy() for t in tensors]
+        poisoned[index].reshape(-1)[-1] = bad           # the very last value of one tensor
+        assert not bool(check(*[ms.Tensor(t) for t in poisoned]).asnumpy()), (index, bad)
 
 
 def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):

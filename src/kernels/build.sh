@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build build/kernels/libssd_cpu_kernels.so: our CPU kernels for MindSpore (the oneDNN convolution,
-# BatchNorm with its activation fused in,
+# BatchNorm with its activation fused in, the gradients finite check,
 # the fused focal loss).
 # Needs g++, the project's virtual environment with mindspore (its bundled libdnnl.so.3 is what
 # we link against) and onednn-devel (headers, from requirements.txt).
@@ -26,7 +26,7 @@ sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNT
     "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
 flags=(-O3 -fopenmp-simd -std=c++17 -fPIC -Wall -I"$out/include" -I"$prefix/include")
 objects=()
-for source in onednn_conv batch_norm focal_loss; do
+for source in onednn_conv batch_norm focal_loss all_finite; do
     extra=()
     # focal_loss: -ffast-math lets GCC call glibc's vector exp / log1p (see the file's top).
     [ "$source" = focal_loss ] && extra=(-ffast-math)
