@@ -223,6 +223,29 @@ def test_whole_detector_same_outputs_either_way(graph_cpu):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu):
+    import mindspore as ms
+    from src.model.conv import building_with
+    from src.model.ssd import SsdResnet34
+
+    config = Config(num_classes=3, extras_out_channels=(256, 200, 512, 72, 256, 40))
+    nets = []
+    for blocked in (True, False):
+        with building_with("onednn", "float32", blocked=blocked):
+            nets.append(SsdResnet34(config.num_classes, config.extras_out_channels))
+    convs = [c for _, c in nets[0].cells_and_names() if hasattr(c, "blocked_input")]
+    assert any(c.blocked_input for c in convs) and not all(c.blocked_input for c in convs)
+    for param, reference in zip(nets[1].get_parameters(), nets[0].get_parameters()):
+        param.set_data(ms.Tensor(reference.asnumpy()))
+    image = ms.Tensor(np.random.default_rng(6).normal(size=(1, 3, 300, 300)).astype(np.float32))
+    outputs = []
+    for net in nets:
+        net.set_train(False)
+        outputs.append([o.asnumpy() for o in net(image)])
+    for got, want in zip(*outputs):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_batch_norm_folded_into_our_convolutions_gives_the_same_detections(graph_cpu):
     import mindspore as ms
     from mindspore import nn

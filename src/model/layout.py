@@ -6,7 +6,9 @@ oneDNN's AVX-512 convolutions read and write, so when one of our convolutions ha
 to our BatchNorm and that to the next convolution, nothing is reordered in between (reorders
 were ~170 ms of a 2.4 s training step here). Only our kernels and elementwise ops (ReLU, add)
 may touch a blocked tensor; the model marks which layers live in the blocked region
-(``blocked_input`` / ``blocked_output`` / ``blocked``) and ``ToBlocked`` enters it.
+(``blocked_input`` / ``blocked_output`` / ``blocked``: the backbone's layers from layer1 on;
+feature maps, extra blocks and heads wherever the channel count allows, ``blockable``) and
+``ToBlocked`` enters it.
 """
 from mindspore import nn, ops
 
@@ -15,8 +17,14 @@ from src.device import KERNEL_LIBRARY
 BLOCK = 16
 
 
+def blockable(channels):
+    """Whether a tensor of this many channels can live in the blocked layout. The model keeps
+    a tensor blocked exactly when it can, so producers and consumers agree."""
+    return channels % BLOCK == 0
+
+
 def check_blockable(channels, blocked, what):
-    if blocked and channels % BLOCK:
+    if blocked and not blockable(channels):
         raise ValueError(f"a blocked {what} needs channels divisible by {BLOCK}, got {channels}")
 
 

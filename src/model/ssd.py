@@ -13,10 +13,16 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from src.model.batch_norm import batch_norm
 from src.model.conv import Conv2d, building_with, resolve_conv_impl
-from src.model.resnet34 import BLOCKED, ResNet34Backbone
+from src.model.layout import blockable
+from src.model.resnet34 import ResNet34Backbone
 
 EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
 INIT_SIGMA = 0.02
+
+
+def layouts(in_channels, out_channels):
+    """A convolution's input and output blocked wherever their channels allow."""
+    return {"blocked_input": blockable(in_channels), "blocked_output": blockable(out_channels)}
 
 
 class SSDFeatureExtractor(nn.Cell):
@@ -35,9 +41,10 @@ class SSDFeatureExtractor(nn.Cell):
             stride = strides[min(i + 2, len(strides) - 1)]
             padding = {"pad_mode": "pad", "padding": 1} if stride > 1 else {"pad_mode": "valid"}
             blocks.append(nn.SequentialCell([
-                Conv2d(out_channels[i], mid, 1, **BLOCKED),
+                Conv2d(out_channels[i], mid, 1, **layouts(out_channels[i], mid)),
                 nn.ReLU(),
-                Conv2d(mid, out_channels[i + 1], 3, stride, **padding, **BLOCKED),
+                Conv2d(mid, out_channels[i + 1], 3, stride, **padding,
+                       **layouts(mid, out_channels[i + 1])),
                 nn.ReLU()]))
         self.additional_blocks = nn.CellList(blocks)
 
@@ -52,12 +59,14 @@ class SSDFeatureExtractor(nn.Cell):
 
 def separable_head(channels, outputs):
     """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias.
-    Reads a blocked feature map (when the network keeps blocked layouts), gives NCHW."""
+    Reads the feature map blocked when it can be (``src.model.layout``), gives NCHW."""
     return nn.SequentialCell([
-        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels, **BLOCKED),
-        batch_norm(channels, eps=1e-3, momentum=0.97, blocked=True),
+        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels,
+               **layouts(channels, channels)),
+        batch_norm(channels, eps=1e-3, momentum=0.97, blocked=blockable(channels)),
         nn.ReLU6(),
-        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros", blocked_input=True)])
+        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros",
+               blocked_input=blockable(channels))])
 
 
 class MultiBox(nn.Cell):
