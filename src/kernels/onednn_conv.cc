@@ -9,7 +9,7 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[15] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[16] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
 //   whose input is the network's input image), src_blocked, dst_blocked (x / y, and their
@@ -17,7 +17,9 @@
 //   BatchNorm and the next convolution read, so no reorder is needed between layers),
 //   activation (0 none, 1 ReLU, 2 ReLU6, fused into the forward: inference only),
 //   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered),
-//   residual_sum (forward only: a residual input is added before the activation).
+//   residual_sum (forward only: a residual input is added before the activation),
+//   dst_nhwc (y and its gradient are (N, OH, OW, O), NHWC: for outputs that are flattened
+//   location-major next, which then need no transpose).
 //
 // The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
@@ -143,17 +145,19 @@ Runtime &Rt() {
 
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_blocked, dst_blocked, activation, constant_weights_id, residual_sum;
+      src_blocked, dst_blocked, activation, constant_weights_id, residual_sum, dst_nhwc;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
   // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked aBcd16b.
   tag src_tag() const { return src_blocked ? tag::aBcd16b : tag::nchw; }
-  tag dst_tag() const { return dst_blocked ? tag::aBcd16b : tag::nchw; }
+  tag dst_tag() const {
+    return dst_nhwc ? tag::acdb : dst_blocked ? tag::aBcd16b : tag::nchw;
+  }
 };
 
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
   return {g[0], g[1], g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6],
-          g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14]};
+          g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
 }
 
 struct Shapes {
@@ -189,7 +193,7 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
       << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
       << ',' << g.src_blocked << ',' << g.dst_blocked << ',' << g.activation << ','
-      << g.residual_sum;
+      << g.residual_sum << ',' << g.dst_nhwc;
   return key.str();
 }
 

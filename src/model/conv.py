@@ -73,14 +73,21 @@ def blocked_layouts():
 
 
 def Conv2d(*args, input_grad=True, blocked_input=False, blocked_output=False,  # noqa: N802
-           **kwargs):
+           nhwc_output=False, **kwargs):
     """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'.
     ``input_grad=False`` marks a layer whose input needs no gradient (the image): ours then
     skips computing it. ``blocked_input`` / ``blocked_output`` mark an input / output in the
-    model's blocked region (used when ``blocked_layouts()``)."""
+    model's blocked region (used when ``blocked_layouts()``). ``nhwc_output``: ours gives
+    (N, OH, OW, O) (see ``nhwc_outputs()``); MindSpore's always NCHW."""
     impl, dtype, blocked = _current[0]
     if impl == "onednn":
         return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad,
                             blocked_input=blocked and blocked_input,
-                            blocked_output=blocked and blocked_output, **kwargs)
+                            blocked_output=blocked and blocked_output, nhwc_output=nhwc_output,
+                            **kwargs)
     return nn.Conv2d(*args, **kwargs)
+
+
+def nhwc_outputs():
+    """Whether layers built now honour ``nhwc_output`` (our convolutions do)."""
+    return current_conv_impl() == "onednn"

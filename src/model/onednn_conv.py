@@ -29,9 +29,12 @@ def library_path():
 
 
 def conv_output_shape(x, w, geometry):
+    """(N, O, OH, OW), or (N, OH, OW, O) for an NHWC output (geometry[15])."""
     stride_h, stride_w, top, left, bottom, right = geometry[:6]
-    return [x[0], w[0], (x[2] + top + bottom - w[2]) // stride_h + 1,
-            (x[3] + left + right - w[3]) // stride_w + 1]
+    n, o = x[0], w[0]
+    oh = (x[2] + top + bottom - w[2]) // stride_h + 1
+    ow = (x[3] + left + right - w[3]) // stride_w + 1
+    return [n, oh, ow, o] if geometry[15] else [n, o, oh, ow]
 
 
 def _custom(function, out_shape, out_dtype, bprop=None):
@@ -104,13 +107,15 @@ class OneDnnConv2d(nn.Cell):
     Inference only (``for_inference``): ``activation`` ('relu', 'relu6') applied to the output
     inside the convolution; ``residual_sum``: called as ``conv(x, residual)``, the residual is
     added before the activation; ``constant_weights``: the weights are reordered once and kept.
+    ``nhwc_output``: y (and its gradient) is (N, OH, OW, O), for an output flattened
+    location-major next.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
                  bias_init=None, compute_dtype="float32", input_grad=True, blocked_input=False,
                  blocked_output=False, activation=None, constant_weights=False,
-                 residual_sum=False):
+                 residual_sum=False, nhwc_output=False):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -128,7 +133,10 @@ class OneDnnConv2d(nn.Cell):
         self.compute_dtype = compute_dtype
         check_blockable(in_channels, blocked_input, "input")
         check_blockable(out_channels, blocked_output, "output")
+        if nhwc_output and blocked_output:
+            raise ValueError("an output is NHWC or blocked, not both")
         self.blocked_input, self.blocked_output = blocked_input, blocked_output
+        self.nhwc_output = nhwc_output
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
         if residual_sum and not has_bias:
@@ -138,7 +146,8 @@ class OneDnnConv2d(nn.Cell):
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
                     COMPUTE_DTYPES.index(compute_dtype), int(not input_grad), int(blocked_input),
                     int(blocked_output), ACTIVATIONS.index(activation),
-                    next(_constant_layer_ids) if constant_weights else 0, int(residual_sum))
+                    next(_constant_layer_ids) if constant_weights else 0, int(residual_sum),
+                    int(nhwc_output))
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
@@ -162,7 +171,7 @@ class OneDnnConv2d(nn.Cell):
                             pad_mode="pad", padding=self.padding_tlbr, group=self.group,
                             has_bias=has_bias, compute_dtype=self.compute_dtype,
                             input_grad=self.input_grad, blocked_input=self.blocked_input,
-                            blocked_output=self.blocked_output,
+                            blocked_output=self.blocked_output, nhwc_output=self.nhwc_output,
                             activation=activation or self.activation, constant_weights=True,
                             residual_sum=residual_sum or self.residual_sum)
         scale = np.ones(self.out_channels) if scale is None else scale

@@ -12,7 +12,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from src.model.batch_norm import batch_norm
-from src.model.conv import Conv2d, building_with, resolve_conv_impl
+from src.model.conv import Conv2d, building_with, nhwc_outputs, resolve_conv_impl
 from src.model.layout import blockable
 from src.model.resnet34 import ResNet34Backbone
 
@@ -59,14 +59,15 @@ class SSDFeatureExtractor(nn.Cell):
 
 def separable_head(channels, outputs):
     """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias.
-    Reads the feature map blocked when it can be (``src.model.layout``), gives NCHW."""
+    Reads the feature map blocked when it can be (``src.model.layout``), gives NHWC with our
+    convolutions (``nhwc_outputs()``), NCHW with MindSpore's."""
     return nn.SequentialCell([
         Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels,
                **layouts(channels, channels)),
         batch_norm(channels, eps=1e-3, momentum=0.97, blocked=blockable(channels)),
         nn.ReLU6(),
         Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros",
-               blocked_input=blockable(channels))])
+               blocked_input=blockable(channels), nhwc_output=True)])
 
 
 class MultiBox(nn.Cell):
@@ -78,6 +79,7 @@ class MultiBox(nn.Cell):
     def __init__(self, num_classes, out_channels, num_default, num_boxes):
         super().__init__()
         self.num_boxes = num_boxes
+        self.nhwc = nhwc_outputs()  # the heads' outputs are (B, H, W, n * k) already
         self.multi_loc_layers = nn.CellList(
             [separable_head(c, 4 * n) for c, n in zip(out_channels, num_default)])
         self.multi_cls_layers = nn.CellList(
@@ -85,7 +87,10 @@ class MultiBox(nn.Cell):
 
     def flatten(self, outputs):
         batch = outputs[0].shape[0]
-        flat = [ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (batch, -1)) for x in outputs]
+        if self.nhwc:
+            flat = [ops.reshape(x, (batch, -1)) for x in outputs]
+        else:
+            flat = [ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (batch, -1)) for x in outputs]
         return ops.reshape(ops.concat(flat, axis=1), (batch, self.num_boxes, -1))
 
     def construct(self, features):
