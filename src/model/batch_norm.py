@@ -15,8 +15,8 @@ from mindspore import Tensor, nn, ops
 from src.device import KERNEL_LIBRARY
 from src.model.conv import blocked_layouts, current_conv_impl
 from src.model.layout import check_blockable
+from src.model.onednn_conv import ACTIVATIONS  # index = the kernels' activation code
 
-ACTIVATIONS = (None, "relu", "relu6")  # index = the kernel's activation code
 
 
 def _custom(function, out_shape, outputs, bprop=None):
@@ -55,8 +55,8 @@ def fused_ops(residual):
 
 
 class AddActivation(nn.Cell):
-    """``act(x [+ residual])``: what a BatchNormAct2d does after normalising (and all that is
-    left of one folded into the convolution before it)."""
+    """``act(x [+ residual])``: what a BatchNormAct2d running MindSpore's ops does after
+    normalising."""
 
     def __init__(self, activation=None):
         super().__init__()
