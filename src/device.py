@@ -41,6 +41,14 @@ def kernel_library_status(library=KERNEL_LIBRARY, sources=KERNEL_SOURCES):
     return "current" if recorded == kernel_sources_digest(sources) else "stale"
 
 
+def kernel_op(function, out_shape, out_dtype, bprop=None):
+    """A MindSpore Custom AOT op running ``function`` of our kernel library."""
+    from mindspore import ops
+
+    return ops.Custom(f"{KERNEL_LIBRARY}:{function}", out_shape=out_shape, out_dtype=out_dtype,
+                      func_type="aot", bprop=bprop)
+
+
 def kernel_library_usable():
     """Whether our kernel library is built from the current sources; warns when it is stale."""
     status = kernel_library_status()

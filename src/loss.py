@@ -31,17 +31,15 @@ def sigmoid_focal_loss(logits, targets, gamma=2.0, alpha=0.75):
 def fused_focal_loss_sum():
     """Our Custom op: (logits (B, A, C), labels (B, A) int32 with -1 = ignore, [gamma, alpha])
     -> (1,) the focal loss summed over the anchors with labels >= 0 (targets one-hot(label))."""
-    from src.device import KERNEL_LIBRARY
+    from src.device import kernel_op
 
-    grad = ops.Custom(f"{KERNEL_LIBRARY}:FocalLossGrad", out_shape=lambda x, y, s, d: x,
-                      out_dtype=lambda x, y, s, d: x, func_type="aot")
+    grad = kernel_op("FocalLossGrad", lambda x, y, s, d: x, lambda x, y, s, d: x)
 
     def bprop(logits, labels, settings, out, dout):
         return (grad(logits, labels, settings, dout), ops.zeros_like(labels),
                 ops.zeros_like(settings))
 
-    return ops.Custom(f"{KERNEL_LIBRARY}:FocalLossSum", out_shape=lambda x, y, s: [1],
-                      out_dtype=lambda x, y, s: x, func_type="aot", bprop=bprop)
+    return kernel_op("FocalLossSum", lambda x, y, s: [1], lambda x, y, s: x, bprop)
 
 
 def uses_our_kernels(network):

@@ -83,12 +83,20 @@ def test_reorder_ops_and_blocked_channel_checks(graph_cpu):
     from src.model.layout import ToBlocked
     from src.model.onednn_conv import OneDnnConv2d
 
-    x = np.random.default_rng(0).normal(size=(2, 32, 5, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x, weights = (rng.normal(size=(2, 32, 5, 3)).astype(np.float32) for _ in range(2))
     layer = ToBlocked(32, enabled=True)
     np.testing.assert_array_equal(layer(ms.Tensor(x)).asnumpy(), to_blocked(x))
-    dx = ms.grad(layer)(ms.Tensor(x))          # gradient of sum: ones, back in NCHW
-    np.testing.assert_array_equal(dx.asnumpy(), np.ones_like(x))
-    assert ToBlocked(24, enabled=False)(ms.Tensor(x)) is not None
+    # d/dx sum(to_blocked(x) * w) = to_plain(w): the gradient goes back to NCHW
+    sensitivity = ms.Tensor(weights)
+
+    def weighted_sum(t):
+        return (layer(t) * sensitivity).sum()
+
+    dx = ms.grad(weighted_sum)(ms.Tensor(x))
+    np.testing.assert_array_equal(dx.asnumpy(), to_plain(weights))
+    x24 = x[:, :24].copy()
+    np.testing.assert_array_equal(ToBlocked(24, enabled=False)(ms.Tensor(x24)).asnumpy(), x24)
     with pytest.raises(ValueError, match="divisible by 16, got 24"):
         ToBlocked(24, enabled=True)
     with pytest.raises(ValueError, match="divisible by 16, got 24"):

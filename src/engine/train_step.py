@@ -5,6 +5,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 
+from src.device import kernel_op
 from src.loss import uses_our_kernels
 from src.lr_schedule import TableSchedule
 
@@ -42,10 +43,7 @@ def create_optimizer(network, lr_table, momentum=0.9, weight_decay=4e-5):
 def fused_all_finite():
     """Our Custom op: any number of float32 tensors -> bool (1,), True when none holds inf or
     NaN (``src/kernels/all_finite.cc``)."""
-    from src.device import KERNEL_LIBRARY
-
-    return ops.Custom(f"{KERNEL_LIBRARY}:AllFinite", out_shape=lambda *shapes: [1],
-                      out_dtype=lambda *types: ms.bool_, func_type="aot")
+    return kernel_op("AllFinite", lambda *shapes: [1], lambda *types: ms.bool_)
 
 
 class TrainStep(nn.Cell):

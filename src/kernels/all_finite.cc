@@ -33,9 +33,6 @@ extern "C" {
 // params: any number of float32 tensors, then the output: bool (1,).
 int AllFinite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
               void *stream, void *extra) {
-  (void)dtypes;
-  (void)stream;
-  (void)extra;
   const int inputs = nparam - 1;
   std::atomic<bool> finite{true};
   KernelParallelFor(inputs, [&](int i, int) {

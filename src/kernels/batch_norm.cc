@@ -31,15 +31,6 @@ struct Layout {
 
 Layout ReadLayout(const int64_t *shape) { return {shape[0], shape[1], shape[2] * shape[3]}; }
 
-struct Settings {
-  float eps;
-  int activation;
-};
-
-Settings ReadSettings(const void *data) {
-  const float *s = static_cast<const float *>(data);
-  return {s[0], static_cast<int>(s[1])};
-}
 
 // (std::fmin / fmax keep NaN rules that stop GCC from vectorising them.)
 inline float Clamp(float v, float lower, float upper) {
@@ -203,18 +194,22 @@ void ForGroups(int64_t channels, int64_t width, Fn fn) {
   });
 }
 
-// The op's settings: eps, activation, blocked layout, running statistics.
+// The op's settings tensor: [eps, activation, blocked layout, use the running statistics,
+// momentum (the batch's weight in the running statistics)].
 struct Options {
-  Settings s;
+  float eps;
+  int activation;
   bool blocked, running;
+  float momentum;
 };
 
 Options ReadOptions(const void *data) {
   const float *v = static_cast<const float *>(data);
-  return {ReadSettings(data), v[2] != 0.0f, v[3] != 0.0f};
+  return {v[0], static_cast<int>(v[1]), v[2] != 0.0f, v[3] != 0.0f, v[4]};
 }
 
-// Statistics per channel (batch ones, or the running ones given) -> mean, invstd.
+// Statistics per channel (batch ones, or the running ones given) -> mean, invstd and the
+// variance (the batch's unbiased one: what the running statistics take in).
 void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, int64_t width,
                 const float *running_mean, const float *running_var, float *mean, float *var,
                 float *invstd) {
@@ -223,7 +218,7 @@ void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, i
     for (int64_t j = 0; j < width; ++j) {
       mean[j] = running_mean[c0 + j];
       var[j] = running_var[c0 + j];
-      invstd[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + o.s.eps));
+      invstd[j] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var[j]) + o.eps));
     }
     return;
   }
@@ -242,16 +237,17 @@ void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, i
     }
   }
   for (int64_t j = 0; j < width; ++j) {
-    invstd[j] = static_cast<float>(1.0 / std::sqrt(squares[j] / count + o.s.eps));
+    invstd[j] = static_cast<float>(1.0 / std::sqrt(squares[j] / count + o.eps));
     var[j] = static_cast<float>(count > 1 ? squares[j] / (count - 1) : squares[j] / count);
   }
 }
 
-// params: x, [residual,] gamma, beta, running_mean, running_var, settings [eps, activation,
-// blocked, running]; outputs y, mean, variance (unbiased: for the running statistics), invstd.
+// params: x, [residual,] gamma, beta, running_mean, running_var, settings; outputs y, mean,
+// invstd (for the backward op), the updated running mean and variance (nn.BatchNorm2d's rule:
+// (1 - momentum) old + momentum batch, unbiased variance; unchanged with running statistics).
 // In the blocked layout a channel group's row is (n, c0 / 16): Row() with channels / 16.
 int Forward(int nparam, void **params, int64_t **shapes) {
-  const bool has_residual = nparam == 11;
+  const bool has_residual = nparam == 12;
   const int v0 = has_residual ? 2 : 1;  // first per-channel vector
   const Options o = ReadOptions(params[v0 + 4]);
   const Layout l = ReadLayout(shapes[0]);
@@ -261,26 +257,30 @@ int Forward(int nparam, void **params, int64_t **shapes) {
   const float *beta = static_cast<const float *>(params[v0 + 1]);
   const float *running_mean = static_cast<const float *>(params[v0 + 2]);
   const float *running_var = static_cast<const float *>(params[v0 + 3]);
-  float *y = static_cast<float *>(params[nparam - 4]);
-  float *mean_out = static_cast<float *>(params[nparam - 3]);
-  float *var_out = static_cast<float *>(params[nparam - 2]);
-  float *invstd_out = static_cast<float *>(params[nparam - 1]);
+  float *y = static_cast<float *>(params[nparam - 5]);
+  float *mean_out = static_cast<float *>(params[nparam - 4]);
+  float *invstd_out = static_cast<float *>(params[nparam - 3]);
+  float *new_running_mean = static_cast<float *>(params[nparam - 2]);
+  float *new_running_var = static_cast<float *>(params[nparam - 1]);
+  const float keep = o.running ? 1.0f : 1.0f - o.momentum, take = 1.0f - keep;
   ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
-    float *mean = mean_out + c0, *invstd = invstd_out + c0;
-    Statistics(l, o, x, c0, width, running_mean, running_var, mean, var_out + c0, invstd);
+    float *mean = mean_out + c0, *invstd = invstd_out + c0, var[kBlock];
+    Statistics(l, o, x, c0, width, running_mean, running_var, mean, var, invstd);
     float scale[kBlock], shift[kBlock];
     for (int64_t j = 0; j < width; ++j) {
       scale[j] = gamma[c0 + j] * invstd[j];
       shift[j] = beta[c0 + j] - mean[j] * scale[j];
+      new_running_mean[c0 + j] = keep * running_mean[c0 + j] + take * mean[j];
+      new_running_var[c0 + j] = keep * running_var[c0 + j] + take * var[j];
     }
     for (int64_t n = 0; n < l.batch; ++n) {
       const float *r = residual ? l.Row(residual, n, c0) : nullptr;
       if (o.blocked) {
         NormalizeActivateLanes(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale, shift,
-                               o.s.activation);
+                               o.activation);
       } else {
         NormalizeActivate(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale[0], shift[0],
-                          o.s.activation);
+                          o.activation);
       }
     }
   });
@@ -304,7 +304,7 @@ int Backward(int nparam, void **params, int64_t **shapes) {
   float *dbeta = static_cast<float *>(params[9]);
   float *dresidual = has_residual ? static_cast<float *>(params[10]) : nullptr;
   const double count = static_cast<double>(l.batch * l.plane);
-  const int activation = o.s.activation;
+  const int activation = o.activation;
   ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
     double sum_g[kBlock] = {}, sum_gx[kBlock] = {};
     for (int64_t n = 0; n < l.batch; ++n) {

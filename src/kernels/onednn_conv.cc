@@ -344,10 +344,6 @@ extern "C" {
 // x_blocked
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                 void *stream, void *extra) {
-  (void)ndims;
-  (void)dtypes;
-  (void)stream;
-  (void)extra;
   try {
     const Geometry g = ReadGeometry(params[nparam - 3]);
     const bool has_bias = g.has_bias;
@@ -446,13 +442,9 @@ struct Backward {
 // params: dy, x, x_blocked (the forward's second output), w, geometry, dx, dw [, db]
 int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                  void *stream, void *extra) {
-  (void)ndims;
-  (void)dtypes;
-  (void)stream;
-  (void)extra;
   try {
     const Geometry g = ReadGeometry(params[4]);
-    const bool has_bias = nparam == 8;
+    const bool has_bias = g.has_bias;
     const int64_t *x = shapes[1], *w = shapes[3];
     const Forward *f = Find<Forward>(Key("fwd", x, w, g));  // ran before, for this x
     Backward *b = Cached<Backward>(Key("bwd", x, w, g), [&] {

@@ -12,46 +12,46 @@ convolutions) it is MindSpore's BatchNorm, add and activation ops.
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from src.device import KERNEL_LIBRARY
+from src.device import kernel_op
 from src.model.conv import blocked_layouts, current_conv_impl
 from src.model.layout import check_blockable
 from src.model.onednn_conv import ACTIVATIONS  # index = the kernels' activation code
+
+ACTIVATION_LAYERS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # MindSpore's, for each activation
 
 
 
 def _custom(function, out_shape, outputs, bprop=None):
     """A float32 Custom op of our library with ``outputs`` outputs."""
-    return ops.Custom(f"{KERNEL_LIBRARY}:{function}", out_shape=out_shape,
-                      out_dtype=lambda x, *rest: (x,) * outputs, func_type="aot", bprop=bprop)
+    return kernel_op(function, out_shape, lambda x, *rest: (x,) * outputs, bprop)
 
 
 def fused_ops(residual):
     """Forward Custom op ``(x, [residual,] gamma, beta, running_mean, running_variance,
-    settings) -> (y, mean, variance, invstd)`` with its backward op as bprop. ``settings``:
-    [eps, activation code, blocked layout, use the running statistics]; with batch statistics,
-    the outputs are the batch mean and unbiased variance."""
+    settings) -> (y, mean, invstd, new running mean, new running variance)`` with its backward
+    op as bprop. ``settings``: [eps, activation code, blocked layout, use the running
+    statistics, momentum (the batch's weight in the running statistics)]."""
     if residual:
         backward = _custom("BatchNormAddActBackward",
                            lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma, x), 4)
 
         def bprop(x, res, gamma, beta, mean, var, settings, out, dout):
-            dx, dgamma, dbeta, dres = backward(dout[0], x, out[0], gamma, out[1], out[3],
+            dx, dgamma, dbeta, dres = backward(dout[0], x, out[0], gamma, out[1], out[2],
                                                settings)
             return (dx, dres, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(var),
                     ops.zeros_like(settings))
 
         return _custom("BatchNormAddActForward",
-                       lambda x, res, gamma, *rest: (x, gamma, gamma, gamma), 4, bprop)
+                       lambda x, res, gamma, *rest: (x,) + (gamma,) * 4, 5, bprop)
     backward = _custom("BatchNormActBackward",
                        lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma), 3)
 
     def bprop(x, gamma, beta, mean, var, settings, out, dout):
-        dx, dgamma, dbeta = backward(dout[0], x, out[0], gamma, out[1], out[3], settings)
+        dx, dgamma, dbeta = backward(dout[0], x, out[0], gamma, out[1], out[2], settings)
         return (dx, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(var),
                 ops.zeros_like(settings))
 
-    return _custom("BatchNormActForward", lambda x, gamma, *rest: (x, gamma, gamma, gamma), 4,
-                   bprop)
+    return _custom("BatchNormActForward", lambda x, gamma, *rest: (x,) + (gamma,) * 4, 5, bprop)
 
 
 class AddActivation(nn.Cell):
@@ -63,7 +63,7 @@ class AddActivation(nn.Cell):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
         self.activation = activation
-        self.activate = {None: None, "relu": nn.ReLU(), "relu6": nn.ReLU6()}[activation]
+        self.activate = ACTIVATION_LAYERS[activation]() if activation else None
 
     def construct(self, x, residual=None):
         if residual is not None:
@@ -95,9 +95,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         check_blockable(num_features, blocked, "BatchNorm")
         self.fused, self.blocked = fused, blocked
         if fused:
-            code = ACTIVATIONS.index(activation)
-            self.batch_settings = Tensor([eps, code, int(blocked), 0], ms.float32)
-            self.running_settings = Tensor([eps, code, int(blocked), 1], ms.float32)
+            code = ACTIVATIONS.index(activation)  # self.momentum: the batch's weight
+            self.batch_settings = Tensor([eps, code, int(blocked), 0, self.momentum], ms.float32)
+            self.running_settings = Tensor([eps, code, int(blocked), 1, 0], ms.float32)
             self.fused_forward = fused_ops(residual=False)
             self.fused_add_forward = fused_ops(residual=True)
 
@@ -117,12 +117,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         if self.fused and not self._batch_statistics():
             return self._fused(x, residual, self.running_settings)[0]
         if self.fused:
-            y, mean, var, _ = self._fused(x, residual, self.batch_settings)
-            keep = 1.0 - self.momentum  # self.momentum is the batch's weight (nn.BatchNorm2d)
-            y = ops.depend(y, ops.assign(self.moving_mean,
-                                         self.moving_mean * keep + mean * self.momentum))
-            return ops.depend(y, ops.assign(self.moving_variance,
-                                            self.moving_variance * keep + var * self.momentum))
+            y, _, _, mean, variance = self._fused(x, residual, self.batch_settings)
+            y = ops.depend(y, ops.assign(self.moving_mean, mean))
+            return ops.depend(y, ops.assign(self.moving_variance, variance))
         return self.after(super().construct(x), residual)
 
 

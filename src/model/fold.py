@@ -14,22 +14,18 @@ afterwards: the result is a snapshot.
 import numpy as np
 from mindspore import nn
 
-from src.model.batch_norm import BatchNormAct2d
+from src.model.batch_norm import ACTIVATION_LAYERS
 from src.model.onednn_conv import OneDnnConv2d
 
-ACTIVATION_LAYERS = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+ACTIVATION_OF_LAYER = {layer: name for name, layer in ACTIVATION_LAYERS.items()}
 
 
-def _fold(conv, bn):
-    """(what replaces the convolution, what replaces the BatchNorm)."""
+def _affine(bn):
+    """(scale, shift) per channel of an eval-mode BatchNorm, and its own activation."""
     gamma, beta, mean, var = (p.asnumpy().astype(np.float64) for p in
                               (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
     scale = gamma / np.sqrt(var + bn.eps)
-    activation = getattr(bn, "activation", None)
-    if isinstance(bn, BatchNormAct2d) and bn.takes_residual:
-        return nn.Identity(), conv.for_inference(scale, beta - mean * scale, activation,
-                                                 residual_sum=True)
-    return conv.for_inference(scale, beta - mean * scale, activation), nn.Identity()
+    return scale, beta - mean * scale, getattr(bn, "activation", None)
 
 
 def _foldable(conv, bn):
@@ -43,20 +39,18 @@ def _fuse_sequence(cell):
     for i, conv in enumerate(layers):
         if not isinstance(conv, OneDnnConv2d) or conv.constant_weights:
             continue
-        after = i + 1
+        after, scale, shift, activation = i + 1, None, None, None
         if after < len(layers) and _foldable(conv, layers[after]):
             if getattr(layers[after], "takes_residual", False):
                 raise ValueError("a BatchNorm taking a residual inside a SequentialCell")
-            conv, layers[after] = _fold(conv, layers[after])
+            scale, shift, activation = _affine(layers[after])
+            layers[after] = nn.Identity()
             folded += 1
             after += 1
-        else:
-            conv = conv.for_inference()
-        activation = ACTIVATION_LAYERS.get(type(layers[after])) if after < len(layers) else None
-        if activation and not conv.activation:
-            conv = conv.for_inference(activation=activation)
+        if not activation and after < len(layers) and type(layers[after]) in ACTIVATION_OF_LAYER:
+            activation = ACTIVATION_OF_LAYER[type(layers[after])]
             layers[after] = nn.Identity()
-        layers[i] = conv
+        layers[i] = conv.for_inference(scale, shift, activation)
     for i, layer in enumerate(layers):
         if layer is not cell[i]:
             cell[i] = layer
@@ -79,8 +73,14 @@ def fold_batch_norm(network):
         for name, conv in children.items():
             bn_name = "bn" + name[len("conv"):] if name.startswith("conv") else None
             if bn_name in children and _foldable(conv, children[bn_name]):
-                conv, rest = _fold(conv, children[bn_name])
-                setattr(cell, name, conv)
-                setattr(cell, bn_name, rest)
+                bn = children[bn_name]
+                scale, shift, activation = _affine(bn)
+                if getattr(bn, "takes_residual", False):  # bn(conv(x), r) -> conv'(x, r)
+                    setattr(cell, name, nn.Identity())
+                    setattr(cell, bn_name, conv.for_inference(scale, shift, activation,
+                                                              residual_sum=True))
+                else:
+                    setattr(cell, name, conv.for_inference(scale, shift, activation))
+                    setattr(cell, bn_name, nn.Identity())
                 folded += 1
     return folded

@@ -10,9 +10,9 @@ may touch a blocked tensor; the model marks which layers live in the blocked reg
 feature maps, extra blocks and heads wherever the channel count allows, ``blockable``) and
 ``ToBlocked`` enters it.
 """
-from mindspore import nn, ops
+from mindspore import nn
 
-from src.device import KERNEL_LIBRARY
+from src.device import kernel_op
 
 BLOCK = 16
 
@@ -29,8 +29,7 @@ def check_blockable(channels, blocked, what):
 
 
 def _reorder(function, bprop=None):
-    return ops.Custom(f"{KERNEL_LIBRARY}:{function}", out_shape=lambda x: x,
-                      out_dtype=lambda x: x, func_type="aot", bprop=bprop)
+    return kernel_op(function, lambda x: x, lambda x: x, bprop)
 
 
 class ToBlocked(nn.Cell):

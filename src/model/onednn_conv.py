@@ -14,6 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
 from src.device import KERNEL_LIBRARY as LIBRARY
+from src.device import kernel_op as _custom
 from src.device import kernel_library_status
 from src.model.layout import check_blockable
 
@@ -35,11 +36,6 @@ def conv_output_shape(x, w, geometry):
     oh = (x[2] + top + bottom - w[2]) // stride_h + 1
     ow = (x[3] + left + right - w[3]) // stride_w + 1
     return [n, oh, ow, o] if geometry[15] else [n, o, oh, ow]
-
-
-def _custom(function, out_shape, out_dtype, bprop=None):
-    return ops.Custom(f"{LIBRARY}:{function}", out_shape=out_shape, out_dtype=out_dtype,
-                      func_type="aot", bprop=bprop)
 
 
 class ConvOps:
