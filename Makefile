@@ -57,7 +57,7 @@ demo-long: setup
 		--checkpoint_path $$(ls -t $(DEMO_LONG_OUT)/train/ssd-*.ckpt | head -n 1)
 
 test: setup setup-cpp
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 clean:
 	rm -rf outputs $(DEMO_DATA) $(DEMO_DATA)-long .pytest_cache

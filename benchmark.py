@@ -13,6 +13,7 @@ import sys
 
 import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.config import parse_config
+from src.device import hardware_problem
 from src.measure import MODES, run
 
 
@@ -30,6 +31,10 @@ def main(argv=None):
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_config(rest, __doc__, overrides={"batch_size": 8})
+    problem = hardware_problem(config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     run(config, MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
         args.twin, args.twin_python, args.eval_images)
     return 0

@@ -12,6 +12,8 @@
 #   N processes in all, M of them on this machine (default N); run the same command on every
 #   machine with its --node_rank and the first machine's --master_addr.
 # Logs: TRAIN_OUTPUT_PATH/logs/ (worker_<rank>.log, scheduler.log for msrun).
+# `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Evaluate a checkpoint with COCO mAP, in the foreground; exits with the evaluation's status.
 # Usage: bash scripts/run_eval.sh DEVICE_ID DATASET DATASET_PATH CHECKPOINT_PATH MINDRECORD_PATH [-- eval.py flags]
+# `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -8,6 +8,8 @@
 #   DEVICE_TYPE CPU, GPU or Ascend (GPU and Ascend need the MindSpore build)
 # Outputs (result_Files/, time_Result/, infer.log, acc.log) go to $INFER_OUTPUT_PATH, default
 # ./infer_output; extra flags after -- go to postprocess.py (e.g. --drop, --num_classes N).
+# `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -2,6 +2,8 @@
 # Train on one device, in the foreground; exits with the training's status.
 # Usage: bash scripts/run_standalone_train.sh DEVICE_ID DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH]
 # Extra train.py flags can follow after --, e.g. ... -- --run_platform CPU --epoch_size 10
+# `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

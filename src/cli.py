@@ -2,6 +2,7 @@
 import sys
 
 from src.config import ConfigError, parse_config
+from src.device import hardware_problem
 
 EXPECTED_ERRORS = (ConfigError, ValueError, OSError)
 
@@ -18,9 +19,14 @@ def run(main, description, argv=None, overrides=None):
     ``overrides`` are this script's own defaults (e.g. batch size 1 for export).
 
     Exit status: 0 on success, 1 when the run fails on its input (bad data, checkpoint ...),
-    2 for unusable flags (argparse's convention), 130 on Ctrl-C.
+    2 for unusable flags (argparse's convention) or flags this machine cannot run, 130 on
+    Ctrl-C.
     """
     config = parse_config(argv, description, overrides)
+    problem = hardware_problem(config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         main(config)
     except KeyboardInterrupt:

@@ -11,8 +11,9 @@ import sys
 import warnings
 from dataclasses import dataclass
 
+from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info, unknown_cap_problem
+
 PLATFORMS = ("CPU", "GPU", "Ascend")
-ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_cpu_kernels.so")
 KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
@@ -92,6 +93,18 @@ def cap_onednn_isa():
                       "and CPU convolutions may run ~35x slower; import src first.", stacklevel=2)
     os.environ[ONEDNN_ISA_VARIABLE] = "AVX2"
     return "AVX2"
+
+
+def hardware_problem(config):
+    """Why this machine cannot run what ``config`` asks for (None when it can), found before
+    any work: bfloat16 convolutions on a CPU (or under an ``ONEDNN_MAX_CPU_ISA`` cap) without
+    native bfloat16 arithmetic, or a cap value oneDNN would ignore."""
+    cap_problem = unknown_cap_problem(os.environ.get(ONEDNN_ISA_VARIABLE))
+    if cap_problem:
+        return cap_problem
+    if config.conv_dtype == "bfloat16" and resolve_platform(config.run_platform) == "CPU":
+        return cpu_info().bf16_refusal()
+    return None
 
 
 def detect_platform():

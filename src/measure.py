@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from src.config import Config
-from src.device import ONEDNN_ISA_VARIABLE, init_device
+from src.cpu import cpu_info
+from src.device import init_device
 
 MODES = ("data", "train", "infer", "eval", "postprocess")
 
@@ -28,15 +29,16 @@ def current_rss_mb():
 
 
 def environment(config, platform):
-    """Where the numbers came from: versions, device, cores, the oneDNN ISA cap ('' when none)
-    and which convolution implementation the model was built with."""
+    """Where the numbers came from: versions, device, cores, the processor (model, features,
+    the ISA oneDNN runs, the ONEDNN_MAX_CPU_ISA cap ('' when none)) and which convolution
+    implementation the model was built with."""
     import mindspore as ms
 
     from src.model.conv import resolve_conv_impl
 
     return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
-            ONEDNN_ISA_VARIABLE: os.environ.get(ONEDNN_ISA_VARIABLE, ""),
-            "conv_impl": resolve_conv_impl(config.conv_impl, platform)}
+            **cpu_info().as_dict(), "conv_impl": resolve_conv_impl(config.conv_impl, platform),
+            "conv_dtype": config.conv_dtype}
 
 
 def timed(function, repeats, warmup):

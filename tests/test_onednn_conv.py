@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from src.config import Config
+from src.cpu import cpu_info
 from src.device import KERNEL_LIBRARY
 from tests.conftest import ROOT
 from tests.test_batch_norm import to_blocked, to_plain
@@ -126,6 +127,8 @@ def test_every_model_convolution_matches_nn_conv2d(graph_cpu):
     compare_with_nn_conv2d("float32", rtol=1e-4)
 
 
+@pytest.mark.skipif(not cpu_info().native_bf16, reason="needs native bfloat16 arithmetic "
+                    f"(AVX512-BF16 or AMX), missing here: {cpu_info().describe()}")
 def test_bfloat16_compute_is_close_to_float32_and_really_rounds(graph_cpu):
     # bfloat16 keeps 8 significant bits: products round at ~0.4 %, sums stay float32.
     bf16 = compare_with_nn_conv2d("bfloat16", rtol=3e-2)

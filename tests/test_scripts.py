@@ -1,16 +1,25 @@
-"""The reference's shell wrappers: argument checks with clear messages, foreground exit status."""
+"""The reference's shell wrappers: argument checks with clear messages, foreground exit status,
+started with bash or with sh (the reference's README form; dash on Debian)."""
 import os
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
 
+SHELLS = pytest.mark.parametrize("shell", ["bash", "sh"])
 
-def bash(*args, env=None):
-    return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+
+def bash(*args, env=None, shell="bash"):
+    return subprocess.run([shell, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, **(env or {})))
 
 
-def test_train_script_checks_its_arguments(tmp_path):
+@SHELLS
+def test_train_script_checks_its_arguments(tmp_path, shell):
+    def bash(*args):
+        return globals()["bash"](*args, shell=shell)
+
     result = bash("scripts/run_standalone_train.sh", "0", "coco")
     assert result.returncode == 2 and "Usage" in result.stderr
     result = bash("scripts/run_standalone_train.sh", "0", "coco", str(tmp_path / "nope"),
@@ -41,9 +50,25 @@ def test_train_script_runs_in_the_foreground_and_reports_status(demo_root, tmp_p
     assert "FAILED" in result.stderr and "num_classes" in (out / "train.log").read_text()
 
 
-def test_eval_script_checks_its_arguments(tmp_path):
+@SHELLS
+def test_eval_script_checks_its_arguments(tmp_path, shell):
+    def bash(*args):
+        return globals()["bash"](*args, shell=shell)
+
     result = bash("scripts/run_eval.sh", "0", "coco", str(tmp_path), str(tmp_path / "x.ckpt"),
                   str(tmp_path))
     assert result.returncode == 2 and "CHECKPOINT_PATH" in result.stderr
     result = bash("scripts/run_eval.sh", "0")
     assert result.returncode == 2 and "Usage" in result.stderr
+
+
+@SHELLS
+def test_distribute_and_infer_scripts_check_their_arguments(tmp_path, shell):
+    result = bash("scripts/run_distribute_train.sh", "--worker_num", "x", "coco", str(tmp_path),
+                  str(tmp_path), str(tmp_path), shell=shell)
+    assert result.returncode == 2 and "--worker_num must be a number, got 'x'" in result.stderr
+    result = bash("scripts/run_distribute_train.sh", "coco", shell=shell)
+    assert result.returncode == 2 and "Usage" in result.stderr
+    result = bash("scripts/run_infer_cpp.sh", str(tmp_path / "m.onnx"), str(tmp_path), "CPU",
+                  str(tmp_path / "a.json"), "CPU", shell=shell)
+    assert result.returncode == 2 and "MODEL_PATH" in result.stderr

@@ -10,13 +10,14 @@ from src.anchors import default_boxes_from_config
 from src.data.pipeline import create_eval_dataset
 from src.data.sources import prepare_split
 from src.detections import PostProcessor
+from src.cpu import cpu_info
 from src.device import start_run
 from src.engine.checkpoint import load_weights
 from src.engine.progress import Progress
 from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
                          reference_protocol_images, stats_dict, write_json_atomic)
 from src.visualize import plot_pr_curves
-from src.model import SsdInferWithDecoder, build_ssd
+from src.model import SsdInferWithDecoder, build_ssd, conv_description
 from src.model.fold import fold_batch_norm
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
@@ -108,7 +109,10 @@ def evaluate(config):
                                   config.num_parallel_workers)
     postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)
     print(f"Evaluating {config.checkpoint_path} on {prepared.images} images of "
-          f"{prepared.source.name} ({platform}, batch {config.eval_batch_size})", flush=True)
+          f"{prepared.source.name} ({platform}, batch {config.eval_batch_size}, convolutions: "
+          f"{conv_description(net)})", flush=True)
+    if platform == "CPU":
+        print(f"CPU: {cpu_info().describe()}", flush=True)
     start = time.time()
     detections, img_ids = run_inference(net, dataset, config.eval_batch_size, postprocessor,
                                         config.progress)

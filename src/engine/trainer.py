@@ -16,7 +16,8 @@ from src.box_coder import BoxCoder
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split
-from src.device import ONEDNN_ISA_VARIABLE, start_run
+from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
+from src.device import start_run
 from src.engine.checkpoint import (CheckpointError, checkpoint_name, is_backbone_checkpoint,
                                    list_checkpoints, load_backbone, load_weights,
                                    prune_checkpoints, read_checkpoint, read_state,
@@ -150,6 +151,7 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
         f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
         f"({config.loss_scale_mode}), convolutions: {conv_description(network)}, "
         f"{ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE, '(not set)')}",
+        *([f"CPU: {cpu_info().describe()}"] if platform == "CPU" else []),
         f"Data: {images} images, batch {config.batch_size}"
         + (f" per device x {world} devices = global batch {config.batch_size * world}"
            if world > 1 else "")

@@ -11,7 +11,7 @@ import warnings
 
 from mindspore import nn
 
-from src.device import ONEDNN_ISA_VARIABLE
+from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
 from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
 
 IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
@@ -25,6 +25,9 @@ def check_conv_dtype(dtype, impl):
     if dtype != "float32" and impl != "onednn":
         raise ValueError(f"conv_dtype {dtype} needs our oneDNN convolutions (CPU, built by make); "
                          f"this run uses {impl}'s")
+    refusal = cpu_info().bf16_refusal() if dtype == "bfloat16" else None
+    if refusal:
+        raise ValueError(refusal)
 
 
 def resolve_conv_impl(choice, platform):
