@@ -18,12 +18,12 @@ setup: $(STAMP) $(KERNEL)
 setup-cpp:
 	@if ! pkg-config --exists opencv4 2>/dev/null || ! command -v cmake >/dev/null; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-			echo "Installing cmake, g++ and libopencv-dev for cpp_infer/ ..."; \
+			echo "Installing cmake, g++ and libopencv-dev for ascend310_infer/ ..."; \
 			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 				cmake g++ make pkg-config libopencv-dev >/dev/null; \
 		else \
-			echo "cpp_infer/ needs cmake, g++ and OpenCV (Debian/Ubuntu: sudo apt-get install cmake g++ pkg-config libopencv-dev)" >&2; \
+			echo "ascend310_infer/ needs cmake, g++ and OpenCV (Debian/Ubuntu: sudo apt-get install cmake g++ pkg-config libopencv-dev)" >&2; \
 			exit 1; \
 		fi; \
 	fi
@@ -35,9 +35,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $(STAMP)
 
-# Our CPU kernels: the oneDNN convolution and the fused focal loss (g++; headers from onednn-devel).
-$(KERNEL): src/kernels/onednn_conv.cc src/kernels/focal_loss.cc src/kernels/threads.h \
-		src/kernels/build.sh $(STAMP)
+# Our CPU kernels (g++; headers from onednn-devel): rebuilt when any source or build.sh changes.
+KERNEL_SOURCES := $(wildcard src/kernels/*.cc src/kernels/*.h) src/kernels/build.sh
+$(KERNEL): $(KERNEL_SOURCES) $(STAMP)
 	PYTHON=$(PY) bash src/kernels/build.sh
 
 demo: setup
@@ -59,5 +59,8 @@ demo-long: setup
 test: setup setup-cpp
 	$(PY) -m pytest -q -rs tests
 
+# Generated files only (git ignores each of them; tests/test_tree.py checks): the demo data,
+# outputs, the kernel and C++ builds, C++ inference results. The .venv stays.
 clean:
-	rm -rf outputs $(DEMO_DATA) $(DEMO_DATA)-long .pytest_cache
+	rm -rf outputs $(DEMO_DATA) $(DEMO_DATA)-long .pytest_cache build ascend310_infer/build \
+		ascend310_infer/out infer_output

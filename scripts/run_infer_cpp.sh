@@ -39,9 +39,9 @@ mkdir -p "$OUT"
 if [ -n "${MS_LITE_HOME:-}" ]; then
     export LD_LIBRARY_PATH="$MS_LITE_HOME/runtime/lib:$MS_LITE_HOME/tools/converter/lib:${LD_LIBRARY_PATH:-}"
 fi
-run_logged "$OUT/build.log" bash "$ROOT/cpp_infer/build.sh"
+run_logged "$OUT/build.log" bash "$ROOT/ascend310_infer/build.sh"
 rm -rf "$OUT/result_Files" "$OUT/time_Result"
-run_logged "$OUT/infer.log" "$ROOT/cpp_infer/out/main" --model_path "$MODEL_PATH" \
+run_logged "$OUT/infer.log" "$ROOT/ascend310_infer/out/main" --model_path "$MODEL_PATH" \
     --dataset_path "$DATA_PATH" --device_type "$DEVICE_TYPE" --device_id "$DEVICE_ID" \
     --result_dir "$OUT/result_Files" --time_dir "$OUT/time_Result" ${CPP_INFER_FLAGS:-}
 cd "$ROOT"

@@ -20,10 +20,11 @@ KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
 
 
 def kernel_sources_digest(sources=KERNEL_SOURCES):
-    """sha256 of the kernel sources (*.cc, *.h, in name order), as build.sh records it."""
+    """sha256 of the kernel sources and the script that compiles them (*.cc, *.h, build.sh
+    with its flags, in name order), as build.sh records it."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(sources)):
-        if name.endswith((".cc", ".h")):
+        if name.endswith((".cc", ".h")) or name == "build.sh":
             with open(os.path.join(sources, name), "rb") as source:
                 digest.update(source.read())
     return digest.hexdigest()

@@ -36,6 +36,31 @@ def test_a_library_from_other_sources_is_not_used(tmp_path):
     assert kernel_library_status(str(library), str(sources)) == "stale"
 
 
+@pytest.mark.parametrize("source", sorted(
+    name for name in os.listdir(os.path.join(ROOT, "src", "kernels"))
+    if name.endswith((".cc", ".h")) or name == "build.sh"))
+def test_make_rebuilds_the_library_when_any_kernel_source_changes(source):
+    """make -n -W FILE: what make would run were FILE just edited (nothing is touched)."""
+    result = subprocess.run(["make", "-n", "-W", f"src/kernels/{source}",
+                             "build/kernels/libssd_cpu_kernels.so"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert "src/kernels/build.sh" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_source_digest_covers_build_script_and_every_source(tmp_path):
+    from src.device import kernel_sources_digest
+
+    for name, text in (("a.cc", "int a;"), ("b.h", "#pragma once"), ("build.sh", "-O3")):
+        (tmp_path / name).write_text(text)
+    before = kernel_sources_digest(str(tmp_path))
+    for name in ("a.cc", "b.h", "build.sh"):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + " ")
+        assert kernel_sources_digest(str(tmp_path)) != before, name
+        before = kernel_sources_digest(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("not a source")
+    assert kernel_sources_digest(str(tmp_path)) == before
+
+
 def geometries():
     """Every distinct convolution of the detector: (in, out, kernel, stride, pad, group, bias)."""
     import mindspore as ms  # noqa: F401

@@ -114,7 +114,7 @@ def write_set(records, directory, prefix, shards, description, extra_files=None,
                 writer.write_raw_data([
                     {"img_id": np.array([r.img_id], np.int32), "image": image,
                      "annotation": r.annotation()} for r, image in zip(chunk, images)],
-                    parallel_writer=shards > 1)
+                    parallel_writer=False)  # True fills some shards and leaves others empty
                 bar.update(len(chunk))
         writer.commit()
         for name, content in (extra_files or {}).items():

@@ -26,7 +26,8 @@ sed -e 's/^#define DNNL_CPU_THREADING_RUNTIME .*/#define DNNL_CPU_THREADING_RUNT
     "$headers/dnnl_config.h" > "$out/include/oneapi/dnnl/dnnl_config.h"
 flags=(-O3 -fopenmp-simd -std=c++17 -fPIC -Wall -I"$out/include" -I"$prefix/include")
 objects=()
-for source in onednn_conv batch_norm focal_loss all_finite; do
+for path in "$here"/*.cc; do
+    source="$(basename "$path" .cc)"
     extra=()
     # focal_loss: -ffast-math lets GCC call glibc's vector exp / log1p (see the file's top).
     [ "$source" = focal_loss ] && extra=(-ffast-math)
@@ -37,7 +38,8 @@ g++ -shared "${objects[@]}" -L"$library_dir" -l:libdnnl.so.3 -Wl,-rpath,"$librar
     -lmvec -o "$out/libssd_cpu_kernels.so.tmp"
 mv "$out/libssd_cpu_kernels.so.tmp" "$out/libssd_cpu_kernels.so"
 # Which sources it was built from: src/device.py refuses a library built from others.
-# (sha256 of the *.cc and *.h files concatenated in name order, as kernel_sources_digest does.)
-(cd "$here" && LC_ALL=C ls *.cc *.h | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1) \
+# (sha256 of the *.cc and *.h files and this script, concatenated in name order, as
+# kernel_sources_digest does.)
+(cd "$here" && LC_ALL=C ls *.cc *.h build.sh | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1) \
     > "$out/libssd_cpu_kernels.so.sha256"
 echo "Built $out/libssd_cpu_kernels.so"
