@@ -24,6 +24,9 @@ RETIRED_KEYS = {
 }
 
 
+COCO_NUM_CLASSES = 81
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key and the source."""
 
@@ -56,8 +59,10 @@ class Config:
     # --- model (spec 1-3)
     model: str = _key("ssd_resnet34", "model name", choices=("ssd_resnet34",), section="model")
     img_shape: tuple = _key((300, 300), "network input (height, width)", section="model")
-    num_classes: int = _key(81, "classes including background", check=lambda v: v >= 2,
-                            section="model")
+    num_classes: int = _key(0, "classes including background; 0: from the data (training, "
+                               "evaluation), else from the checkpoint (predict, export), else "
+                               f"{COCO_NUM_CLASSES} (COCO's 80 + background, the reference's)",
+                            check=lambda v: v == 0 or v >= 2, section="model")
     classes: tuple = _key((), "class names, 'background' first; empty: from the data (COCO "
                               "categories, VOC object names, class_1.. for TXT)", section="model")
     num_default: tuple = _key((4, 6, 6, 6, 4, 4), "default boxes per cell, per feature map",
@@ -237,7 +242,7 @@ class Config:
                               f"({self.max_scale})")
         if len(self.img_shape) != 2 or len(self.prior_scaling) != 2:
             raise ConfigError("img_shape and prior_scaling take two values each")
-        if self.classes and len(self.classes) != self.num_classes:
+        if self.classes and self.num_classes and len(self.classes) != self.num_classes:
             raise ConfigError(f"classes lists {len(self.classes)} names but num_classes is "
                               f"{self.num_classes} (background included)")
         return self
@@ -256,6 +261,12 @@ class Config:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    @property
+    def class_count(self):
+        """Classes including background: ``num_classes``, or when that is 0 (not given and not
+        yet taken from data or a checkpoint) the length of ``classes``, else COCO's 81."""
+        return self.num_classes or len(self.classes) or COCO_NUM_CLASSES
 
     @property
     def data_root(self):

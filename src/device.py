@@ -182,8 +182,15 @@ def start_run(config, default_output_dir, distribute=False):
     output_dir = config.output_dir or default_output_dir
     platform = init_device(config.run_platform, config.device_id, config.seed)
     rank, world = init_distributed() if distribute else (0, 1)
-    if rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        config.replace(output_dir=output_dir, run_platform=platform).save(
-            os.path.join(output_dir, "config.yaml"))
-    return Run(output_dir, platform, rank, world)
+    run = Run(output_dir, platform, rank, world)
+    save_run_config(config, run)
+    return run
+
+
+def save_run_config(config, run):
+    """The run's resolved ``config.yaml`` (main process only); again when a value is resolved
+    later (num_classes from the data)."""
+    if run.is_main:
+        os.makedirs(run.output_dir, exist_ok=True)
+        config.replace(output_dir=run.output_dir, run_platform=run.platform).save(
+            os.path.join(run.output_dir, "config.yaml"))

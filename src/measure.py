@@ -200,7 +200,7 @@ def synthetic_outputs(config, rng):
 
     coder = BoxCoder(default_boxes_from_config(config))
     boxes = coder.decode(rng.normal(0, 0.5, (config.num_ssd_boxes, 4)).astype(np.float32))
-    scores = rng.beta(0.5, 40, (config.num_ssd_boxes, config.num_classes)).astype(np.float32)
+    scores = rng.beta(0.5, 40, (config.num_ssd_boxes, config.class_count)).astype(np.float32)
     return boxes, scores
 
 
@@ -231,7 +231,7 @@ def benchmark_postprocess(config, images, warmup, workdir):
     from src.detections import PostProcessor
 
     rng = np.random.default_rng(0)
-    post = PostProcessor.from_config(config, list(range(config.num_classes)))
+    post = PostProcessor.from_config(config, list(range(config.class_count)))
     if config.checkpoint_path:
         samples, source = network_outputs(config, workdir), "checkpoint"
     else:

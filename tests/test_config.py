@@ -8,7 +8,7 @@ from tests.conftest import ROOT, run_script
 
 def test_defaults_are_the_reference_values():
     c = Config()
-    assert c.num_classes == 81 and c.classes == ()
+    assert c.num_classes == 0 and c.class_count == 81 and c.classes == ()  # 0: from the data
     assert c.img_shape == (300, 300) and c.num_ssd_boxes == 8732
     assert (c.match_threshold, c.nms_threshold, c.min_score, c.max_boxes) == (0.5, 0.6, 0.1, 100)
     assert (c.lr_init, c.lr_end_rate, c.warmup_epochs) == (0.001, 0.001, 2.0)
@@ -23,10 +23,10 @@ def test_defaults_are_the_reference_values():
     assert "/home/" not in str(c.to_dict())
 
 
-def test_shipped_yaml_matches_defaults_except_documented_lr():
+def test_shipped_yaml_matches_defaults_except_documented_lr_and_class_count():
     c = load_config(f"{ROOT}/configs/ssd_resnet34.yaml")
-    assert c.replace(lr=Config().lr, config="") == Config()
-    assert c.lr == 0.075
+    assert c.replace(lr=Config().lr, config="", num_classes=0) == Config()
+    assert c.lr == 0.075 and c.num_classes == 81 == Config().class_count
 
 
 def test_yaml_then_command_line_precedence(tmp_path):

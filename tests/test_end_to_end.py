@@ -68,17 +68,25 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     assert "circle" in result.stdout and "AP50" in result.stdout   # the per-class table
 
 
-def test_eval_refuses_a_checkpoint_for_another_class_count(trained, demo_root, tmp_path):
+def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count(
+        trained, demo_root, tmp_path):
     out, _ = trained
-    result = run_script(["eval.py", "--data_url", demo_root, "--num_classes", "4",
+    result = run_script(["eval.py", "--data_url", demo_root,
                          "--checkpoint_path", str(tmp_path / "missing.ckpt"),
                          "--output_dir", str(tmp_path), "--run_platform", "CPU"])
     assert result.returncode == 1 and "missing.ckpt" in result.stderr
-    result = run_script(["eval.py", "--data_url", demo_root,
+    # The data's class count (2: its highest class index is 1) is taken; the 4-class
+    # checkpoint's heads do not fit it.
+    anno = tmp_path / "one_class.txt"
+    image = sorted(os.listdir(os.path.join(demo_root, "val2017")))[0]
+    anno.write_text(f"val2017/{image} 10,10,120,120,1\n")
+    result = run_script(["eval.py", "--dataset", "other", "--image_dir", demo_root,
+                         "--anno_path", str(anno), "--output_dir", str(tmp_path / "eval"),
                          "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
-                         "--output_dir", str(tmp_path), "--run_platform", "CPU"])
+                         "--run_platform", "CPU"])
     assert result.returncode == 1
-    assert "num_classes" in result.stderr
+    assert "num_classes 2: from the data" in result.stdout
+    assert "ssd-3_3.ckpt" in result.stderr and "class count" in result.stderr, result.stderr
 
 
 def test_eval_on_txt_data_writes_its_ground_truth(trained, demo_root, tmp_path):

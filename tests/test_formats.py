@@ -223,10 +223,49 @@ def test_empty_images_are_kept_or_skipped_and_counted(tmp_path, graph_cpu):
     assert prepared.check["skipped_images"] == 1
 
 
-def test_class_count_mismatch_says_what_to_pass(tmp_path):
+def test_class_count_mismatch_is_one_problem_of_the_report(tmp_path):
+    make_coco(tmp_path / "coco", images=(("img.jpg", 1), ("gone.jpg", 2)))
+    os.remove(tmp_path / "coco" / "val2017" / "gone.jpg")
+    with pytest.raises(DatasetError) as caught:
+        prepare_split(Config(coco_root=str(tmp_path / "coco"), num_classes=81), "eval",
+                      str(tmp_path), **QUIET)
+    report = str(caught.value)
+    assert "but num_classes is 81: pass --num_classes 3" in report
+    assert "gone.jpg" in report          # the other problems are reported with it
+
+
+def test_class_count_is_taken_from_the_data_when_not_given(tmp_path):
+    from src.data.sources import with_data_classes
+
     make_coco(tmp_path / "coco")
-    with pytest.raises(DatasetError, match="pass --num_classes 3"):
-        prepare_split(Config(coco_root=str(tmp_path / "coco")), "eval", str(tmp_path), **QUIET)
+    config = Config(coco_root=str(tmp_path / "coco"), mindrecord_dir=str(tmp_path / "mr"))
+    prepared = prepare_split(config, "eval", str(tmp_path), **QUIET)
+    said = []
+    assert with_data_classes(config, prepared.source, said.append).num_classes == 3
+    assert "num_classes 3: from the data" in said[0]
+    assert with_data_classes(config.replace(num_classes=3), prepared.source).num_classes == 3
+
+
+def test_a_one_class_voc_set_trains_without_num_classes(tmp_path):
+    """The issue's case: a one-class VOC set and no --num_classes."""
+    from src.data.sources import with_data_classes
+
+    make_voc(tmp_path / "voc", xml=voc_xml(boxes=BOXES[:1], names=("dog",), difficult=(0,)))
+    config = Config(dataset="voc", voc_root=str(tmp_path / "voc"),
+                    mindrecord_dir=str(tmp_path / "mr"))
+    prepared = prepare_split(config, "eval", str(tmp_path), **QUIET)
+    assert prepared.source.class_names == ("background", "dog")
+    assert with_data_classes(config, prepared.source, lambda m: None).num_classes == 2
+
+
+def test_txt_class_count_is_its_highest_class_index_when_not_given(tmp_path):
+    anno = make_txt(tmp_path, ["images/img.jpg 10,20,60,70,1 100,5,190,95,5"])
+    source = read_source(Config(dataset="other", image_dir=str(tmp_path), anno_path=anno),
+                         "eval")
+    assert source.num_classes == 6 and not source.problems
+    bounded = read_source(Config(dataset="other", image_dir=str(tmp_path), anno_path=anno,
+                                 num_classes=3), "eval")
+    assert "class 5 is outside 1..2" in bounded.problems[0].message
 
 
 def test_check_command_reports_and_fails_on_errors(tmp_path):

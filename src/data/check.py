@@ -229,7 +229,7 @@ def main(argv=None):
             print(f"error: {exc}", file=sys.stderr)
             status = 1
             continue
-        report = check_source(source, config.num_classes, config.check_images,
+        report = check_source(source, config.num_classes or None, config.check_images,
                               config.num_parallel_workers)
         print(report.format(max_problems=1000))
         status = max(status, 1 if report.errors else 0)

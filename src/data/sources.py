@@ -77,26 +77,32 @@ def conversion_settings(config, source):
             "skip_empty_images": config.skip_empty_images, "check_images": config.check_images}
 
 
+def with_data_classes(config, source, log=print):
+    """``config`` with ``num_classes`` taken from the data when it was not given (0)."""
+    if config.num_classes:
+        return config
+    log(f"num_classes {source.num_classes}: from the data ({source.num_classes - 1} classes + "
+        f"background, {source.annotation_file})")
+    return config.replace(num_classes=source.num_classes)
+
+
 def prepare_split(config, split, output_dir, progress=True, log=print):
     """Read a split, and check and convert it unless a current set exists; returns a
-    PreparedSplit. Raises DatasetError (with the check's report) on unusable data."""
+    PreparedSplit. Raises DatasetError (with the check's report) on unusable data; a
+    ``num_classes`` that disagrees with the data is one more problem of that report."""
     source = read_source(config, split)
-    if source.num_classes != config.num_classes:
-        raise DatasetError(
-            f"{source.annotation_file}: the data has {source.num_classes - 1} classes "
-            f"({source.num_classes} with background) but num_classes is {config.num_classes}: "
-            f"pass --num_classes {source.num_classes}")
+    disagrees = bool(config.num_classes) and config.num_classes != source.num_classes
     directory = config.mindrecord_dir or os.path.join(output_dir, "mindrecord")
     prefix = MINDRECORD_PREFIX[split]
     description = {"inputs": source.fingerprint, "settings": conversion_settings(config, source)}
     own_truth = config.dataset != "coco"
     with conversion_lock(directory, prefix):
-        manifest = current_set(directory, prefix, description)
+        manifest = None if disagrees else current_set(directory, prefix, description)
         if manifest:
             log(f"Reusing MindRecord set {os.path.join(directory, prefix)}* "
                 f"({manifest['records']} images)")
         else:
-            report = check_source(source, config.num_classes, config.check_images,
+            report = check_source(source, config.num_classes or None, config.check_images,
                                   config.num_parallel_workers, progress)
             usable = apply_policy(source, report, config.skip_bad_samples,
                                   config.skip_empty_images)
@@ -118,7 +124,7 @@ def check_split(config, split):
     Returns the report's summary; raises DatasetError if it found errors.
     """
     source = read_source(config, split)
-    report = check_source(source, config.num_classes, config.check_images,
+    report = check_source(source, config.num_classes or None, config.check_images,
                           config.num_parallel_workers)
     print(report.format(max_problems=1000))
     if report.errors:

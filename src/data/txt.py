@@ -5,7 +5,9 @@
 x first, in pixels, ``c`` the class index (1..num_classes-1; 0 is background), paths relative
 to the image folder. (The reference read these columns as y first: spec defect 15.) A line with
 only a path is an image without objects. Blank lines and lines starting with '#' are skipped.
-Image ids are line numbers. Class names are the ``classes`` given, else ``class_1`` ...
+Image ids are line numbers. Class names are the ``classes`` given, else ``class_1`` ... up to
+``num_classes - 1``, or, with ``num_classes`` 0 (not given), up to the highest class index in
+the file.
 """
 import os
 
@@ -18,7 +20,8 @@ def default_class_names(num_classes):
 
 
 def parse_line(text, num_classes):
-    """(relative path, [(ymin, xmin, ymax, xmax, label)]) of one line; ValueError if malformed."""
+    """(relative path, [(ymin, xmin, ymax, xmax, label)]) of one line; ValueError if malformed
+    (a class outside 1..num_classes-1; num_classes None: any class from 1)."""
     parts = text.split()
     rows = []
     for k, field in enumerate(parts[1:], start=1):
@@ -31,8 +34,9 @@ def parse_line(text, num_classes):
             label = int(values[4])
         except ValueError as exc:
             raise ValueError(f"box {k} '{field}': {exc}") from exc
-        if not 1 <= label < num_classes:
-            raise ValueError(f"box {k} '{field}': class {label} is outside 1..{num_classes - 1} "
+        if label < 1 or (num_classes is not None and label >= num_classes):
+            upper = "" if num_classes is None else num_classes - 1
+            raise ValueError(f"box {k} '{field}': class {label} is outside 1..{upper} "
                              "(0 is background)")
         rows.append((y1, x1, y2, x2, label))
     return parts[0], rows
@@ -44,7 +48,7 @@ def read_txt(image_dir, anno_path, num_classes, classes=()):
         raise DatasetError(f"TXT annotation file not found: {anno_path}")
     if not os.path.isdir(image_dir):
         raise DatasetError(f"image folder not found: {image_dir} (--image_dir)")
-    class_names = tuple(classes) if classes else default_class_names(num_classes)
+    known = len(classes) if classes else (num_classes or None)
     records, problems = [], []
     try:
         with open(anno_path, encoding="utf-8") as f:
@@ -56,13 +60,18 @@ def read_txt(image_dir, anno_path, num_classes, classes=()):
             continue
         sample = len(records)
         try:
-            relative, rows = parse_line(text, len(class_names))
+            relative, rows = parse_line(text, known)
         except ValueError as exc:
             problems.append(Problem(ERROR, anno_path, f"line {number}", str(exc), sample))
             relative, rows = text.split()[0], []
         records.append(ImageRecord(number, os.path.join(image_dir, relative), 0, 0,
                                    [r[:4] for r in rows], [r[4] for r in rows],
                                    file_name=relative))
+    if classes:
+        class_names = tuple(classes)
+    else:
+        highest = max((int(label) for r in records for label in r.labels), default=1)
+        class_names = default_class_names(known or highest + 1)
     return DatasetSource(records, class_names, tuple(range(len(class_names))),
                          annotation_file=anno_path, problems=problems,
                          fingerprint={"annotations": file_fingerprint(anno_path)},

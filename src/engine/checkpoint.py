@@ -99,6 +99,30 @@ def state_entries(**state):
     return entries
 
 
+CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"  # (boxes per cell of map 0 x classes,)
+
+
+def with_checkpoint_classes(config, path, log=print):
+    """``config`` with ``num_classes`` read from a detector checkpoint when it was not given
+    (0): its stored class names, else its first class head's width / boxes per cell."""
+    if config.num_classes:
+        return config
+    names = read_class_names(path)
+    count = len(names) if names else None
+    if count is None:
+        try:
+            found = ms.load_checkpoint(path, choice_func=lambda n: n.endswith(CLASS_HEAD_BIAS))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise CheckpointError(f"{path}: cannot be read as a MindSpore checkpoint ({exc})") \
+                from exc
+        head = next(iter(found.values()), None)
+        if head is None:
+            return config.replace(num_classes=config.class_count)
+        count = int(head.shape[0]) // int(config.num_default[0])
+    log(f"num_classes {count}: from the checkpoint {path}")
+    return config.replace(num_classes=count)
+
+
 def read_class_names(path):
     """Class names a training checkpoint stores (tuple), or None."""
     found = {}

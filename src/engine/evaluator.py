@@ -8,10 +8,10 @@ import mindspore as ms
 
 from src.anchors import default_boxes_from_config
 from src.data.pipeline import create_eval_dataset
-from src.data.sources import prepare_split
+from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
 from src.cpu import cpu_info
-from src.device import start_run
+from src.device import save_run_config, start_run
 from src.engine.checkpoint import load_weights
 from src.engine.progress import Progress
 from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
@@ -104,6 +104,8 @@ def evaluate(config):
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
     prepared = prepare_split(config, "eval", output_dir)
+    config = with_data_classes(config, prepared.source)
+    save_run_config(config, run)
     net = build_inference_network(config, config.checkpoint_path)
     dataset = create_eval_dataset(prepared.files, config.eval_batch_size, config.img_shape,
                                   config.num_parallel_workers)

@@ -9,7 +9,7 @@ import mindspore as ms
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
-from src.engine.checkpoint import read_class_names
+from src.engine.checkpoint import read_class_names, with_checkpoint_classes
 from src.engine.evaluator import build_inference_network
 from src.metrics import write_json_atomic
 from src.visualize import draw_detections
@@ -52,6 +52,7 @@ def predict(config, image_path, draw_threshold=0.5):
     files = list_images(image_path)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
+    config = with_checkpoint_classes(config, config.checkpoint_path)
     names = class_names_for(config)
     net = build_inference_network(config, config.checkpoint_path)
     postprocessor = PostProcessor.from_config(config, list(range(config.num_classes)))

@@ -15,9 +15,9 @@ from src.anchors import default_boxes_from_config
 from src.box_coder import BoxCoder
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
-from src.data.sources import check_split, prepare_split
+from src.data.sources import check_split, prepare_split, with_data_classes
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.device import start_run
+from src.device import save_run_config, start_run
 from src.engine.checkpoint import (CheckpointError, checkpoint_name, is_backbone_checkpoint,
                                    list_checkpoints, load_backbone, load_weights,
                                    prune_checkpoints, read_checkpoint, read_state,
@@ -140,14 +140,15 @@ class StopRequest:
 
 
 def model_summary(config, network, platform, precision, loss_scale, images, steps_per_epoch,
-                  output_dir, lr=None, world=1):
+                  output_dir, lr=None, world=1, classes_given=True):
     """The lines printed before training starts."""
     height, width = config.img_shape
     top = lr if lr is not None else peak_lr(config)
     return "\n".join([
         f"SSD-ResNet34: {count_trainable_params(network):,} trainable parameters, "
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
-        f"{config.num_classes} classes (background included)",
+        f"{config.class_count} classes (background included"
+        f"{'' if classes_given else '; from the data'})",
         f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
         f"({config.loss_scale_mode}), convolutions: {conv_description(network)}, "
         f"{ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE, '(not set)')}",
@@ -291,6 +292,9 @@ def train(config):
     if config.check_dataset:
         return check_split(config, "train")
     prepared = prepare_split(config, "train", output_dir, progress=main, log=say)
+    classes_given = bool(config.num_classes)
+    config = with_data_classes(config, prepared.source, say)
+    save_run_config(config, run)
     if config.only_create_dataset:
         say(f"MindRecord set ready: {os.path.dirname(prepared.files[0])}")
         return {"mindrecord_files": prepared.files}
@@ -344,7 +348,8 @@ def train(config):
         raise ValueError(f"nothing left to train: epoch {position.epoch} is done and "
                          f"--epoch_size is {config.epoch_size}")
     say(model_summary(config, network, platform, precision, loss_scale, prepared.images,
-                      steps_per_epoch, output_dir, float(lr_table.max()), run.world), flush=True)
+                      steps_per_epoch, output_dir, float(lr_table.max()), run.world,
+                      classes_given), flush=True)
 
     log = MetricsLog(os.path.join(output_dir, LOG_NAME),
                      keep_until_step=position.global_step if resume_path else None,

@@ -185,7 +185,7 @@ def build_ssd(config, conv_impl=None, conv_dtype=None):
     """
     impl = conv_impl or resolve_conv_impl(config.conv_impl, ms.get_context("device_target"))
     with building_with(impl, conv_dtype or config.conv_dtype):
-        network = SsdResnet34(config.num_classes, config.extras_out_channels,
+        network = SsdResnet34(config.class_count, config.extras_out_channels,
                               config.extras_strides, config.num_default, config.num_ssd_boxes)
     init_weights(network)
     return network
