@@ -75,6 +75,10 @@ class Config:
     conv_dtype: str = _key("float32", "arithmetic of our oneDNN convolutions: float32, or "
                                       "bfloat16 (float32 accumulation; AMX where the CPU has it)",
                            choices=("float32", "bfloat16"), section="model")
+    layout_block: str = _key("auto", "channels per block of the blocked activations between our "
+                                     "CPU layers: auto (16 where oneDNN runs AVX-512, 8 with "
+                                     "AVX2), 16, 8, or plain (NCHW throughout)",
+                             choices=("auto", "16", "8", "plain"), section="model")
     extras_strides: tuple = _key((1, 1, 2, 2, 2, 1),
                                  "strides of the extra blocks (entries 2..5 are used)",
                                  section="model")

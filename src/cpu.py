@@ -129,8 +129,7 @@ class CpuInfo:
         """The fields a benchmark's JSON line carries."""
         return {"cpu_model": self.model_name, "cpu_vendor": self.vendor,
                 "cpu_features": self.features(), "onednn_isa": self.effective_isa,
-                ONEDNN_ISA_VARIABLE: self.cap or "", "cpu_bf16": self.native_bf16,
-                "layout_block": self.block}
+                ONEDNN_ISA_VARIABLE: self.cap or "", "cpu_bf16": self.native_bf16}
 
     def bf16_refusal(self) -> Optional[str]:
         """Why bfloat16 convolutions cannot run here (None when they can)."""

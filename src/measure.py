@@ -34,11 +34,12 @@ def environment(config, platform):
     implementation the model was built with."""
     import mindspore as ms
 
-    from src.model.conv import resolve_conv_impl
+    from src.model.conv import layout_block_for, resolve_conv_impl
 
+    impl = resolve_conv_impl(config.conv_impl, platform)
     return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
-            **cpu_info().as_dict(), "conv_impl": resolve_conv_impl(config.conv_impl, platform),
-            "conv_dtype": config.conv_dtype}
+            **cpu_info().as_dict(), "conv_impl": impl, "conv_dtype": config.conv_dtype,
+            "layout_block": layout_block_for(config.layout_block) if impl == "onednn" else 0}
 
 
 def timed(function, repeats, warmup):

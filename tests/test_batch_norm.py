@@ -8,28 +8,33 @@ import pytest
 CHANNELS = 32
 
 
-def to_blocked(array):
-    """(N, C, H, W) NCHW -> the same values in aBcd16b order (N, C/16, H, W, 16), same shape."""
+BLOCKS = (8, 16)  # AVX2's and AVX-512's; oneDNN reorders both on any x86 CPU
+
+
+def to_blocked(array, block=16):
+    """(N, C, H, W) NCHW -> the same values in aBcd<block>b order (N, C/block, H, W, block),
+    same shape."""
     n, c, h, w = array.shape
     return np.ascontiguousarray(
-        array.reshape(n, c // 16, 16, h, w).transpose(0, 1, 3, 4, 2)).reshape(array.shape)
+        array.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2)).reshape(array.shape)
 
 
-def to_plain(array):
+def to_plain(array, block=16):
     n, c, h, w = array.shape
     return np.ascontiguousarray(
-        array.reshape(n, c // 16, h, w, 16).transpose(0, 1, 4, 2, 3)).reshape(array.shape)
+        array.reshape(n, c // block, h, w, block).transpose(0, 1, 4, 2, 3)).reshape(array.shape)
 
 
-def run_batch_norm(activation, residual, frozen, fused, blocked, data):
-    """Loss sum(y * dy) of one BatchNormAct2d on data: (loss, dx, dresidual, dgamma, dbeta,
-    running mean, running variance), arrays in NCHW order."""
+def run_batch_norm(activation, residual, frozen, fused, block, data):
+    """Loss sum(y * dy) of one BatchNormAct2d on data, its tensors in the blocked layout of
+    ``block`` (0: NCHW): (loss, dx, dresidual, dgamma, dbeta, running mean, running variance),
+    arrays in NCHW order."""
     import mindspore as ms
     from mindspore import Tensor, nn
     from src.model.batch_norm import BatchNormAct2d
 
     bn = BatchNormAct2d(CHANNELS, eps=1e-3, momentum=0.97, activation=activation, fused=fused,
-                        blocked=blocked)
+                        block=block)
     for param, name in ((bn.gamma, "gamma"), (bn.beta, "beta"), (bn.moving_mean, "mean"),
                         (bn.moving_variance, "var")):
         param.set_data(Tensor(data[name]))
@@ -46,7 +51,8 @@ def run_batch_norm(activation, residual, frozen, fused, blocked, data):
             y = self.bn(x, r) if residual else self.bn(x)
             return (y * dy).sum()
 
-    layout, back = (to_blocked, to_plain) if blocked else (lambda a: a, lambda a: a)
+    layout, back = ((lambda a: to_blocked(a, block), lambda a: to_plain(a, block)) if block
+                    else (lambda a: a, lambda a: a))
     grad = ms.value_and_grad(Loss(), grad_position=(0, 1), weights=[bn.gamma, bn.beta])
     loss, ((dx, dr), (dgamma, dbeta)) = grad(*(Tensor(layout(data[k])) for k in ("x", "r", "dy")))
     return [loss.asnumpy(), back(dx.asnumpy()), back(dr.asnumpy()), dgamma.asnumpy(),
@@ -65,19 +71,20 @@ def test_fused_batch_norm_equals_mindspores_in_both_layouts(graph_cpu, activatio
             "beta": np.linspace(-1, 4, CHANNELS), "mean": np.linspace(-1, 1, CHANNELS),
             "var": np.linspace(0.5, 3, CHANNELS)}
     data = {k: v.astype(np.float32) for k, v in data.items()}
-    want = run_batch_norm(activation, residual, frozen, False, False, data)
+    want = run_batch_norm(activation, residual, frozen, False, 0, data)
     assert np.abs(want[1]).max() > 0.1                      # the gradient reaches the input
     if residual:                                            # the ReLU masks some of it
         assert 0.1 < (want[2] == 0).mean() < 0.9
-    for blocked in (False, True):
-        got = run_batch_norm(activation, residual, frozen, True, blocked, data)
+    for block in (0, *BLOCKS):
+        got = run_batch_norm(activation, residual, frozen, True, block, data)
         for name, g, w in zip(("loss", "dx", "dresidual", "dgamma", "dbeta", "running mean",
                                "running variance"), got, want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max(),
-                                       err_msg=f"{name}, blocked={blocked}")
+                                       err_msg=f"{name}, block={block}")
 
 
-def test_reorder_ops_and_blocked_channel_checks(graph_cpu):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_reorder_ops_and_blocked_channel_checks(graph_cpu, block):
     import mindspore as ms
     from src.model.batch_norm import BatchNormAct2d
     from src.model.layout import ToBlocked
@@ -85,8 +92,8 @@ def test_reorder_ops_and_blocked_channel_checks(graph_cpu):
 
     rng = np.random.default_rng(0)
     x, weights = (rng.normal(size=(2, 32, 5, 3)).astype(np.float32) for _ in range(2))
-    layer = ToBlocked(32, enabled=True)
-    np.testing.assert_array_equal(layer(ms.Tensor(x)).asnumpy(), to_blocked(x))
+    layer = ToBlocked(32, block)
+    np.testing.assert_array_equal(layer(ms.Tensor(x)).asnumpy(), to_blocked(x, block))
     # d/dx sum(to_blocked(x) * w) = to_plain(w): the gradient goes back to NCHW
     sensitivity = ms.Tensor(weights)
 
@@ -94,28 +101,28 @@ def test_reorder_ops_and_blocked_channel_checks(graph_cpu):
         return (layer(t) * sensitivity).sum()
 
     dx = ms.grad(weighted_sum)(ms.Tensor(x))
-    np.testing.assert_array_equal(dx.asnumpy(), to_plain(weights))
-    x24 = x[:, :24].copy()
-    np.testing.assert_array_equal(ToBlocked(24, enabled=False)(ms.Tensor(x24)).asnumpy(), x24)
-    with pytest.raises(ValueError, match="divisible by 16, got 24"):
-        ToBlocked(24, enabled=True)
-    with pytest.raises(ValueError, match="divisible by 16, got 24"):
-        OneDnnConv2d(16, 24, 1, blocked_output=True)
+    np.testing.assert_array_equal(dx.asnumpy(), to_plain(weights, block))
+    x12 = x[:, :12].copy()
+    np.testing.assert_array_equal(ToBlocked(12, 0)(ms.Tensor(x12)).asnumpy(), x12)
+    with pytest.raises(ValueError, match=f"divisible by {block}, got 12"):
+        ToBlocked(12, block)
+    with pytest.raises(ValueError, match=f"divisible by {block}, got 12"):
+        OneDnnConv2d(16, 12, 1, blocked_output=True, block=block)
     with pytest.raises(ValueError, match="needs the fused kernel"):
-        BatchNormAct2d(32, blocked=True)
+        BatchNormAct2d(32, block=block)
 
 
-def detector_piece(impl, blocked):
+def detector_piece(impl, block):
     """Stem output -> blocked region (two ResNet blocks, one with a 1x1 shortcut) -> a
-    separable head back to NCHW, built with ``impl`` convolutions."""
+    separable head back to NCHW, built with ``impl`` convolutions, blocked by ``block``."""
     from mindspore import nn
-    from src.model.conv import blocked_layouts, building_with
+    from src.model.conv import building_with, layout_block
     from src.model.layout import ToBlocked
     from src.model.resnet34 import BasicBlock
     from src.model.ssd import separable_head
 
-    with building_with(impl, "float32", blocked=blocked):
-        return nn.SequentialCell([ToBlocked(32, blocked_layouts()), BasicBlock(32, 64, 2),
+    with building_with(impl, "float32", blocked=bool(block), block=block or None):
+        return nn.SequentialCell([ToBlocked(32, layout_block()), BasicBlock(32, 64, 2),
                                   BasicBlock(64, 64), separable_head(64, 24)])
 
 
@@ -140,8 +147,8 @@ def test_a_blocked_detector_piece_equals_nchw_and_mindspore(graph_cpu):
     dy = ms.Tensor(rng.normal(size=(2, 24, 6, 6)).astype(np.float32))
     # All built and given the same parameters before any runs (a network built after another
     # has run could start from that one's running statistics: seen with MindSpore 2.10).
-    nets = [detector_piece(impl, blocked) for impl, blocked in
-            (("mindspore", False), ("onednn", False), ("onednn", True))]
+    nets = [detector_piece(impl, block) for impl, block in
+            (("mindspore", 0), ("onednn", 0), ("onednn", 8), ("onednn", 16))]
     for net in nets[1:]:
         for param, reference in zip(net.get_parameters(), nets[0].get_parameters()):
             assert param.name == reference.name

@@ -1,6 +1,8 @@
 """benchmark.py: every mode runs on the real parts and prints its JSON fields."""
 import json
+import os
 
+from src.cpu import cpu_info
 from tests.conftest import run_script
 
 FIELDS = {
@@ -24,7 +26,10 @@ def test_all_modes_print_their_fields():
         assert FIELDS[line["mode"]] <= set(line), line
         assert line["mindspore"] == "2.10.0" and line["device"] == "CPU"
         assert line["conv_impl"] == "onednn"  # make builds our kernels; uncapped oneDNN then
-        assert line["ONEDNN_MAX_CPU_ISA"] == ""
+        assert line["ONEDNN_MAX_CPU_ISA"] == os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+        cpu = cpu_info()
+        assert (line["cpu_model"], line["onednn_isa"], line["layout_block"]) == (
+            cpu.model_name, cpu.effective_isa, cpu.block)
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
     assert lines[0]["data_img_per_s"] > 0 and lines[4]["postprocess_ms_per_image"] > 0

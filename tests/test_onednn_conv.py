@@ -11,7 +11,7 @@ from src.config import Config
 from src.cpu import cpu_info
 from src.device import KERNEL_LIBRARY
 from tests.conftest import ROOT
-from tests.test_batch_norm import to_blocked, to_plain
+from tests.test_batch_norm import BLOCKS, to_blocked, to_plain
 
 
 def test_kernel_library_is_built_from_the_current_sources():
@@ -109,9 +109,10 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
         args = dict(pad_mode="pad", padding=pads) if any(pads) else dict(pad_mode="valid")
         ref = nn.Conv2d(cin, cout, k, stride, group=group, has_bias=bias,
                         bias_init="normal" if bias else None, **args)
-        # and, where the channels allow, reading and writing the blocked layout
-        layouts = [(False, False)] + [(cin % 16 == 0, cout % 16 == 0)] * (
-            compute_dtype == "float32" and (cin % 16 == 0 or cout % 16 == 0))
+        # and, where the channels allow, reading and writing either blocked layout
+        layouts = [(False, False, None)] + [
+            (cin % b == 0, cout % b == 0, b) for b in BLOCKS
+            if compute_dtype == "float32" and (cin % b == 0 or cout % b == 0)]
         size = max(k + 2, 13)
         x = rng.normal(size=(2, cin, size, size)).astype(np.float32)
         y_ref = ref(Tensor(x)).asnumpy()
@@ -119,15 +120,15 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
         fn = ms.value_and_grad(Loss(ref).cell, grad_position=0, weights=ref.trainable_params())
         _, (dx, dws) = fn(Tensor(x), Tensor(target))
         want_grads = [dx.asnumpy()] + [d.asnumpy() for d in dws]
-        for blocked_input, blocked_output in layouts:
+        for blocked_input, blocked_output, block in layouts:
             ours = OneDnnConv2d(cin, cout, k, stride, group=group, has_bias=bias,
                                 compute_dtype=compute_dtype, blocked_input=blocked_input,
-                                blocked_output=blocked_output, **args)
+                                blocked_output=blocked_output, block=block, **args)
             ours.weight.set_data(ref.weight.data.copy())
             if bias:
                 ours.bias.set_data(ref.bias.data.copy())
-            into = to_blocked if blocked_input else (lambda a: a)
-            out_of = to_plain if blocked_output else (lambda a: a)
+            into = (lambda a: to_blocked(a, block)) if blocked_input else (lambda a: a)
+            out_of = (lambda a: to_plain(a, block)) if blocked_output else (lambda a: a)
             y = out_of(ours(Tensor(into(x))).asnumpy())
             assert y.shape == y_ref.shape and y.dtype == np.float32
             np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
@@ -135,16 +136,16 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
                 outputs.append(y)
             fn = ms.value_and_grad(Loss(ours).cell, grad_position=0,
                                    weights=ours.trainable_params())
-            target_ours = to_blocked(target) if blocked_output else target
+            target_ours = to_blocked(target, block) if blocked_output else target
             _, (dx, dws) = fn(Tensor(into(x)), Tensor(target_ours))
-            got_grads = [(to_plain if blocked_input else (lambda a: a))(dx.asnumpy())] + [
+            got_grads = [(to_plain(dx.asnumpy(), block) if blocked_input else dx.asnumpy())] + [
                 d.asnumpy() for d in dws]
             for want, got in zip(want_grads, got_grads):
                 assert got.dtype == np.float32
                 np.testing.assert_allclose(got, want, rtol=rtol,
                                            atol=rtol * np.abs(want).max(), err_msg=str(
                                                (cin, cout, k, stride, pads, group, bias,
-                                                blocked_input, blocked_output)))
+                                                blocked_input, blocked_output, block)))
     return outputs
 
 
@@ -251,15 +252,16 @@ def test_whole_detector_same_outputs_either_way(graph_cpu):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu, block):
     import mindspore as ms
     from src.model.conv import building_with
     from src.model.ssd import SsdResnet34
 
-    config = Config(num_classes=3, extras_out_channels=(256, 200, 512, 72, 256, 40))
+    config = Config(num_classes=3, extras_out_channels=(256, 196, 512, 76, 256, 36))
     nets = []
     for blocked in (True, False):
-        with building_with("onednn", "float32", blocked=blocked):
+        with building_with("onednn", "float32", blocked=blocked, block=block):
             nets.append(SsdResnet34(config.num_classes, config.extras_out_channels))
     convs = [c for _, c in nets[0].cells_and_names() if hasattr(c, "blocked_input")]
     assert any(c.blocked_input for c in convs) and not all(c.blocked_input for c in convs)

@@ -114,10 +114,12 @@ SIMD_CLONES void InputGradient(const float *dy, const float *y, const float *x, 
   }
 }
 
-// Channels 16 at a time in oneDNN's blocked layout (aBcd16b: N, C/16, H, W, 16), where one
-// position's 16 channels are one vector: sums and updates per lane.
-constexpr int kBlock = 16;
+// Channels B at a time in oneDNN's blocked layout (aBcd16b or aBcd8b: N, C/B, H, W, B; B is
+// the vector width in floats of the ISA oneDNN runs: 16 with AVX-512, 8 with AVX2), where one
+// position's B channels are one vector: sums and updates per lane.
+constexpr int kMaxBlock = 16;
 
+template <int kBlock>
 SIMD_CLONES void SumLanes(const float *x, int64_t positions, const float *mean, double *out) {
   float sum[kBlock] = {};
   for (int64_t p = 0; p < positions; ++p) {
@@ -131,6 +133,7 @@ SIMD_CLONES void SumLanes(const float *x, int64_t positions, const float *mean, 
   for (int j = 0; j < kBlock; ++j) out[j] += sum[j];
 }
 
+template <int kBlock>
 SIMD_CLONES void NormalizeActivateLanes(const float *x, const float *residual, float *y,
                                         int64_t positions, const float *scale,
                                         const float *shift, int activation) {
@@ -146,6 +149,7 @@ SIMD_CLONES void NormalizeActivateLanes(const float *x, const float *residual, f
   }
 }
 
+template <int kBlock>
 SIMD_CLONES void GradientSumsLanes(const float *dy, const float *y, const float *x,
                                    int64_t positions, const float *mean, int activation,
                                    double *sum_g, double *sum_gx) {
@@ -166,6 +170,7 @@ SIMD_CLONES void GradientSumsLanes(const float *dy, const float *y, const float 
   }
 }
 
+template <int kBlock>
 SIMD_CLONES void InputGradientLanes(const float *dy, const float *y, const float *x, float *dx,
                                     float *dresidual, int64_t positions, int activation,
                                     const float *k, const float *a, const float *b) {
@@ -181,8 +186,8 @@ SIMD_CLONES void InputGradientLanes(const float *dy, const float *y, const float
   }
 }
 
-// Calls fn(first, count) for channel groups of `width` channels (1, or kBlock in the blocked
-// layout), split into contiguous ranges over the pool.
+// Calls fn(first, count) for channel groups of `width` channels (1, or the block in the
+// blocked layout), split into contiguous ranges over the pool.
 template <typename Fn>
 void ForGroups(int64_t channels, int64_t width, Fn fn) {
   const int64_t groups = channels / width;
@@ -194,22 +199,24 @@ void ForGroups(int64_t channels, int64_t width, Fn fn) {
   });
 }
 
-// The op's settings tensor: [eps, activation, blocked layout, use the running statistics,
-// momentum (the batch's weight in the running statistics)].
+// The op's settings tensor: [eps, activation, block (0: NCHW, else the blocked layout's 8 or
+// 16), use the running statistics, momentum (the batch's weight in the running statistics)].
 struct Options {
   float eps;
-  int activation;
-  bool blocked, running;
+  int activation, block;
+  bool running;
   float momentum;
 };
 
 Options ReadOptions(const void *data) {
   const float *v = static_cast<const float *>(data);
-  return {v[0], static_cast<int>(v[1]), v[2] != 0.0f, v[3] != 0.0f, v[4]};
+  return {v[0], static_cast<int>(v[1]), static_cast<int>(v[2]), v[3] != 0.0f, v[4]};
 }
 
 // Statistics per channel (batch ones, or the running ones given) -> mean, invstd and the
-// variance (the batch's unbiased one: what the running statistics take in).
+// variance (the batch's unbiased one: what the running statistics take in). B: the block (1:
+// NCHW), here and below.
+template <int B>
 void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, int64_t width,
                 const float *running_mean, const float *running_var, float *mean, float *var,
                 float *invstd) {
@@ -222,15 +229,15 @@ void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, i
     }
     return;
   }
-  double sums[kBlock] = {}, squares[kBlock] = {};
-  if (o.blocked) {
-    for (int64_t n = 0; n < l.batch; ++n) SumLanes(l.Row(x, n, c0), l.plane, nullptr, sums);
+  double sums[kMaxBlock] = {}, squares[kMaxBlock] = {};
+  if constexpr (B > 1) {
+    for (int64_t n = 0; n < l.batch; ++n) SumLanes<B>(l.Row(x, n, c0), l.plane, nullptr, sums);
   } else {
     for (int64_t n = 0; n < l.batch; ++n) sums[0] += Sum(l.Row(x, n, c0), l.plane);
   }
   for (int64_t j = 0; j < width; ++j) mean[j] = static_cast<float>(sums[j] / count);
-  if (o.blocked) {
-    for (int64_t n = 0; n < l.batch; ++n) SumLanes(l.Row(x, n, c0), l.plane, mean, squares);
+  if constexpr (B > 1) {
+    for (int64_t n = 0; n < l.batch; ++n) SumLanes<B>(l.Row(x, n, c0), l.plane, mean, squares);
   } else {
     for (int64_t n = 0; n < l.batch; ++n) {
       squares[0] += SquaredDeviations(l.Row(x, n, c0), l.plane, mean[0]);
@@ -245,11 +252,11 @@ void Statistics(const Layout &l, const Options &o, const float *x, int64_t c0, i
 // params: x, [residual,] gamma, beta, running_mean, running_var, settings; outputs y, mean,
 // invstd (for the backward op), the updated running mean and variance (nn.BatchNorm2d's rule:
 // (1 - momentum) old + momentum batch, unbiased variance; unchanged with running statistics).
-// In the blocked layout a channel group's row is (n, c0 / 16): Row() with channels / 16.
-int Forward(int nparam, void **params, int64_t **shapes) {
+// In the blocked layout a channel group's row is (n, c0 / B): Row() with channels / B.
+template <int B>
+int ForwardIn(int nparam, void **params, int64_t **shapes, const Options &o) {
   const bool has_residual = nparam == 12;
   const int v0 = has_residual ? 2 : 1;  // first per-channel vector
-  const Options o = ReadOptions(params[v0 + 4]);
   const Layout l = ReadLayout(shapes[0]);
   const float *x = static_cast<const float *>(params[0]);
   const float *residual = has_residual ? static_cast<const float *>(params[1]) : nullptr;
@@ -263,10 +270,10 @@ int Forward(int nparam, void **params, int64_t **shapes) {
   float *new_running_mean = static_cast<float *>(params[nparam - 2]);
   float *new_running_var = static_cast<float *>(params[nparam - 1]);
   const float keep = o.running ? 1.0f : 1.0f - o.momentum, take = 1.0f - keep;
-  ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
-    float *mean = mean_out + c0, *invstd = invstd_out + c0, var[kBlock];
-    Statistics(l, o, x, c0, width, running_mean, running_var, mean, var, invstd);
-    float scale[kBlock], shift[kBlock];
+  ForGroups(l.channels, B, [&](int64_t c0, int64_t width) {
+    float *mean = mean_out + c0, *invstd = invstd_out + c0, var[kMaxBlock];
+    Statistics<B>(l, o, x, c0, width, running_mean, running_var, mean, var, invstd);
+    float scale[kMaxBlock], shift[kMaxBlock];
     for (int64_t j = 0; j < width; ++j) {
       scale[j] = gamma[c0 + j] * invstd[j];
       shift[j] = beta[c0 + j] - mean[j] * scale[j];
@@ -275,9 +282,9 @@ int Forward(int nparam, void **params, int64_t **shapes) {
     }
     for (int64_t n = 0; n < l.batch; ++n) {
       const float *r = residual ? l.Row(residual, n, c0) : nullptr;
-      if (o.blocked) {
-        NormalizeActivateLanes(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale, shift,
-                               o.activation);
+      if constexpr (B > 1) {
+        NormalizeActivateLanes<B>(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale, shift,
+                                  o.activation);
       } else {
         NormalizeActivate(l.Row(x, n, c0), r, l.Row(y, n, c0), l.plane, scale[0], shift[0],
                           o.activation);
@@ -289,9 +296,9 @@ int Forward(int nparam, void **params, int64_t **shapes) {
 
 // params: dy, x, y, gamma, mean, invstd, settings; outputs dx, dgamma, dbeta [, dresidual].
 // With running statistics, mean and invstd are constants: dx = gamma invstd g.
-int Backward(int nparam, void **params, int64_t **shapes) {
+template <int B>
+int BackwardIn(int nparam, void **params, int64_t **shapes, const Options &o) {
   const bool has_residual = nparam == 11;
-  const Options o = ReadOptions(params[6]);
   const Layout l = ReadLayout(shapes[0]);
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
@@ -305,12 +312,12 @@ int Backward(int nparam, void **params, int64_t **shapes) {
   float *dresidual = has_residual ? static_cast<float *>(params[10]) : nullptr;
   const double count = static_cast<double>(l.batch * l.plane);
   const int activation = o.activation;
-  ForGroups(l.channels, o.blocked ? kBlock : 1, [&](int64_t c0, int64_t width) {
-    double sum_g[kBlock] = {}, sum_gx[kBlock] = {};
+  ForGroups(l.channels, B, [&](int64_t c0, int64_t width) {
+    double sum_g[kMaxBlock] = {}, sum_gx[kMaxBlock] = {};
     for (int64_t n = 0; n < l.batch; ++n) {
-      if (o.blocked) {
-        GradientSumsLanes(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.plane,
-                          mean + c0, activation, sum_g, sum_gx);
+      if constexpr (B > 1) {
+        GradientSumsLanes<B>(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.plane,
+                             mean + c0, activation, sum_g, sum_gx);
       } else {
         float row_g, row_gx;
         GradientSums(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.plane, mean[c0],
@@ -319,7 +326,7 @@ int Backward(int nparam, void **params, int64_t **shapes) {
         sum_gx[0] += row_gx;
       }
     }
-    float k[kBlock], a[kBlock], b[kBlock];
+    float k[kMaxBlock], a[kMaxBlock], b[kMaxBlock];
     for (int64_t j = 0; j < width; ++j) {
       const int64_t c = c0 + j;
       const double sum_gxhat = sum_gx[j] * invstd[c];
@@ -333,9 +340,9 @@ int Backward(int nparam, void **params, int64_t **shapes) {
     }
     for (int64_t n = 0; n < l.batch; ++n) {
       float *dr = dresidual ? l.Row(dresidual, n, c0) : nullptr;
-      if (o.blocked) {
-        InputGradientLanes(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.Row(dx, n, c0),
-                           dr, l.plane, activation, k, a, b);
+      if constexpr (B > 1) {
+        InputGradientLanes<B>(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0),
+                              l.Row(dx, n, c0), dr, l.plane, activation, k, a, b);
       } else {
         InputGradient(l.Row(dy, n, c0), l.Row(y, n, c0), l.Row(x, n, c0), l.Row(dx, n, c0), dr,
                       l.plane, activation, k[0], a[0], b[0]);
@@ -343,6 +350,26 @@ int Backward(int nparam, void **params, int64_t **shapes) {
     }
   });
   return 0;
+}
+
+// The op for the block the settings name (an unknown one fails the op).
+int Forward(int nparam, void **params, int64_t **shapes) {
+  const Options o = ReadOptions(params[nparam == 12 ? 6 : 5]);
+  switch (o.block) {
+    case 0: return ForwardIn<1>(nparam, params, shapes, o);
+    case 8: return ForwardIn<8>(nparam, params, shapes, o);
+    case 16: return ForwardIn<16>(nparam, params, shapes, o);
+    default: return 1;
+  }
+}
+int Backward(int nparam, void **params, int64_t **shapes) {
+  const Options o = ReadOptions(params[6]);
+  switch (o.block) {
+    case 0: return BackwardIn<1>(nparam, params, shapes, o);
+    case 8: return BackwardIn<8>(nparam, params, shapes, o);
+    case 16: return BackwardIn<16>(nparam, params, shapes, o);
+    default: return 1;
+  }
 }
 
 }  // namespace

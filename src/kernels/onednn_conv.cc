@@ -12,9 +12,10 @@
 // Every entry point takes, after its tensors, an int32[16] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
-//   whose input is the network's input image), src_blocked, dst_blocked (x / y, and their
-//   gradients, are in oneDNN's blocked aBcd16b layout rather than NCHW: the layout our
-//   BatchNorm and the next convolution read, so no reorder is needed between layers),
+//   whose input is the network's input image), src_block, dst_block (0: x / y, and their
+//   gradients, are NCHW; 16 or 8: in oneDNN's blocked aBcd16b / aBcd8b layout, the one its
+//   AVX-512 / AVX2 kernels use, which our BatchNorm and the next convolution read, so no
+//   reorder is needed between layers),
 //   activation (0 none, 1 ReLU, 2 ReLU6, fused into the forward: inference only),
 //   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered),
 //   residual_sum (forward only: a residual input is added before the activation),
@@ -143,15 +144,18 @@ Runtime &Rt() {
   return runtime;
 }
 
+// NCHW (block 0) or oneDNN's blocked layout of 16 or 8 channels.
+tag LayoutTag(int64_t block) {
+  return block == 16 ? tag::aBcd16b : block == 8 ? tag::aBcd8b : tag::nchw;
+}
+
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_blocked, dst_blocked, activation, constant_weights_id, residual_sum, dst_nhwc;
+      src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
-  // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked aBcd16b.
-  tag src_tag() const { return src_blocked ? tag::aBcd16b : tag::nchw; }
-  tag dst_tag() const {
-    return dst_nhwc ? tag::acdb : dst_blocked ? tag::aBcd16b : tag::nchw;
-  }
+  // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked.
+  tag src_tag() const { return LayoutTag(src_block); }
+  tag dst_tag() const { return dst_nhwc ? tag::acdb : LayoutTag(dst_block); }
 };
 
 Geometry ReadGeometry(const void *data) {
@@ -192,7 +196,7 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   for (int i = 0; i < 4; ++i) key << ',' << x[i] << ',' << w[i];
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
       << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
-      << ',' << g.src_blocked << ',' << g.dst_blocked << ',' << g.activation << ','
+      << ',' << g.src_block << ',' << g.dst_block << ',' << g.activation << ','
       << g.residual_sum << ',' << g.dst_nhwc;
   return key.str();
 }
@@ -357,7 +361,7 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
       e->wei.Init(Plain(s.wei, s.wei_tag), pd.weights_desc(), true, false);
       e->dst.Init(Plain(s.dst, g.dst_tag()), pd.dst_desc(), g.residual_sum, true);
       e->bias = Plain(s.bias, tag::x);
-      e->src_to_output = !g.src_blocked && e->src.reorder &&
+      e->src_to_output = !g.src_block && e->src.reorder &&
                          e->src.chosen.get_size() <= e->src.plain.get_size();
       return e;
     });
@@ -485,15 +489,16 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
   return 0;
 }
 
-// Layout changes between MindSpore's NCHW and the blocked aBcd16b (channels a multiple of 16) that
-// our layers keep activations in (see src/model/layout.py); each is the other's gradient.
+// Layout changes between MindSpore's NCHW and the blocked aBcd16b / aBcd8b (channels a multiple
+// of the block) that our layers keep activations in (see src/model/layout.py); each is the
+// other's gradient.
 int Reorder(void **params, int64_t **shapes, tag from, tag to) {
   try {
     const int64_t *x = shapes[0];
     const memory::dims dims = {x[0], x[1], x[2], x[3]};
     std::ostringstream key;
-    key << "reorder," << static_cast<int>(from) << ',' << dims[0] << ',' << dims[1] << ','
-        << dims[2] << ',' << dims[3];
+    key << "reorder," << static_cast<int>(from) << ',' << static_cast<int>(to) << ','
+        << dims[0] << ',' << dims[1] << ',' << dims[2] << ',' << dims[3];
     auto *r = Cached<dnnl::reorder>(key.str(), [&] {
       return new dnnl::reorder(memory(Plain(dims, from), Rt().engine, DNNL_MEMORY_NONE),
                                memory(Plain(dims, to), Rt().engine, DNNL_MEMORY_NONE));
@@ -514,6 +519,12 @@ int ToBlocked(int, void **params, int *, int64_t **shapes, const char **, void *
 }
 int ToPlain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   return Reorder(params, shapes, tag::aBcd16b, tag::nchw);
+}
+int ToBlocked8(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return Reorder(params, shapes, tag::nchw, tag::aBcd8b);
+}
+int ToPlain8(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return Reorder(params, shapes, tag::aBcd8b, tag::nchw);
 }
 
 // The same with a bias (separate names: MindSpore keys some Custom op information by function).

@@ -13,8 +13,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.device import kernel_op
-from src.model.conv import blocked_layouts, current_conv_impl
-from src.model.layout import check_blockable
+from src.model.conv import current_conv_impl, layout_block
+from src.model.layout import PLAIN, check_blockable
 from src.model.onednn_conv import ACTIVATIONS  # index = the kernels' activation code
 
 ACTIVATION_LAYERS = {"relu": nn.ReLU, "relu6": nn.ReLU6}  # MindSpore's, for each activation
@@ -29,7 +29,7 @@ def _custom(function, out_shape, outputs, bprop=None):
 def fused_ops(residual):
     """Forward Custom op ``(x, [residual,] gamma, beta, running_mean, running_variance,
     settings) -> (y, mean, invstd, new running mean, new running variance)`` with its backward
-    op as bprop. ``settings``: [eps, activation code, blocked layout, use the running
+    op as bprop. ``settings``: [eps, activation code, block (PLAIN: NCHW), use the running
     statistics, momentum (the batch's weight in the running statistics)]."""
     if residual:
         backward = _custom("BatchNormAddActBackward",
@@ -80,24 +80,25 @@ class BatchNormAct2d(nn.BatchNorm2d):
     ``fused=True`` (CPU, our kernel library built) computes BatchNorm, add and activation in
     one Custom op, in every mode; in training with batch statistics the running statistics are
     updated as ``nn.BatchNorm2d`` updates them (``momentum`` weight on the old value, unbiased
-    batch variance). ``blocked`` (fused only): x, residual and y are in the blocked layout of
-    ``src.model.layout``. ``residual``: the model calls it with a residual.
+    batch variance). ``block`` (fused only; PLAIN: NCHW): x, residual and y are in the blocked
+    layout of ``src.model.layout`` with this many channels per block. ``residual``: the model
+    calls it with a residual.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.9, activation=None, fused=False,
-                 blocked=False, residual=False):
+                 block=PLAIN, residual=False):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.takes_residual = residual  # called with a residual (tells src.model.fold)
         self.after = AddActivation(activation)
         self.activation = activation
-        if blocked and not fused:
+        if block != PLAIN and not fused:
             raise ValueError("a blocked BatchNorm needs the fused kernel (fused=True)")
-        check_blockable(num_features, blocked, "BatchNorm")
-        self.fused, self.blocked = fused, blocked
+        check_blockable(num_features, block, "BatchNorm")
+        self.fused, self.block = fused, block
         if fused:
             code = ACTIVATIONS.index(activation)  # self.momentum: the batch's weight
-            self.batch_settings = Tensor([eps, code, int(blocked), 0, self.momentum], ms.float32)
-            self.running_settings = Tensor([eps, code, int(blocked), 1, 0], ms.float32)
+            self.batch_settings = Tensor([eps, code, block, 0, self.momentum], ms.float32)
+            self.running_settings = Tensor([eps, code, block, 1, 0], ms.float32)
             self.fused_forward = fused_ops(residual=False)
             self.fused_add_forward = fused_ops(residual=True)
 
@@ -129,4 +130,4 @@ def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None, blocked=False,
     blocked layout when marked ``blocked`` and the network keeps blocked layouts."""
     return BatchNormAct2d(channels, eps, momentum, activation,
                           fused=current_conv_impl() == "onednn",
-                          blocked=blocked and blocked_layouts(), residual=residual)
+                          block=layout_block() if blocked else PLAIN, residual=residual)

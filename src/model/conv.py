@@ -12,10 +12,12 @@ import warnings
 from mindspore import nn
 
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
+from src.model.layout import PLAIN
 from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
 
 IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
-_current = [("mindspore", "float32", False)]  # impl, compute dtype, blocked layouts
+LAYOUT_BLOCKS = {"auto": None, "16": 16, "8": 8, "plain": PLAIN}  # config's layout_block
+_current = [("mindspore", "float32", PLAIN)]  # impl, compute dtype, block of blocked layouts
 
 
 def check_conv_dtype(dtype, impl):
@@ -51,14 +53,26 @@ def resolve_conv_impl(choice, platform):
     return "mindspore"
 
 
+def layout_block_for(choice):
+    """The block of blocked layouts for a config's ``layout_block``: 'auto' is the one of the
+    ISA oneDNN runs here (16 with AVX-512, 8 with AVX2), 'plain' is PLAIN (NCHW)."""
+    if choice not in LAYOUT_BLOCKS:
+        raise ValueError(f"layout_block {choice!r}: expected one of {', '.join(LAYOUT_BLOCKS)}")
+    block = LAYOUT_BLOCKS[choice]
+    return cpu_info().block if block is None else block
+
+
 @contextlib.contextmanager
-def building_with(impl, dtype="float32", blocked=True):
+def building_with(impl, dtype="float32", blocked=True, block=None):
     """Build the layers created inside the block with ``impl`` convolutions computing in
     ``dtype``; with 'onednn' and ``blocked``, layers the model marks as blocked keep their
-    activations in oneDNN's blocked layout (``src.model.layout``)."""
+    activations in oneDNN's blocked layout (``src.model.layout``) of ``block`` channels (None:
+    the ISA's, see ``layout_block_for``)."""
     check_conv_dtype(dtype, impl)
     previous = _current[0]
-    _current[0] = (impl, dtype, impl == "onednn" and blocked)
+    if impl != "onednn" or not blocked:
+        block = PLAIN
+    _current[0] = (impl, dtype, layout_block_for("auto") if block is None else block)
     try:
         yield
     finally:
@@ -70,8 +84,9 @@ def current_conv_impl():
     return _current[0][0]
 
 
-def blocked_layouts():
-    """Whether the layers being built keep blocked activations where the model allows it."""
+def layout_block():
+    """The block of the blocked layout the layers being built keep where the model allows it
+    (PLAIN: none)."""
     return _current[0][2]
 
 
@@ -80,14 +95,14 @@ def Conv2d(*args, input_grad=True, blocked_input=False, blocked_output=False,  #
     """``nn.Conv2d(*args, **kwargs)``, or its oneDNN twin while building with 'onednn'.
     ``input_grad=False`` marks a layer whose input needs no gradient (the image): ours then
     skips computing it. ``blocked_input`` / ``blocked_output`` mark an input / output in the
-    model's blocked region (used when ``blocked_layouts()``). ``nhwc_output``: ours gives
+    model's blocked region (used when ``layout_block()`` is not PLAIN). ``nhwc_output``: ours gives
     (N, OH, OW, O) (see ``nhwc_outputs()``); MindSpore's always NCHW."""
-    impl, dtype, blocked = _current[0]
+    impl, dtype, block = _current[0]
     if impl == "onednn":
         return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad,
-                            blocked_input=blocked and blocked_input,
-                            blocked_output=blocked and blocked_output, nhwc_output=nhwc_output,
-                            **kwargs)
+                            blocked_input=block != PLAIN and blocked_input,
+                            blocked_output=block != PLAIN and blocked_output,
+                            nhwc_output=nhwc_output, block=block or None, **kwargs)
     return nn.Conv2d(*args, **kwargs)
 
 

@@ -1,11 +1,12 @@
 """Where activations live between our CPU layers: NCHW, or oneDNN's blocked layout.
 
-Blocked (``aBcd16b``): a (N, C, H, W) tensor stored as (N, C/16, H, W, 16), channels a multiple
-of 16; same shape and size to MindSpore, only the order of the values differs. It is the layout
-oneDNN's AVX-512 convolutions read and write, so when one of our convolutions hands its output
-to our BatchNorm and that to the next convolution, nothing is reordered in between (reorders
-were ~170 ms of a 2.4 s training step here). Only our kernels and elementwise ops (ReLU, add)
-may touch a blocked tensor; the model marks which layers live in the blocked region
+Blocked (``aBcd16b`` or ``aBcd8b``): a (N, C, H, W) tensor stored as (N, C/B, H, W, B), channels
+a multiple of the block B; same shape and size to MindSpore, only the order of the values
+differs. B is the vector width (in floats) of the ISA oneDNN runs, the layout its convolutions
+read and write: 16 with AVX-512, 8 with AVX2 (``src.cpu.CpuInfo.block``; docs/performance.md
+measures both). So when one of our convolutions hands its output to our BatchNorm and that to
+the next convolution, nothing is reordered in between. Only our kernels and elementwise ops
+(ReLU, add) may touch a blocked tensor; the model marks which layers live in the blocked region
 (``blocked_input`` / ``blocked_output`` / ``blocked``: the backbone's layers from layer1 on;
 feature maps, extra blocks and heads wherever the channel count allows, ``blockable``) and
 ``ToBlocked`` enters it.
@@ -14,18 +15,26 @@ from mindspore import nn
 
 from src.device import kernel_op
 
-BLOCK = 16
+BLOCKS = (8, 16)
+PLAIN = 0  # the block value of NCHW: not blocked
+REORDERS = {16: ("ToBlocked", "ToPlain"), 8: ("ToBlocked8", "ToPlain8")}
 
 
-def blockable(channels):
-    """Whether a tensor of this many channels can live in the blocked layout. The model keeps
-    a tensor blocked exactly when it can, so producers and consumers agree."""
-    return channels % BLOCK == 0
+def blockable(channels, block):
+    """Whether a tensor of this many channels can live in the blocked layout of ``block``
+    channels (never for PLAIN). The model keeps a tensor blocked exactly when it can, so
+    producers and consumers agree."""
+    return block != PLAIN and channels % block == 0
 
 
-def check_blockable(channels, blocked, what):
-    if blocked and not blockable(channels):
-        raise ValueError(f"a blocked {what} needs channels divisible by {BLOCK}, got {channels}")
+def check_blockable(channels, block, what):
+    """Refuse a layer asked to be blocked (``block`` 8 or 16) that cannot be."""
+    if block == PLAIN:
+        return
+    if block not in BLOCKS:
+        raise ValueError(f"block {block!r}: expected {PLAIN} (NCHW) or one of {BLOCKS}")
+    if channels % block:
+        raise ValueError(f"a blocked {what} needs channels divisible by {block}, got {channels}")
 
 
 def _reorder(function, bprop=None):
@@ -33,20 +42,21 @@ def _reorder(function, bprop=None):
 
 
 class ToBlocked(nn.Cell):
-    """(N, C, H, W) NCHW -> the same values in the blocked layout (its gradient goes back to
-    NCHW); the identity when ``enabled`` is False (the network keeps NCHW throughout)."""
+    """(N, C, H, W) NCHW -> the same values in the blocked layout of ``block`` channels (its
+    gradient goes back to NCHW); the identity for PLAIN (the network keeps NCHW throughout)."""
 
-    def __init__(self, channels, enabled):
+    def __init__(self, channels, block):
         super().__init__()
-        check_blockable(channels, enabled, "tensor")
-        self.enabled = enabled
-        if enabled:
-            to_plain = _reorder("ToPlain")
+        check_blockable(channels, block, "tensor")
+        self.enabled = block != PLAIN
+        if self.enabled:
+            to_blocked, to_plain = REORDERS[block]
+            plain = _reorder(to_plain)
 
             def bprop(x, out, dout):
-                return (to_plain(dout),)
+                return (plain(dout),)
 
-            self.reorder = _reorder("ToBlocked", bprop)
+            self.reorder = _reorder(to_blocked, bprop)
 
     def construct(self, x):
         if self.enabled:

@@ -16,7 +16,8 @@ from mindspore.common.initializer import initializer
 from src.device import KERNEL_LIBRARY as LIBRARY
 from src.device import kernel_op as _custom
 from src.device import kernel_library_status
-from src.model.layout import check_blockable
+from src.cpu import cpu_info
+from src.model.layout import PLAIN, check_blockable
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
@@ -99,7 +100,8 @@ class OneDnnConv2d(nn.Cell):
     in float32: AMX on processors that have it. Parameters and gradients stay float32.
     ``input_grad=False`` (for a layer whose input is the image) skips computing the input
     gradient and reports it as zeros. ``blocked_input`` / ``blocked_output``: x / y (and their
-    gradients) hold oneDNN's blocked layout (``src.model.layout``) instead of NCHW.
+    gradients) hold oneDNN's blocked layout (``src.model.layout``) of ``block`` channels (None:
+    the ISA's, 16 with AVX-512, 8 with AVX2) instead of NCHW.
     Inference only (``for_inference``): ``activation`` ('relu', 'relu6') applied to the output
     inside the convolution; ``residual_sum``: called as ``conv(x, residual)``, the residual is
     added before the activation; ``constant_weights``: the weights are reordered once and kept.
@@ -111,7 +113,7 @@ class OneDnnConv2d(nn.Cell):
                  padding=0, dilation=1, group=1, has_bias=False, weight_init=None,
                  bias_init=None, compute_dtype="float32", input_grad=True, blocked_input=False,
                  blocked_output=False, activation=None, constant_weights=False,
-                 residual_sum=False, nhwc_output=False):
+                 residual_sum=False, nhwc_output=False, block=None):
         super().__init__()
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -127,8 +129,9 @@ class OneDnnConv2d(nn.Cell):
             raise ValueError(f"compute_dtype {compute_dtype!r}: expected one of "
                              f"{', '.join(COMPUTE_DTYPES)}")
         self.compute_dtype = compute_dtype
-        check_blockable(in_channels, blocked_input, "input")
-        check_blockable(out_channels, blocked_output, "output")
+        self.block = (block or cpu_info().block) if blocked_input or blocked_output else PLAIN
+        check_blockable(in_channels, self.block if blocked_input else PLAIN, "input")
+        check_blockable(out_channels, self.block if blocked_output else PLAIN, "output")
         if nhwc_output and blocked_output:
             raise ValueError("an output is NHWC or blocked, not both")
         self.blocked_input, self.blocked_output = blocked_input, blocked_output
@@ -140,8 +143,9 @@ class OneDnnConv2d(nn.Cell):
         self.activation, self.constant_weights = activation, constant_weights
         self.residual_sum = residual_sum
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
-                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad), int(blocked_input),
-                    int(blocked_output), ACTIVATIONS.index(activation),
+                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad),
+                    self.block if blocked_input else PLAIN,
+                    self.block if blocked_output else PLAIN, ACTIVATIONS.index(activation),
                     next(_constant_layer_ids) if constant_weights else 0, int(residual_sum),
                     int(nhwc_output))
         self.geometry = Tensor(np.array(geometry, np.int32))
@@ -169,7 +173,8 @@ class OneDnnConv2d(nn.Cell):
                             input_grad=self.input_grad, blocked_input=self.blocked_input,
                             blocked_output=self.blocked_output, nhwc_output=self.nhwc_output,
                             activation=activation or self.activation, constant_weights=True,
-                            residual_sum=residual_sum or self.residual_sum)
+                            residual_sum=residual_sum or self.residual_sum,
+                            block=self.block or None)
         scale = np.ones(self.out_channels) if scale is None else scale
         weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
         copy.weight.set_data(Tensor(weight.astype(np.float32)))

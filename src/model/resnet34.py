@@ -8,7 +8,7 @@ its checkpoints load (``conv1``, ``bn1``, ``layer1.0.conv1`` ... ``down_sample_l
 from mindspore import nn
 
 from src.model.batch_norm import batch_norm
-from src.model.conv import Conv2d, blocked_layouts
+from src.model.conv import Conv2d, layout_block
 from src.model.layout import ToBlocked
 
 BLOCKED = {"blocked_input": True, "blocked_output": True}  # a layer inside the blocked region
@@ -65,7 +65,7 @@ class ResNet34Backbone(nn.Cell):
         self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False)
         self.bn1 = batch_norm(64, activation="relu")
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
-        self.to_blocked = ToBlocked(64, blocked_layouts())
+        self.to_blocked = ToBlocked(64, layout_block())
         self.layer1 = make_layer(3, 64, 64, 1)
         self.layer2 = make_layer(4, 64, 128, 2)
         self.layer3 = make_layer(6, 128, 256, 1)

@@ -12,7 +12,8 @@ from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from src.model.batch_norm import batch_norm
-from src.model.conv import Conv2d, building_with, nhwc_outputs, resolve_conv_impl
+from src.model.conv import (Conv2d, building_with, layout_block, layout_block_for, nhwc_outputs,
+                            resolve_conv_impl)
 from src.model.layout import blockable
 from src.model.resnet34 import ResNet34Backbone
 
@@ -22,7 +23,8 @@ INIT_SIGMA = 0.02
 
 def layouts(in_channels, out_channels):
     """A convolution's input and output blocked wherever their channels allow."""
-    return {"blocked_input": blockable(in_channels), "blocked_output": blockable(out_channels)}
+    return {"blocked_input": blockable(in_channels, layout_block()),
+            "blocked_output": blockable(out_channels, layout_block())}
 
 
 class SSDFeatureExtractor(nn.Cell):
@@ -64,10 +66,11 @@ def separable_head(channels, outputs):
     return nn.SequentialCell([
         Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels,
                **layouts(channels, channels)),
-        batch_norm(channels, eps=1e-3, momentum=0.97, blocked=blockable(channels)),
+        batch_norm(channels, eps=1e-3, momentum=0.97,
+                   blocked=blockable(channels, layout_block())),
         nn.ReLU6(),
         Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros",
-               blocked_input=blockable(channels), nhwc_output=True)])
+               blocked_input=blockable(channels, layout_block()), nhwc_output=True)])
 
 
 class MultiBox(nn.Cell):
@@ -184,7 +187,8 @@ def build_ssd(config, conv_impl=None, conv_dtype=None):
     ``conv_dtype`` says otherwise; parameters are the same (float32) either way.
     """
     impl = conv_impl or resolve_conv_impl(config.conv_impl, ms.get_context("device_target"))
-    with building_with(impl, conv_dtype or config.conv_dtype):
+    with building_with(impl, conv_dtype or config.conv_dtype,
+                       block=layout_block_for(config.layout_block)):
         network = SsdResnet34(config.class_count, config.extras_out_channels,
                               config.extras_strides, config.num_default, config.num_ssd_boxes)
     init_weights(network)
