@@ -8,8 +8,8 @@
 #include <cstring>
 
 #include "threads.h"
+#include "simd.h"
 
-#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace {
 

@@ -16,8 +16,8 @@
 #include <cstdint>
 
 #include "threads.h"
+#include "simd.h"
 
-#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace {
 

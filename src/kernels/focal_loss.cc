@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "threads.h"
+#include "simd.h"
 
-#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 namespace {
 

@@ -9,7 +9,7 @@ from mindspore import nn
 
 from src.model.batch_norm import batch_norm
 from src.model.conv import Conv2d, layout_block
-from src.model.layout import ToBlocked
+from src.model.max_pool import max_pool_same
 
 BLOCKED = {"blocked_input": True, "blocked_output": True}  # a layer inside the blocked region
 
@@ -56,20 +56,21 @@ def make_layer(blocks, in_channels, out_channels, stride):
 class ResNet34Backbone(nn.Cell):
     """(B, 3, H, W) image -> (B, 256, H/8, W/8) feature map (38x38 for 300x300).
 
-    The stem works in NCHW (MindSpore's max-pool reads it); from layer1 on, activations are in
-    the blocked layout when the network keeps blocked layouts (``src.model.layout``).
+    When the network keeps blocked layouts (``src.model.layout``), activations are blocked from
+    the stem convolution's output on (it reads the NCHW image), the max-pool included (ours,
+    ``src.model.max_pool``); otherwise everything is NCHW and the max-pool MindSpore's.
     """
 
     def __init__(self):
         super().__init__()
-        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False)
-        self.bn1 = batch_norm(64, activation="relu")
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
-        self.to_blocked = ToBlocked(64, layout_block())
+        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False,
+                            blocked_output=True)
+        self.bn1 = batch_norm(64, activation="relu", blocked=True)
+        self.maxpool = max_pool_same(64, 3, 2, layout_block())
         self.layer1 = make_layer(3, 64, 64, 1)
         self.layer2 = make_layer(4, 64, 128, 2)
         self.layer3 = make_layer(6, 128, 256, 1)
 
     def construct(self, x):
-        x = self.to_blocked(self.maxpool(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))

@@ -1,0 +1,141 @@
+// Max pooling over our blocked activation layout (aBcd8b / aBcd16b: N, C/B, H, W, B) with
+// TensorFlow's "same" padding (MindSpore's pad_mode 'same': out = ceil(in / stride), the
+// padding split with the extra row and column at the bottom and right, padded values never
+// chosen), as MindSpore Custom AOT ops for the CPU: forward with the position of each maximum,
+// and backward, which adds each output's gradient at that position.
+//
+// MindSpore's own MaxPool reads NCHW only and oneDNN then runs its generic simple_nchw kernel
+// for it; here one position's B channels are one vector. Each (image, channel block) plane is
+// computed by one thread, so the backward's additions (windows overlap) never race and results
+// do not depend on timing. Ties keep the first maximum in window order.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "simd.h"
+#include "threads.h"
+
+namespace {
+
+struct Pool {
+  int64_t planes, h, w, oh, ow, kernel, stride, pad_t, pad_l;
+  int block;
+};
+
+// x (N, C, H, W) in the blocked layout; settings int32 [kernel, stride, block].
+Pool ReadPool(const int64_t *x, const int64_t *y, const void *settings) {
+  const int32_t *s = static_cast<const int32_t *>(settings);
+  Pool p;
+  p.kernel = s[0];
+  p.stride = s[1];
+  p.block = s[2];
+  p.planes = x[0] * (x[1] / p.block);
+  p.h = x[2];
+  p.w = x[3];
+  p.oh = y[2];
+  p.ow = y[3];
+  const int64_t pad_h = std::max<int64_t>((p.oh - 1) * p.stride + p.kernel - p.h, 0);
+  const int64_t pad_w = std::max<int64_t>((p.ow - 1) * p.stride + p.kernel - p.w, 0);
+  p.pad_t = pad_h / 2;
+  p.pad_l = pad_w / 2;
+  return p;
+}
+
+// One plane: y and, per output value, the input position (ih * W + iw) of its maximum.
+template <int B>
+SIMD_CLONES void ForwardPlane(const float *x, float *y, int32_t *where, const Pool &p) {
+  for (int64_t oh = 0; oh < p.oh; ++oh) {
+    const int64_t h0 = std::max<int64_t>(oh * p.stride - p.pad_t, 0);
+    const int64_t h1 = std::min<int64_t>(oh * p.stride - p.pad_t + p.kernel, p.h);
+    for (int64_t ow = 0; ow < p.ow; ++ow) {
+      const int64_t w0 = std::max<int64_t>(ow * p.stride - p.pad_l, 0);
+      const int64_t w1 = std::min<int64_t>(ow * p.stride - p.pad_l + p.kernel, p.w);
+      float best[B];
+      int32_t at[B];
+      for (int j = 0; j < B; ++j) {
+        best[j] = -INFINITY;
+        at[j] = static_cast<int32_t>(h0 * p.w + w0);
+      }
+      for (int64_t ih = h0; ih < h1; ++ih) {
+        for (int64_t iw = w0; iw < w1; ++iw) {
+          const float *v = x + (ih * p.w + iw) * B;
+          const int32_t position = static_cast<int32_t>(ih * p.w + iw);
+#pragma omp simd
+          for (int j = 0; j < B; ++j) {
+            const bool larger = v[j] > best[j];
+            best[j] = larger ? v[j] : best[j];
+            at[j] = larger ? position : at[j];
+          }
+        }
+      }
+      const int64_t o = (oh * p.ow + ow) * B;
+      for (int j = 0; j < B; ++j) {
+        y[o + j] = best[j];
+        where[o + j] = at[j];
+      }
+    }
+  }
+}
+
+template <int B>
+void BackwardPlane(const float *dy, const int32_t *where, float *dx, const Pool &p) {
+  std::memset(dx, 0, sizeof(float) * p.h * p.w * B);
+  for (int64_t o = 0; o < p.oh * p.ow; ++o) {
+    for (int j = 0; j < B; ++j) dx[where[o * B + j] * B + j] += dy[o * B + j];
+  }
+}
+
+template <int B>
+void Forward(void **params, const Pool &p) {
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[2]);
+  int32_t *where = static_cast<int32_t *>(params[3]);
+  const int64_t in_plane = p.h * p.w * B, out_plane = p.oh * p.ow * B;
+  KernelParallelFor(static_cast<int>(p.planes), [&](int plane, int) {
+    ForwardPlane<B>(x + plane * in_plane, y + plane * out_plane, where + plane * out_plane, p);
+  });
+}
+
+template <int B>
+void Backward(void **params, const Pool &p) {
+  const float *dy = static_cast<const float *>(params[0]);
+  const int32_t *where = static_cast<const int32_t *>(params[1]);
+  float *dx = static_cast<float *>(params[4]);
+  const int64_t in_plane = p.h * p.w * B, out_plane = p.oh * p.ow * B;
+  KernelParallelFor(static_cast<int>(p.planes), [&](int plane, int) {
+    BackwardPlane<B>(dy + plane * out_plane, where + plane * out_plane, dx + plane * in_plane, p);
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
+// params: x, settings, y, where (int32, the shape of y)
+int MaxPoolForward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const Pool p = ReadPool(shapes[0], shapes[2], params[1]);
+  if (p.block == 16) {
+    Forward<16>(params, p);
+  } else if (p.block == 8) {
+    Forward<8>(params, p);
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
+// params: dy, where, x (for its shape), settings, dx
+int MaxPoolBackward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  const Pool p = ReadPool(shapes[2], shapes[0], params[3]);
+  if (p.block == 16) {
+    Backward<16>(params, p);
+  } else if (p.block == 8) {
+    Backward<8>(params, p);
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
+}  // extern "C"
