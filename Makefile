@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and make:
-#   make demo   set up .venv, make the demo data, train briefly, evaluate (about 10 minutes on 2 cores)
+#   make demo   set up .venv, make the demo data, train briefly, evaluate
 #   make test   set up .venv, run the whole test suite
+# (how long each takes depends on the processor: README, Quick start)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python

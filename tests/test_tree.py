@@ -1,4 +1,5 @@
 """The repository holds sources, not generated files: make clean removes only what git ignores."""
+import os
 import shlex
 import subprocess
 
@@ -10,8 +11,9 @@ def git(*args):
 
 
 def test_make_clean_removes_only_ignored_generated_paths():
-    dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "clean"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     words = shlex.split(dry.stdout.replace("\\\n", " "))
     assert words[:2] == ["rm", "-rf"], dry.stdout
