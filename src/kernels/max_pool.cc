@@ -1,8 +1,8 @@
 // Max pooling over our blocked activation layout (aBcd8b / aBcd16b: N, C/B, H, W, B) with
 // TensorFlow's "same" padding (MindSpore's pad_mode 'same': out = ceil(in / stride), the
 // padding split with the extra row and column at the bottom and right, padded values never
-// chosen), as MindSpore Custom AOT ops for the CPU: forward with the position of each maximum,
-// and backward, which adds each output's gradient at that position.
+// chosen), as MindSpore Custom AOT ops for the CPU: forward, and backward, which adds each
+// output's gradient at the position of its maximum.
 //
 // MindSpore's own MaxPool reads NCHW only and oneDNN then runs its generic simple_nchw kernel
 // for it; here one position's B channels are one vector. Each (image, channel block) plane is
@@ -42,9 +42,9 @@ Pool ReadPool(const int64_t *x, const int64_t *y, const void *settings) {
   return p;
 }
 
-// One plane: y and, per output value, the input position (ih * W + iw) of its maximum.
+// One plane of y.
 template <int B>
-SIMD_CLONES void ForwardPlane(const float *x, float *y, int32_t *where, const Pool &p) {
+SIMD_CLONES void ForwardPlane(const float *x, float *y, const Pool &p) {
   for (int64_t oh = 0; oh < p.oh; ++oh) {
     const int64_t h0 = std::max<int64_t>(oh * p.stride - p.pad_t, 0);
     const int64_t h1 = std::min<int64_t>(oh * p.stride - p.pad_t + p.kernel, p.h);
@@ -52,37 +52,47 @@ SIMD_CLONES void ForwardPlane(const float *x, float *y, int32_t *where, const Po
       const int64_t w0 = std::max<int64_t>(ow * p.stride - p.pad_l, 0);
       const int64_t w1 = std::min<int64_t>(ow * p.stride - p.pad_l + p.kernel, p.w);
       float best[B];
-      int32_t at[B];
-      for (int j = 0; j < B; ++j) {
-        best[j] = -INFINITY;
-        at[j] = static_cast<int32_t>(h0 * p.w + w0);
-      }
+      for (int j = 0; j < B; ++j) best[j] = -INFINITY;
       for (int64_t ih = h0; ih < h1; ++ih) {
         for (int64_t iw = w0; iw < w1; ++iw) {
           const float *v = x + (ih * p.w + iw) * B;
-          const int32_t position = static_cast<int32_t>(ih * p.w + iw);
 #pragma omp simd
-          for (int j = 0; j < B; ++j) {
-            const bool larger = v[j] > best[j];
-            best[j] = larger ? v[j] : best[j];
-            at[j] = larger ? position : at[j];
-          }
+          for (int j = 0; j < B; ++j) best[j] = v[j] > best[j] ? v[j] : best[j];
         }
       }
-      const int64_t o = (oh * p.ow + ow) * B;
-      for (int j = 0; j < B; ++j) {
-        y[o + j] = best[j];
-        where[o + j] = at[j];
-      }
+      float *out = y + (oh * p.ow + ow) * B;
+      for (int j = 0; j < B; ++j) out[j] = best[j];
     }
   }
 }
 
+// One plane of dx: each output's gradient goes to the first position of its window holding
+// the maximum (found again from x and y: no index tensor is kept between the two ops).
 template <int B>
-void BackwardPlane(const float *dy, const int32_t *where, float *dx, const Pool &p) {
+SIMD_CLONES void BackwardPlane(const float *dy, const float *x, const float *y, float *dx,
+                               const Pool &p) {
   std::memset(dx, 0, sizeof(float) * p.h * p.w * B);
-  for (int64_t o = 0; o < p.oh * p.ow; ++o) {
-    for (int j = 0; j < B; ++j) dx[where[o * B + j] * B + j] += dy[o * B + j];
+  for (int64_t oh = 0; oh < p.oh; ++oh) {
+    const int64_t h0 = std::max<int64_t>(oh * p.stride - p.pad_t, 0);
+    const int64_t h1 = std::min<int64_t>(oh * p.stride - p.pad_t + p.kernel, p.h);
+    for (int64_t ow = 0; ow < p.ow; ++ow) {
+      const int64_t w0 = std::max<int64_t>(ow * p.stride - p.pad_l, 0);
+      const int64_t w1 = std::min<int64_t>(ow * p.stride - p.pad_l + p.kernel, p.w);
+      const int64_t o = (oh * p.ow + ow) * B;
+      float left[B];  // 1 until the maximum's position is found
+      for (int j = 0; j < B; ++j) left[j] = 1.0f;
+      for (int64_t ih = h0; ih < h1; ++ih) {
+        for (int64_t iw = w0; iw < w1; ++iw) {
+          const int64_t at = (ih * p.w + iw) * B;
+#pragma omp simd
+          for (int j = 0; j < B; ++j) {
+            const float hit = left[j] * static_cast<float>(x[at + j] == y[o + j]);
+            dx[at + j] += hit * dy[o + j];
+            left[j] -= hit;
+          }
+        }
+      }
+    }
   }
 }
 
@@ -90,21 +100,22 @@ template <int B>
 void Forward(void **params, const Pool &p) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[2]);
-  int32_t *where = static_cast<int32_t *>(params[3]);
   const int64_t in_plane = p.h * p.w * B, out_plane = p.oh * p.ow * B;
   KernelParallelFor(static_cast<int>(p.planes), [&](int plane, int) {
-    ForwardPlane<B>(x + plane * in_plane, y + plane * out_plane, where + plane * out_plane, p);
+    ForwardPlane<B>(x + plane * in_plane, y + plane * out_plane, p);
   });
 }
 
 template <int B>
 void Backward(void **params, const Pool &p) {
   const float *dy = static_cast<const float *>(params[0]);
-  const int32_t *where = static_cast<const int32_t *>(params[1]);
+  const float *x = static_cast<const float *>(params[1]);
+  const float *y = static_cast<const float *>(params[2]);
   float *dx = static_cast<float *>(params[4]);
   const int64_t in_plane = p.h * p.w * B, out_plane = p.oh * p.ow * B;
   KernelParallelFor(static_cast<int>(p.planes), [&](int plane, int) {
-    BackwardPlane<B>(dy + plane * out_plane, where + plane * out_plane, dx + plane * in_plane, p);
+    BackwardPlane<B>(dy + plane * out_plane, x + plane * in_plane, y + plane * out_plane,
+                     dx + plane * in_plane, p);
   });
 }
 
@@ -112,7 +123,7 @@ void Backward(void **params, const Pool &p) {
 
 extern "C" {
 
-// params: x, settings, y, where (int32, the shape of y)
+// params: x, settings, y
 int MaxPoolForward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const Pool p = ReadPool(shapes[0], shapes[2], params[1]);
   if (p.block == 16) {
@@ -125,9 +136,9 @@ int MaxPoolForward(int, void **params, int *, int64_t **shapes, const char **, v
   return 0;
 }
 
-// params: dy, where, x (for its shape), settings, dx
+// params: dy, x, y, settings, dx
 int MaxPoolBackward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  const Pool p = ReadPool(shapes[2], shapes[0], params[3]);
+  const Pool p = ReadPool(shapes[1], shapes[0], params[3]);
   if (p.block == 16) {
     Backward<16>(params, p);
   } else if (p.block == 8) {

@@ -29,17 +29,15 @@ class BlockedMaxPool2d(nn.Cell):
         def shape(x, settings):
             return [x[0], x[1], same_output_size(x[2], stride), same_output_size(x[3], stride)]
 
-        backward = kernel_op("MaxPoolBackward", lambda dy, where, x, s: x,
-                             lambda dy, where, x, s: x)
+        backward = kernel_op("MaxPoolBackward", lambda dy, x, y, s: x, lambda dy, x, y, s: x)
 
         def bprop(x, settings, out, dout):
-            return backward(dout[0], out[1], x, settings), ms.ops.zeros_like(settings)
+            return backward(dout, x, out, settings), ms.ops.zeros_like(settings)
 
-        self.forward = kernel_op("MaxPoolForward", lambda x, s: (shape(x, s), shape(x, s)),
-                                 lambda x, s: (x, ms.int32), bprop)
+        self.forward = kernel_op("MaxPoolForward", shape, lambda x, s: x, bprop)
 
     def construct(self, x):
-        return self.forward(x, self.settings)[0]
+        return self.forward(x, self.settings)
 
 
 def max_pool_same(channels, kernel_size, stride, block):
