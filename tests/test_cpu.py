@@ -1,6 +1,7 @@
 """The processor is read once (src/cpu.py): oneDNN's own answer agrees with ours, and bfloat16 is
 refused before any work on a CPU (or under a cap) without native bfloat16 arithmetic."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -64,18 +65,18 @@ def test_our_reading_agrees_with_onednn(cap):
 
     library = glob.glob(os.path.join(os.path.dirname(mindspore.__file__), "lib", "libdnnl.so.3"))
     assert library, "MindSpore's bundled oneDNN not found"
-    code = ("import ctypes, sys; from src.cpu import cpu_info, ISA_LEVELS; "
+    code = ("import ctypes, json; from src.cpu import cpu_info, ISA_LEVELS; "
             f"mask = ctypes.CDLL({library[0]!r}).dnnl_get_effective_cpu_isa(); "
-            "ours = cpu_info().effective_isa; "
-            "theirs = [l.name for l in ISA_LEVELS if l.mask == mask]; print(ours, theirs)")
+            "print(json.dumps([cpu_info().effective_isa, "
+            "[l.name for l in ISA_LEVELS if l.mask == mask]]))")
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     if cap:
         env["ONEDNN_MAX_CPU_ISA"] = cap
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
-    ours, theirs = result.stdout.split(" ", 1)
-    assert [ours] == eval(theirs), result.stdout  # noqa: S307 (our own printed list)
+    ours, theirs = json.loads(result.stdout)
+    assert [ours] == theirs, result.stdout
 
 
 def test_this_machine_is_described_in_benchmark_lines():

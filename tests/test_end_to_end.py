@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from src.cpu import cpu_info
 from tests.conftest import ROOT, run_script
 
 
@@ -25,6 +26,8 @@ def test_training_lowers_the_loss_and_writes_its_outputs(trained):
     text = result.stdout + result.stderr
     assert "trainable parameters, 8,732 default boxes, input 3x300x300" in text
     assert "Device: CPU, GRAPH_MODE, fp32, loss scale 1" in text
+    assert f"CPU: {cpu_info().describe()}" in text          # the processor, read once
+    assert "4 classes (background included; from the data)" in text
     assert "ETA" in text
     train_dir = out / "train"
     rows = [json.loads(line) for line in open(train_dir / "train_log.jsonl")]
@@ -66,6 +69,7 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     truth = json.load(open(eval_dir / "ground_truth.json"))
     assert len(truth["images"]) == 4
     assert "circle" in result.stdout and "AP50" in result.stdout   # the per-class table
+    assert f"CPU: {cpu_info().describe()}" in result.stdout
 
 
 def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count(

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "simd.h"
 #include "threads.h"
@@ -21,6 +22,11 @@ namespace {
 struct Pool {
   int64_t planes, h, w, oh, ow, kernel, stride, pad_t, pad_l;
   int block;
+  // The input rows (or columns) [First, Last) of output row (column) o's window.
+  int64_t First(int64_t o, int64_t pad) const { return std::max<int64_t>(o * stride - pad, 0); }
+  int64_t Last(int64_t o, int64_t pad, int64_t size) const {
+    return std::min<int64_t>(o * stride - pad + kernel, size);
+  }
 };
 
 // x (N, C, H, W) in the blocked layout; settings int32 [kernel, stride, block].
@@ -46,11 +52,9 @@ Pool ReadPool(const int64_t *x, const int64_t *y, const void *settings) {
 template <int B>
 SIMD_CLONES void ForwardPlane(const float *x, float *y, const Pool &p) {
   for (int64_t oh = 0; oh < p.oh; ++oh) {
-    const int64_t h0 = std::max<int64_t>(oh * p.stride - p.pad_t, 0);
-    const int64_t h1 = std::min<int64_t>(oh * p.stride - p.pad_t + p.kernel, p.h);
+    const int64_t h0 = p.First(oh, p.pad_t), h1 = p.Last(oh, p.pad_t, p.h);
     for (int64_t ow = 0; ow < p.ow; ++ow) {
-      const int64_t w0 = std::max<int64_t>(ow * p.stride - p.pad_l, 0);
-      const int64_t w1 = std::min<int64_t>(ow * p.stride - p.pad_l + p.kernel, p.w);
+      const int64_t w0 = p.First(ow, p.pad_l), w1 = p.Last(ow, p.pad_l, p.w);
       float best[B];
       for (int j = 0; j < B; ++j) best[j] = -INFINITY;
       for (int64_t ih = h0; ih < h1; ++ih) {
@@ -73,11 +77,9 @@ SIMD_CLONES void BackwardPlane(const float *dy, const float *x, const float *y, 
                                const Pool &p) {
   std::memset(dx, 0, sizeof(float) * p.h * p.w * B);
   for (int64_t oh = 0; oh < p.oh; ++oh) {
-    const int64_t h0 = std::max<int64_t>(oh * p.stride - p.pad_t, 0);
-    const int64_t h1 = std::min<int64_t>(oh * p.stride - p.pad_t + p.kernel, p.h);
+    const int64_t h0 = p.First(oh, p.pad_t), h1 = p.Last(oh, p.pad_t, p.h);
     for (int64_t ow = 0; ow < p.ow; ++ow) {
-      const int64_t w0 = std::max<int64_t>(ow * p.stride - p.pad_l, 0);
-      const int64_t w1 = std::min<int64_t>(ow * p.stride - p.pad_l + p.kernel, p.w);
+      const int64_t w0 = p.First(ow, p.pad_l), w1 = p.Last(ow, p.pad_l, p.w);
       const int64_t o = (oh * p.ow + ow) * B;
       float left[B];  // 1 until the maximum's position is found
       for (int j = 0; j < B; ++j) left[j] = 1.0f;
@@ -119,6 +121,19 @@ void Backward(void **params, const Pool &p) {
   });
 }
 
+// Runs fn(std::integral_constant<int, B>) for the settings' block B; 1 for an unknown one.
+template <typename Fn>
+int ForBlock(int block, Fn fn) {
+  if (block == 16) {
+    fn(std::integral_constant<int, 16>{});
+  } else if (block == 8) {
+    fn(std::integral_constant<int, 8>{});
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -126,27 +141,13 @@ extern "C" {
 // params: x, settings, y
 int MaxPoolForward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const Pool p = ReadPool(shapes[0], shapes[2], params[1]);
-  if (p.block == 16) {
-    Forward<16>(params, p);
-  } else if (p.block == 8) {
-    Forward<8>(params, p);
-  } else {
-    return 1;
-  }
-  return 0;
+  return ForBlock(p.block, [&](auto block) { Forward<decltype(block)::value>(params, p); });
 }
 
 // params: dy, x, y, settings, dx
 int MaxPoolBackward(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   const Pool p = ReadPool(shapes[1], shapes[0], params[3]);
-  if (p.block == 16) {
-    Backward<16>(params, p);
-  } else if (p.block == 8) {
-    Backward<8>(params, p);
-  } else {
-    return 1;
-  }
-  return 0;
+  return ForBlock(p.block, [&](auto block) { Backward<decltype(block)::value>(params, p); });
 }
 
 }  // extern "C"

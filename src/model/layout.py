@@ -7,9 +7,10 @@ read and write: 16 with AVX-512, 8 with AVX2 (``src.cpu.CpuInfo.block``; docs/pe
 measures both). So when one of our convolutions hands its output to our BatchNorm and that to
 the next convolution, nothing is reordered in between. Only our kernels and elementwise ops
 (ReLU, add) may touch a blocked tensor; the model marks which layers live in the blocked region
-(``blocked_input`` / ``blocked_output`` / ``blocked``: the backbone's layers from layer1 on;
-feature maps, extra blocks and heads wherever the channel count allows, ``blockable``) and
-``ToBlocked`` enters it.
+(``blocked_input`` / ``blocked_output`` / ``blocked``: the backbone from the stem
+convolution's output on, which enters the region itself; feature maps, extra blocks and heads
+wherever the channel count allows, ``blockable``). ``ToBlocked`` enters it from an NCHW
+tensor.
 """
 from mindspore import nn
 
