@@ -12,8 +12,7 @@ import os
 import sys
 
 import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
-from src.config import parse_config
-from src.device import hardware_problem
+from src.cli import parse_runnable_config
 from src.measure import MODES, run
 
 
@@ -30,11 +29,7 @@ def main(argv=None):
         parser.error("--steps and --eval_images must be >= 1 and --warmup >= 0")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
-    config = parse_config(rest, __doc__, overrides={"batch_size": 8})
-    problem = hardware_problem(config)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
     run(config, MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
         args.twin, args.twin_python, args.eval_images)
     return 0

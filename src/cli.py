@@ -13,6 +13,17 @@ def is_expected(exc):
     return isinstance(exc, EXPECTED_ERRORS) or type(exc).__module__.startswith("src.")
 
 
+def parse_runnable_config(argv, description, overrides=None):
+    """parse_config, then the checks of what this machine can run (``hardware_problem``): an
+    unusable setting exits with status 2 and its message, before any work."""
+    config = parse_config(argv, description, overrides)
+    problem = hardware_problem(config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return config
+
+
 def run(main, description, argv=None, overrides=None):
     """Parse flags into a Config, call ``main(config)``, turn expected failures into messages.
 
@@ -22,11 +33,7 @@ def run(main, description, argv=None, overrides=None):
     2 for unusable flags (argparse's convention) or flags this machine cannot run, 130 on
     Ctrl-C.
     """
-    config = parse_config(argv, description, overrides)
-    problem = hardware_problem(config)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    config = parse_runnable_config(argv, description, overrides)
     try:
         main(config)
     except KeyboardInterrupt:

@@ -79,7 +79,7 @@ def test_our_reading_agrees_with_onednn(cap):
     assert [ours] == theirs, result.stdout
 
 
-def test_this_machine_is_described_in_benchmark_lines():
+def test_this_machine_is_described():
     cpu = cpu_info()
     described = cpu.as_dict()
     assert described["cpu_model"] == cpu.model_name != "unknown CPU"
