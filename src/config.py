@@ -79,6 +79,12 @@ class Config:
                                      "CPU layers: auto (16 where oneDNN runs AVX-512, 8 with "
                                      "AVX2), 16, 8, or plain (NCHW throughout)",
                              choices=("auto", "16", "8", "plain"), section="model")
+    conv_algorithm: str = _key("auto", "forward and input gradient of our 3x3 stride-1 CPU "
+                                       "convolutions: auto (Winograd F(4x4, 3x3) where both "
+                                       "channel counts are at least 128, direct elsewhere), "
+                                       "direct, or winograd (every such layer in the blocked "
+                                       "region)",
+                               choices=("auto", "direct", "winograd"), section="model")
     extras_strides: tuple = _key((1, 1, 2, 2, 2, 1),
                                  "strides of the extra blocks (entries 2..5 are used)",
                                  section="model")

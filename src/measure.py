@@ -39,7 +39,8 @@ def environment(config, platform):
     impl = resolve_conv_impl(config.conv_impl, platform)
     return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
             **cpu_info().as_dict(), "conv_impl": impl, "conv_dtype": config.conv_dtype,
-            "layout_block": layout_block_for(config.layout_block) if impl == "onednn" else 0}
+            "layout_block": layout_block_for(config.layout_block) if impl == "onednn" else 0,
+            "conv_algorithm": config.conv_algorithm if impl == "onednn" else "mindspore"}
 
 
 def timed(function, repeats, warmup):

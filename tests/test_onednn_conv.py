@@ -238,7 +238,7 @@ def test_whole_detector_same_outputs_either_way(graph_cpu):
     config = Config(num_classes=4)
     ours = build_ssd(config, conv_impl="onednn")
     theirs = build_ssd(config, conv_impl="mindspore")
-    assert conv_description(ours) == "oneDNN (ours)" and conv_description(theirs) == \
+    assert conv_description(ours).startswith("oneDNN (ours)") and conv_description(theirs) == \
         "MindSpore's"
     ms.load_param_into_net(theirs, {p.name: p for p in ours.get_parameters()})
     image = ms.Tensor(np.random.default_rng(1).normal(size=(1, 3, 300, 300)).astype(
@@ -261,7 +261,9 @@ def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu, bloc
     config = Config(num_classes=3, extras_out_channels=(256, 196, 512, 76, 256, 36))
     nets = []
     for blocked in (True, False):
-        with building_with("onednn", "float32", blocked=blocked, block=block):
+        # direct everywhere: this compares layouts (Winograd needs the blocked one)
+        with building_with("onednn", "float32", blocked=blocked, block=block,
+                           algorithm="direct"):
             nets.append(SsdResnet34(config.num_classes, config.extras_out_channels))
     convs = [c for _, c in nets[0].cells_and_names() if hasattr(c, "blocked_input")]
     assert any(c.blocked_input for c in convs) and not all(c.blocked_input for c in convs)
@@ -319,3 +321,81 @@ def test_isa_cap_follows_the_convolutions(env, argv, expected):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env={**clean, **env}, timeout=60)
     assert result.stdout.strip() == expected, result.stderr
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_winograd_forward_and_input_gradient_match_nn_conv2d(graph_cpu, block):
+    """Winograd F(4x4, 3x3): outputs, input and weight gradients as nn.Conv2d's (sizes that are
+    and are not multiples of the 4x4 tile, bias), rounded differently from direct convolution
+    (so it really ran), and inference copies with the bias, a residual and ReLU6 fused."""
+    import mindspore as ms
+    from mindspore import Tensor, nn
+    from src.model.onednn_conv import OneDnnConv2d
+
+    rng = np.random.default_rng(7)
+    for cin, cout, h, w, bias in ((32, 48, 13, 13, True), (16, 32, 8, 11, False)):
+        ref = nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=bias,
+                        bias_init="normal" if bias else None)
+        x = rng.normal(size=(2, cin, h, w)).astype(np.float32)
+        y_ref = ref(Tensor(x)).asnumpy()
+        target = rng.normal(size=y_ref.shape).astype(np.float32)
+        fn = ms.value_and_grad(Loss(ref).cell, grad_position=0, weights=ref.trainable_params())
+        _, (dx, dws) = fn(Tensor(x), Tensor(target))
+        want_grads = [dx.asnumpy()] + [d.asnumpy() for d in dws]
+        outputs = {}
+        for algorithm in ("direct", "winograd"):
+            ours = OneDnnConv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=bias,
+                                blocked_input=True, blocked_output=True, block=block,
+                                algorithm=algorithm)
+            ours.weight.set_data(ref.weight.data.copy())
+            if bias:
+                ours.bias.set_data(ref.bias.data.copy())
+            y = to_plain(ours(Tensor(to_blocked(x, block))).asnumpy(), block)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4 * np.abs(y_ref).max())
+            outputs[algorithm] = y
+            fn = ms.value_and_grad(Loss(ours).cell, grad_position=0,
+                                   weights=ours.trainable_params())
+            _, (dx, dws) = fn(Tensor(to_blocked(x, block)), Tensor(to_blocked(target, block)))
+            got_grads = [to_plain(dx.asnumpy(), block)] + [d.asnumpy() for d in dws]
+            for want, got in zip(want_grads, got_grads):
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                                           err_msg=str((cin, cout, h, w, algorithm)))
+            if algorithm == "winograd":
+                residual = rng.normal(0, 3, size=y_ref.shape).astype(np.float32)
+                scale = rng.uniform(0.5, 2, size=cout)
+                shift = rng.normal(size=cout)
+                copy = ours.for_inference(scale, shift, "relu6", residual_sum=True)
+                assert copy.algorithm == "winograd"
+                want = np.clip(y_ref * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+                               + residual, 0, 6)
+                for _ in range(2):  # second call: the kept transformed weights
+                    got = to_plain(copy(Tensor(to_blocked(x, block)),
+                                        Tensor(to_blocked(residual, block))).asnumpy(), block)
+                    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * 6)
+                assert (want == 0).any() and (want == 6).any()
+        assert not np.array_equal(outputs["direct"], outputs["winograd"])
+
+
+def test_winograd_runs_where_the_config_says(graph_cpu):
+    from src.model import build_ssd, conv_description
+    from src.model.conv import WINOGRAD_MIN_CHANNELS
+    from src.model.onednn_conv import OneDnnConv2d
+
+    counts = {}
+    for algorithm in ("auto", "direct", "winograd"):
+        network = build_ssd(Config(num_classes=4, conv_algorithm=algorithm), conv_impl="onednn")
+        layers = [c for _, c in network.cells_and_names() if isinstance(c, OneDnnConv2d)]
+        chosen = [c for c in layers if c.algorithm == "winograd"]
+        assert all(c.winograd_possible() for c in chosen)
+        counts[algorithm] = len(chosen)
+        if algorithm == "auto":
+            assert chosen and all(min(c.in_channels, c.out_channels) >= WINOGRAD_MIN_CHANNELS
+                                  for c in chosen)
+            assert all(c in chosen for c in layers if c.winograd_possible()
+                       and min(c.in_channels, c.out_channels) >= WINOGRAD_MIN_CHANNELS)
+            assert f"Winograd in {len(chosen)} of {len(layers)}" in \
+                conv_description(network)
+    assert counts["direct"] == 0 < counts["auto"] < counts["winograd"]
+    with pytest.raises(ValueError, match="algorithm 'winograd' needs a 3x3 kernel, stride 1"):
+        OneDnnConv2d(16, 16, 3, 2, pad_mode="pad", padding=1, blocked_input=True,
+                     blocked_output=True, algorithm="winograd")

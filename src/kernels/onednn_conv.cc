@@ -9,7 +9,7 @@
 // with compute_bf16 bfloat16 multiplies with float32 accumulation (inputs are rounded to bf16
 // as they are reordered; outputs and weight gradients stay float32): AMX on processors with it.
 //
-// Every entry point takes, after its tensors, an int32[16] "geometry" tensor:
+// Every entry point takes, after its tensors, an int32[17] "geometry" tensor:
 //   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, groups, has_bias,
 //   compute_bf16, no_input_grad (backward gives dx = 0 without computing it: for a layer
 //   whose input is the network's input image), src_block, dst_block (0: x / y, and their
@@ -20,7 +20,10 @@
 //   constant_weights_id (0, or a layer id: its weights do not change, keep them reordered),
 //   residual_sum (forward only: a residual input is added before the activation),
 //   dst_nhwc (y and its gradient are (N, OH, OW, O), NHWC: for outputs that are flattened
-//   location-major next, which then need no transpose).
+//   location-major next, which then need no transpose),
+//   winograd (the forward and the input gradient by Winograd F(4x4, 3x3), winograd.cc, instead
+//   of direct convolution: for 3x3, stride 1, padding 1, one group, float32, x and y blocked in
+//   the same block; the weight gradient stays direct).
 //
 // The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
@@ -49,12 +52,15 @@
 #include "oneapi/dnnl/dnnl_threadpool.hpp"
 #include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
 #include "threads.h"
+#include "winograd.h"
 
 namespace {
 
 using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
+
+constexpr int kGeometrySize = 17;  // int32 values of the geometry tensor (see the top)
 
 // A fixed set of worker threads; parallel_for runs fn(i, n) for i < n and returns when done.
 class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
@@ -151,7 +157,7 @@ tag LayoutTag(int64_t block) {
 
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc;
+      src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc, winograd;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
   // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked.
   tag src_tag() const { return LayoutTag(src_block); }
@@ -160,8 +166,9 @@ struct Geometry {
 
 Geometry ReadGeometry(const void *data) {
   const int32_t *g = static_cast<const int32_t *>(data);
-  return {g[0], g[1], g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6],
-          g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
+  static_assert(kGeometrySize == 17, "ReadGeometry reads every value");
+  return {g[0],  g[1],  g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6], g[7], g[8],
+          g[9], g[10], g[11], g[12], g[13], g[14], g[15], g[16]};
 }
 
 struct Shapes {
@@ -197,7 +204,7 @@ std::string Key(const char *kind, const int64_t *x, const int64_t *w, const Geom
   key << ',' << g.stride_h << ',' << g.stride_w << ',' << g.pad_t << ',' << g.pad_l << ','
       << g.pad_b << ',' << g.pad_r << ',' << g.groups << ',' << g.has_bias << ',' << g.bf16
       << ',' << g.src_block << ',' << g.dst_block << ',' << g.activation << ','
-      << g.residual_sum << ',' << g.dst_nhwc;
+      << g.residual_sum << ',' << g.dst_nhwc << ',' << g.winograd;
   return key.str();
 }
 
@@ -336,6 +343,98 @@ int Fail(const char *what, const dnnl::error &error) {
   return 1;
 }
 
+// The Winograd forward of one shape: its batched GEMM (36 x (tiles x C) by (C x K), V and M
+// tile-major as winograd.cc writes them) and scratch buffers. The weights' transform U is
+// per layer when they are constant, else recomputed each call into `weights`.
+struct WinogradEntry {
+  WinogradShape shape;
+  dnnl::matmul gemm;
+  memory::desc v_desc, u_desc, m_desc;
+  std::vector<float> v, m, weights;
+};
+
+struct ConstantWinogradWeights {
+  const void *source = nullptr;
+  std::vector<float> u;
+};
+std::mutex winograd_weights_mutex;
+std::map<int64_t, ConstantWinogradWeights> winograd_weights;
+
+// out = activation(conv(in) [+ bias] [+ residual]) by Winograd for `shape`; `flipped`: the
+// weights turned (the input gradient from dy, see WinogradWeights). The weights' transform is
+// kept per layer for constant weights (constant_id), else recomputed into the entry's buffer.
+void RunWinograd(const std::string &key, const WinogradShape &shape, const float *weights,
+                 bool flipped, int64_t constant_id, const float *in, const float *bias,
+                 const float *residual, int activation, float *out) {
+  WinogradEntry *e = Cached<WinogradEntry>(key, [&] {
+    auto *entry = new WinogradEntry();
+    entry->shape = shape;
+    const WinogradShape &s = entry->shape;
+    constexpr int64_t positions = 36;
+    const int64_t tiles = s.tiles();
+    entry->v_desc = memory::desc({positions, tiles, s.c}, dt::f32, {s.c, positions * s.c, 1});
+    entry->u_desc = memory::desc({positions, s.c, s.k}, dt::f32, tag::abc);
+    entry->m_desc = memory::desc({positions, tiles, s.k}, dt::f32, {s.k, positions * s.k, 1});
+    entry->gemm = dnnl::matmul(
+        dnnl::matmul::primitive_desc(Rt().engine, entry->v_desc, entry->u_desc, entry->m_desc));
+    entry->v.resize(s.input_scratch());
+    entry->m.resize(s.output_scratch());
+    return entry;
+  });
+  const WinogradShape &s = e->shape;
+  const float *u;
+  if (constant_id) {
+    std::lock_guard<std::mutex> lock(winograd_weights_mutex);
+    ConstantWinogradWeights &kept = winograd_weights[constant_id];
+    if (kept.source != weights || static_cast<int64_t>(kept.u.size()) != s.weights_size()) {
+      kept.u.resize(s.weights_size());
+      WinogradWeights(s, weights, kept.u.data(), flipped);
+      kept.source = weights;
+    }
+    u = kept.u.data();
+  } else {
+    e->weights.resize(s.weights_size());
+    WinogradWeights(s, weights, e->weights.data(), flipped);
+    u = e->weights.data();
+  }
+  WinogradInput(s, in, e->v.data());
+  e->gemm.execute(Rt().stream,
+                  {{DNNL_ARG_SRC, memory(e->v_desc, Rt().engine, e->v.data())},
+                   {DNNL_ARG_WEIGHTS, memory(e->u_desc, Rt().engine, const_cast<float *>(u))},
+                   {DNNL_ARG_DST, memory(e->m_desc, Rt().engine, e->m.data())}});
+  Rt().stream.wait();
+  WinogradOutput(s, e->m.data(), bias, residual, activation, out);
+}
+
+// The forward by Winograd; params as ConvForward's.
+void WinogradForwardConv(int nparam, void **params, int64_t **shapes, const Geometry &g) {
+  const int64_t *x = shapes[0], *w = shapes[1];
+  const auto f = [](void *p) { return static_cast<const float *>(p); };
+  RunWinograd(Key("winograd", x, w, g),
+              MakeWinogradShape(x[0], x[1], x[2], x[3], w[0], static_cast<int>(g.src_block)),
+              f(params[1]), false, g.constant_weights_id, f(params[0]),
+              g.has_bias ? f(params[2]) : nullptr,
+              g.residual_sum ? f(params[g.has_bias ? 3 : 2]) : nullptr,
+              static_cast<int>(g.activation), static_cast<float *>(params[nparam - 2]));
+}
+
+// dx = conv(dy, w turned) by Winograd: x's shape, w (O, C, 3, 3), dy blocked as x is.
+void WinogradInputGradient(const int64_t *x, const int64_t *w, const Geometry &g,
+                           const void *dy, const void *weights, void *dx) {
+  RunWinograd(Key("winograd_dx", x, w, g),
+              MakeWinogradShape(x[0], w[0], x[2], x[3], x[1], static_cast<int>(g.src_block)),
+              static_cast<const float *>(weights), true, 0, static_cast<const float *>(dy),
+              nullptr, nullptr, 0, static_cast<float *>(dx));
+}
+
+// Whether the geometry asks for Winograd and it can run it (else: direct).
+bool RunsWinograd(const int64_t *x, const int64_t *w, const Geometry &g) {
+  return g.winograd && w[2] == 3 && w[3] == 3 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_t == 1 && g.pad_l == 1 && g.pad_b == 1 && g.pad_r == 1 && g.groups == 1 &&
+         !g.bf16 && !g.dst_nhwc && g.src_block && g.src_block == g.dst_block &&
+         x[1] % g.src_block == 0 && w[0] % g.dst_block == 0;
+}
+
 }  // namespace
 
 void KernelParallelFor(int n, const std::function<void(int, int)> &fn) {
@@ -352,6 +451,10 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
     const Geometry g = ReadGeometry(params[nparam - 3]);
     const bool has_bias = g.has_bias;
     const int64_t *x = shapes[0], *w = shapes[1];
+    if (RunsWinograd(x, w, g)) {
+      WinogradForwardConv(nparam, params, shapes, g);
+      return 0;
+    }
     Forward *f = Cached<Forward>(Key("fwd", x, w, g), [&] {
       Shapes s = MakeShapes(x, w, g);
       auto pd = ForwardDesc(s, has_bias, g.compute(), dt::f32, g.activation, g.residual_sum);
@@ -466,6 +569,8 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
     memory dy = k.diff_dst.Bind(params[0], true);
     if (g.no_input_grad) {
       std::memset(dx, 0, d.diff_src.plain.get_size());
+    } else if (RunsWinograd(x, w, g)) {
+      WinogradInputGradient(x, w, g, params[0], params[3], dx);
     } else {
       d.conv.execute(Rt().stream, {{DNNL_ARG_DIFF_DST, b->share_diff_dst
                                                            ? dy

@@ -3,7 +3,9 @@ kernels (``OneDnnConv2d``: same arguments, parameters and results, about twice a
 
 ``conv_impl`` 'auto' picks oneDNN on CPU when its library is built (``make`` builds it), else
 ``nn.Conv2d``. ``conv_dtype`` 'bfloat16' (oneDNN only) multiplies in bfloat16 with float32
-accumulation. The choice is made once per network build (``building_with``).
+accumulation. ``conv_algorithm`` (oneDNN only): which 3x3 stride-1 layers compute their forward
+by Winograd F(4x4, 3x3) (see ``winograd_layer``). The choice is made once per network build
+(``building_with``).
 """
 import contextlib
 import os
@@ -17,7 +19,12 @@ from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
 
 IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
 LAYOUT_BLOCKS = {"auto": None, "16": 16, "8": 8, "plain": PLAIN}  # config's layout_block
-_current = [("mindspore", "float32", PLAIN)]  # impl, compute dtype, block of blocked layouts
+CONV_ALGORITHMS = ("auto", "direct", "winograd")                   # config's conv_algorithm
+# conv_algorithm 'auto': Winograd where both channel counts are at least this (measured faster
+# there on AVX2 and AVX-512; at 64 channels it is not: docs/performance.md).
+WINOGRAD_MIN_CHANNELS = 128
+# impl, compute dtype, block of blocked layouts, conv_algorithm
+_current = [("mindspore", "float32", PLAIN, "direct")]
 
 
 def check_conv_dtype(dtype, impl):
@@ -62,17 +69,31 @@ def layout_block_for(choice):
     return cpu_info().block if block is None else block
 
 
+def winograd_layer(algorithm, conv):
+    """Whether an ``OneDnnConv2d`` being built computes its forward by Winograd under the
+    config's ``conv_algorithm``: 'direct' never, 'winograd' wherever its geometry allows,
+    'auto' there when both channel counts are at least WINOGRAD_MIN_CHANNELS."""
+    if algorithm == "direct" or not conv.winograd_possible():
+        return False
+    return algorithm == "winograd" or min(conv.in_channels,
+                                          conv.out_channels) >= WINOGRAD_MIN_CHANNELS
+
+
 @contextlib.contextmanager
-def building_with(impl, dtype="float32", blocked=True, block=None):
+def building_with(impl, dtype="float32", blocked=True, block=None, algorithm="auto"):
     """Build the layers created inside the block with ``impl`` convolutions computing in
     ``dtype``; with 'onednn' and ``blocked``, layers the model marks as blocked keep their
     activations in oneDNN's blocked layout (``src.model.layout``) of ``block`` channels (None:
-    the ISA's, see ``layout_block_for``)."""
+    the ISA's, see ``layout_block_for``), and ``algorithm`` (a ``conv_algorithm``) says which
+    compute their forward by Winograd (``winograd_layer``)."""
     check_conv_dtype(dtype, impl)
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"conv_algorithm {algorithm!r}: expected one of "
+                         f"{', '.join(CONV_ALGORITHMS)}")
     previous = _current[0]
     if impl != "onednn" or not blocked:
         block = PLAIN
-    _current[0] = (impl, dtype, layout_block_for("auto") if block is None else block)
+    _current[0] = (impl, dtype, layout_block_for("auto") if block is None else block, algorithm)
     try:
         yield
     finally:
@@ -97,12 +118,16 @@ def Conv2d(*args, input_grad=True, blocked_input=False, blocked_output=False,  #
     skips computing it. ``blocked_input`` / ``blocked_output`` mark an input / output in the
     model's blocked region (used when ``layout_block()`` is not PLAIN). ``nhwc_output``: ours gives
     (N, OH, OW, O) (see ``nhwc_outputs()``); MindSpore's always NCHW."""
-    impl, dtype, block = _current[0]
+    impl, dtype, block, algorithm = _current[0]
     if impl == "onednn":
-        return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad,
-                            blocked_input=block != PLAIN and blocked_input,
-                            blocked_output=block != PLAIN and blocked_output,
-                            nhwc_output=nhwc_output, block=block or None, **kwargs)
+        options = dict(compute_dtype=dtype, input_grad=input_grad,
+                       blocked_input=block != PLAIN and blocked_input,
+                       blocked_output=block != PLAIN and blocked_output,
+                       nhwc_output=nhwc_output, block=block or None, **kwargs)
+        conv = OneDnnConv2d(*args, **options)
+        if winograd_layer(algorithm, conv):
+            conv = OneDnnConv2d(*args, algorithm="winograd", **options)
+        return conv
     return nn.Conv2d(*args, **kwargs)
 
 

@@ -165,14 +165,17 @@ def freeze_batch_norm(network):
 
 
 def conv_description(network):
-    """'oneDNN (ours)' or "MindSpore's": which convolutions a network was built with."""
+    """'oneDNN (ours)' (with the compute dtype when not float32 and the number of Winograd
+    layers when any) or "MindSpore's": which convolutions a network was built with."""
     from src.model.onednn_conv import OneDnnConv2d
 
-    dtypes = {cell.compute_dtype for _, cell in network.cells_and_names()
-              if isinstance(cell, OneDnnConv2d)}
-    if not dtypes:
+    ours = [cell for _, cell in network.cells_and_names() if isinstance(cell, OneDnnConv2d)]
+    if not ours:
         return "MindSpore's"
-    return "oneDNN (ours)" + ("" if dtypes == {"float32"} else ", bfloat16 compute")
+    dtypes = {cell.compute_dtype for cell in ours}
+    winograd = sum(cell.algorithm == "winograd" for cell in ours)
+    return "oneDNN (ours)" + ("" if dtypes == {"float32"} else ", bfloat16 compute") + (
+        f", Winograd in {winograd} of {len(ours)} layers" if winograd else "")
 
 
 def count_trainable_params(network):
@@ -188,7 +191,8 @@ def build_ssd(config, conv_impl=None, conv_dtype=None):
     """
     impl = conv_impl or resolve_conv_impl(config.conv_impl, ms.get_context("device_target"))
     with building_with(impl, conv_dtype or config.conv_dtype,
-                       block=layout_block_for(config.layout_block)):
+                       block=layout_block_for(config.layout_block),
+                       algorithm=config.conv_algorithm):
         network = SsdResnet34(config.class_count, config.extras_out_channels,
                               config.extras_strides, config.num_default, config.num_ssd_boxes)
     init_weights(network)

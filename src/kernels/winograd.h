@@ -1,0 +1,33 @@
+// Winograd F(4x4, 3x3) forward convolution over the blocked layout (see winograd.cc).
+#pragma once
+#include <cstdint>
+
+// x (n, c, h, w) -> y (n, k, h, w), both blocked by `block` channels; 3x3 kernel, stride 1,
+// padding 1. Tiles: tiles_h x tiles_w of 4x4 outputs per image.
+struct WinogradShape {
+  int64_t n, c, h, w, k;
+  int block;
+  int64_t tiles_h, tiles_w;
+  int64_t tiles() const { return n * tiles_h * tiles_w; }
+  // Floats of each of the two scratch buffers: V (36, tiles, c) and M (36, tiles, k).
+  int64_t input_scratch() const { return 36 * tiles() * c; }
+  int64_t output_scratch() const { return 36 * tiles() * k; }
+  int64_t weights_size() const { return 36 * c * k; }  // U (36, c, k)
+};
+
+WinogradShape MakeWinogradShape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int block);
+
+// u (36, c, k) from MindSpore's weights w (k, c, 3, 3); `flipped`: from w (c, k, 3, 3) turned
+// by 180 degrees instead, whose convolution of dy is the gradient of x (3x3, stride 1, padding 1).
+void WinogradWeights(const WinogradShape &s, const float *w, float *u, bool flipped);
+
+// The convolution is three steps: V = WinogradInput(x); M_i = V_i U_i for each of the 36
+// positions i (a batched GEMM: (tiles x c) by (c x k), row-major, the caller's); y =
+// WinogradOutput(M).
+// v (36, tiles, c) from x.
+void WinogradInput(const WinogradShape &s, const float *x, float *v);
+
+// y = activation(A^T m A [+ bias] [+ residual]) from m (36, tiles, k); bias (k) and residual
+// (y's shape and layout) may be null; activation 0 none, 1 ReLU, 2 ReLU6.
+void WinogradOutput(const WinogradShape &s, const float *m, const float *bias,
+                    const float *residual, int activation, float *y);
