@@ -1,15 +1,18 @@
-// Winograd F(2x2, 3x3) forward convolution over our blocked activation layout (aBcd8b /
-// aBcd16b: N, C/B, H, W, B): 3x3 kernel, stride 1, padding 1, one group; 2.25x fewer multiplies
-// than direct convolution (Lavin & Gray, 2016).
+// Winograd F(4x4, 3x3) convolution over our blocked activation layout (aBcd8b / aBcd16b:
+// N, C/B, H, W, B): 3x3 kernel, stride 1, padding 1, one group; 4x fewer multiplies than direct
+// convolution (Lavin & Gray, 2016). The forward, and the input gradient (the same computation
+// on dy with the weights turned by 180 degrees and their channel roles swapped).
 //
-// Each 2x2 output tile is computed from the 4x4 input patch around it:
+// Each 4x4 output tile is computed from the 6x6 input patch around it:
 //   Y = A^T [ (G g G^T) . (B^T d B) ] A
-// with the transforms below. The input patches are transformed into V (16, T, C) (T tiles,
-// channels contiguous), the weights into U (16, C, K); the 16 products M_i = V_i U_i (T x C by
-// C x K) are GEMMs (oneDNN's sgemm on the kernels' pool); M is transformed back into y, with the
-// bias, a residual and the activation applied on the way. One position's B channels are one
-// vector in every transform. The tile order, channel order and GEMM are fixed: results do not
-// depend on timing. Rounding differs from direct convolution's by ~1e-6 relative.
+// with the transforms below. The input patches are transformed into V (T, 36, C) (T tiles, a
+// tile's 36 positions side by side, channels contiguous), the weights into U (36, C, K); the 36
+// products M_i = V_i U_i (T x C by C x K, V_i read with a row stride of 36 C) are one batched
+// GEMM, the caller's (onednn_conv.cc: oneDNN's matmul); M (T, 36, K) is transformed back into
+// y, with the bias, a residual and the activation applied on the way. One position's B
+// channels are one vector in every transform. Tile order, channel order and GEMM are fixed:
+// results do not depend on timing. Rounding differs from direct convolution's by ~1e-5 of the
+// output's range.
 #include "winograd.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) forward convolution over the blocked layout (see winograd.cc).
+// Winograd F(4x4, 3x3) convolution over the blocked layout (see winograd.cc).
 #pragma once
 #include <cstdint>
 
@@ -9,7 +9,7 @@ struct WinogradShape {
   int block;
   int64_t tiles_h, tiles_w;
   int64_t tiles() const { return n * tiles_h * tiles_w; }
-  // Floats of each of the two scratch buffers: V (36, tiles, c) and M (36, tiles, k).
+  // Floats of each of the two scratch buffers: V (tiles, 36, c) and M (tiles, 36, k).
   int64_t input_scratch() const { return 36 * tiles() * c; }
   int64_t output_scratch() const { return 36 * tiles() * k; }
   int64_t weights_size() const { return 36 * c * k; }  // U (36, c, k)
@@ -22,12 +22,12 @@ WinogradShape MakeWinogradShape(int64_t n, int64_t c, int64_t h, int64_t w, int6
 void WinogradWeights(const WinogradShape &s, const float *w, float *u, bool flipped);
 
 // The convolution is three steps: V = WinogradInput(x); M_i = V_i U_i for each of the 36
-// positions i (a batched GEMM: (tiles x c) by (c x k), row-major, the caller's); y =
-// WinogradOutput(M).
-// v (36, tiles, c) from x.
+// positions i (a batched GEMM: (tiles x c) by (c x k), V_i and M_i rows 36 c and 36 k apart,
+// the caller's); y = WinogradOutput(M).
+// v (tiles, 36, c) from x.
 void WinogradInput(const WinogradShape &s, const float *x, float *v);
 
-// y = activation(A^T m A [+ bias] [+ residual]) from m (36, tiles, k); bias (k) and residual
+// y = activation(A^T m A [+ bias] [+ residual]) from m (tiles, 36, k); bias (k) and residual
 // (y's shape and layout) may be null; activation 0 none, 1 ReLU, 2 ReLU6.
 void WinogradOutput(const WinogradShape &s, const float *m, const float *bias,
                     const float *residual, int activation, float *y);
