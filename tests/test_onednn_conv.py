@@ -378,8 +378,7 @@ def test_winograd_forward_and_input_gradient_match_nn_conv2d(graph_cpu, block):
 
 def test_winograd_runs_where_the_config_says(graph_cpu):
     from src.model import build_ssd, conv_description
-    from src.model.conv import WINOGRAD_MIN_CHANNELS
-    from src.model.onednn_conv import OneDnnConv2d
+    from src.model.onednn_conv import WINOGRAD_MIN_CHANNELS, OneDnnConv2d
 
     counts = {}
     for algorithm in ("auto", "direct", "winograd"):
@@ -396,6 +395,9 @@ def test_winograd_runs_where_the_config_says(graph_cpu):
             assert f"Winograd in {len(chosen)} of {len(layers)}" in \
                 conv_description(network)
     assert counts["direct"] == 0 < counts["auto"] < counts["winograd"]
-    with pytest.raises(ValueError, match="algorithm 'winograd' needs a 3x3 kernel, stride 1"):
-        OneDnnConv2d(16, 16, 3, 2, pad_mode="pad", padding=1, blocked_input=True,
-                     blocked_output=True, algorithm="winograd")
+    for stride, blocked in ((2, True), (1, False)):  # geometries it cannot compute: direct
+        conv = OneDnnConv2d(16, 16, 3, stride, pad_mode="pad", padding=1, blocked_input=blocked,
+                            blocked_output=blocked, algorithm="winograd")
+        assert conv.algorithm == "direct" and conv.geometry.asnumpy()[16] == 0
+    with pytest.raises(ValueError, match="expected one of auto, direct, winograd"):
+        OneDnnConv2d(16, 16, 3, pad_mode="pad", padding=1, algorithm="fast")

@@ -343,9 +343,10 @@ int Fail(const char *what, const dnnl::error &error) {
   return 1;
 }
 
-// The Winograd forward of one shape: its batched GEMM (36 x (tiles x C) by (C x K), V and M
-// tile-major as winograd.cc writes them) and scratch buffers. The weights' transform U is
-// per layer when they are constant, else recomputed each call into `weights`.
+// One Winograd shape (a forward, or an input gradient): its batched GEMM (36 x (tiles x C) by
+// (C x K), V and M tile-major as winograd.cc writes them) and scratch buffers. The weights'
+// transform U is kept per layer when they are constant, else recomputed each call into
+// `weights`.
 struct WinogradEntry {
   WinogradShape shape;
   dnnl::matmul gemm;
@@ -370,11 +371,11 @@ void RunWinograd(const std::string &key, const WinogradShape &shape, const float
     auto *entry = new WinogradEntry();
     entry->shape = shape;
     const WinogradShape &s = entry->shape;
-    constexpr int64_t positions = 36;
     const int64_t tiles = s.tiles();
-    entry->v_desc = memory::desc({positions, tiles, s.c}, dt::f32, {s.c, positions * s.c, 1});
-    entry->u_desc = memory::desc({positions, s.c, s.k}, dt::f32, tag::abc);
-    entry->m_desc = memory::desc({positions, tiles, s.k}, dt::f32, {s.k, positions * s.k, 1});
+    const int64_t p = kWinogradPositions;
+    entry->v_desc = memory::desc({p, tiles, s.c}, dt::f32, {s.c, p * s.c, 1});
+    entry->u_desc = memory::desc({p, s.c, s.k}, dt::f32, tag::abc);
+    entry->m_desc = memory::desc({p, tiles, s.k}, dt::f32, {s.k, p * s.k, 1});
     entry->gemm = dnnl::matmul(
         dnnl::matmul::primitive_desc(Rt().engine, entry->v_desc, entry->u_desc, entry->m_desc));
     entry->v.resize(s.input_scratch());

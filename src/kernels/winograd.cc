@@ -15,9 +15,7 @@
 // output's range.
 #include "winograd.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "simd.h"
@@ -27,7 +25,7 @@ namespace {
 
 constexpr int kAlpha = 6;                  // input patch side: 4x4 outputs from 6x6 inputs
 constexpr int kTile = 4;                   // output tile side
-constexpr int kPositions = kAlpha * kAlpha;  // transformed values per tile
+static_assert(kWinogradPositions == kAlpha * kAlpha, "one transformed value per patch position");
 
 // t = B^T d over six vectors (rows or columns of the patch):
 //   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
@@ -86,7 +84,7 @@ SIMD_CLONES void TransformInputRow(const WinogradShape &s, const float *x, float
       float *out[kAlpha];
       for (int col = 0; col < kAlpha; ++col) {
         in[col] = t[r][col];
-        out[col] = v + (tile * kPositions + r * kAlpha + col) * s.c + cb * B;
+        out[col] = v + (tile * kWinogradPositions + r * kAlpha + col) * s.c + cb * B;
       }
       InputTransform<B>(in, out);
     }
@@ -113,7 +111,7 @@ SIMD_CLONES void TransformOutputRow(const WinogradShape &s, const float *m, cons
       const float *in[kAlpha];
       float *out[kTile];
       for (int col = 0; col < kAlpha; ++col) {
-        in[col] = m + (tile * kPositions + r * kAlpha + col) * s.k + kb * B;
+        in[col] = m + (tile * kWinogradPositions + r * kAlpha + col) * s.k + kb * B;
       }
       for (int col = 0; col < kTile; ++col) out[col] = q[r][col];
       OutputTransform<B>(in, out);

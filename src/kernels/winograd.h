@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+constexpr int64_t kWinogradPositions = 36;  // transformed values per tile: a 6x6 input patch
+
 // x (n, c, h, w) -> y (n, k, h, w), both blocked by `block` channels; 3x3 kernel, stride 1,
 // padding 1. Tiles: tiles_h x tiles_w of 4x4 outputs per image.
 struct WinogradShape {
@@ -10,9 +12,9 @@ struct WinogradShape {
   int64_t tiles_h, tiles_w;
   int64_t tiles() const { return n * tiles_h * tiles_w; }
   // Floats of each of the two scratch buffers: V (tiles, 36, c) and M (tiles, 36, k).
-  int64_t input_scratch() const { return 36 * tiles() * c; }
-  int64_t output_scratch() const { return 36 * tiles() * k; }
-  int64_t weights_size() const { return 36 * c * k; }  // U (36, c, k)
+  int64_t input_scratch() const { return kWinogradPositions * tiles() * c; }
+  int64_t output_scratch() const { return kWinogradPositions * tiles() * k; }
+  int64_t weights_size() const { return kWinogradPositions * c * k; }  // U (36, c, k)
 };
 
 WinogradShape MakeWinogradShape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int block);

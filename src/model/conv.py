@@ -4,8 +4,8 @@ kernels (``OneDnnConv2d``: same arguments, parameters and results, about twice a
 ``conv_impl`` 'auto' picks oneDNN on CPU when its library is built (``make`` builds it), else
 ``nn.Conv2d``. ``conv_dtype`` 'bfloat16' (oneDNN only) multiplies in bfloat16 with float32
 accumulation. ``conv_algorithm`` (oneDNN only): which 3x3 stride-1 layers compute their forward
-by Winograd F(4x4, 3x3) (see ``winograd_layer``). The choice is made once per network build
-(``building_with``).
+and input gradient by Winograd F(4x4, 3x3) (``OneDnnConv2d``'s ``algorithm``). The choice is
+made once per network build (``building_with``).
 """
 import contextlib
 import os
@@ -15,14 +15,10 @@ from mindspore import nn
 
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
 from src.model.layout import PLAIN
-from src.model.onednn_conv import COMPUTE_DTYPES, OneDnnConv2d, library_path
+from src.model.onednn_conv import ALGORITHM_CHOICES, COMPUTE_DTYPES, OneDnnConv2d, library_path
 
 IMPLEMENTATIONS = ("auto", "mindspore", "onednn")
 LAYOUT_BLOCKS = {"auto": None, "16": 16, "8": 8, "plain": PLAIN}  # config's layout_block
-CONV_ALGORITHMS = ("auto", "direct", "winograd")                   # config's conv_algorithm
-# conv_algorithm 'auto': Winograd where both channel counts are at least this (measured faster
-# there on AVX2 and AVX-512; at 64 channels it is not: docs/performance.md).
-WINOGRAD_MIN_CHANNELS = 128
 # impl, compute dtype, block of blocked layouts, conv_algorithm
 _current = [("mindspore", "float32", PLAIN, "direct")]
 
@@ -69,27 +65,17 @@ def layout_block_for(choice):
     return cpu_info().block if block is None else block
 
 
-def winograd_layer(algorithm, conv):
-    """Whether an ``OneDnnConv2d`` being built computes its forward by Winograd under the
-    config's ``conv_algorithm``: 'direct' never, 'winograd' wherever its geometry allows,
-    'auto' there when both channel counts are at least WINOGRAD_MIN_CHANNELS."""
-    if algorithm == "direct" or not conv.winograd_possible():
-        return False
-    return algorithm == "winograd" or min(conv.in_channels,
-                                          conv.out_channels) >= WINOGRAD_MIN_CHANNELS
-
-
 @contextlib.contextmanager
 def building_with(impl, dtype="float32", blocked=True, block=None, algorithm="auto"):
     """Build the layers created inside the block with ``impl`` convolutions computing in
     ``dtype``; with 'onednn' and ``blocked``, layers the model marks as blocked keep their
     activations in oneDNN's blocked layout (``src.model.layout``) of ``block`` channels (None:
     the ISA's, see ``layout_block_for``), and ``algorithm`` (a ``conv_algorithm``) says which
-    compute their forward by Winograd (``winograd_layer``)."""
+    3x3 layers run Winograd (``OneDnnConv2d``'s ``algorithm``)."""
     check_conv_dtype(dtype, impl)
-    if algorithm not in CONV_ALGORITHMS:
+    if algorithm not in ALGORITHM_CHOICES:
         raise ValueError(f"conv_algorithm {algorithm!r}: expected one of "
-                         f"{', '.join(CONV_ALGORITHMS)}")
+                         f"{', '.join(ALGORITHM_CHOICES)}")
     previous = _current[0]
     if impl != "onednn" or not blocked:
         block = PLAIN
@@ -120,14 +106,11 @@ def Conv2d(*args, input_grad=True, blocked_input=False, blocked_output=False,  #
     (N, OH, OW, O) (see ``nhwc_outputs()``); MindSpore's always NCHW."""
     impl, dtype, block, algorithm = _current[0]
     if impl == "onednn":
-        options = dict(compute_dtype=dtype, input_grad=input_grad,
-                       blocked_input=block != PLAIN and blocked_input,
-                       blocked_output=block != PLAIN and blocked_output,
-                       nhwc_output=nhwc_output, block=block or None, **kwargs)
-        conv = OneDnnConv2d(*args, **options)
-        if winograd_layer(algorithm, conv):
-            conv = OneDnnConv2d(*args, algorithm="winograd", **options)
-        return conv
+        return OneDnnConv2d(*args, compute_dtype=dtype, input_grad=input_grad,
+                            blocked_input=block != PLAIN and blocked_input,
+                            blocked_output=block != PLAIN and blocked_output,
+                            nhwc_output=nhwc_output, block=block or None, algorithm=algorithm,
+                            **kwargs)
     return nn.Conv2d(*args, **kwargs)
 
 

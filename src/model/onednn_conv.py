@@ -23,6 +23,10 @@ from src.model.layout import PLAIN, check_blockable
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
 ACTIVATIONS = (None, "relu", "relu6")      # index = the kernel's activation code
 ALGORITHMS = ("direct", "winograd")        # index = the kernel's winograd flag
+ALGORITHM_CHOICES = ("auto",) + ALGORITHMS  # what ``algorithm`` (and conv_algorithm) takes
+# algorithm 'auto': Winograd where both channel counts are at least this (measured faster there
+# on AVX2 and AVX-512; at 64 channels it is not: docs/performance.md).
+WINOGRAD_MIN_CHANNELS = 128
 _constant_layer_ids = itertools.count(1)
 
 
@@ -107,10 +111,11 @@ class OneDnnConv2d(nn.Cell):
     inside the convolution; ``residual_sum``: called as ``conv(x, residual)``, the residual is
     added before the activation; ``constant_weights``: the weights are reordered once and kept.
     ``nhwc_output``: y (and its gradient) is (N, OH, OW, O), for an output flattened
-    location-major next. ``algorithm`` 'winograd': the forward and the input
+    location-major next. ``algorithm``: 'winograd' computes the forward and the input
     gradient by Winograd F(4x4, 3x3) (``src/kernels/winograd.cc``; 4x fewer multiplies,
     rounding ~1e-5 of the output's range apart from direct convolution's; the weight gradient
-    stays direct), for the layers ``winograd_possible`` allows.
+    stays direct) when ``winograd_possible()``, 'auto' does so when also both channel counts
+    are at least WINOGRAD_MIN_CHANNELS, 'direct' never; ``self.algorithm`` says which runs.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
@@ -146,18 +151,18 @@ class OneDnnConv2d(nn.Cell):
             raise ValueError("residual_sum needs has_bias=True (inference copies have one)")
         self.activation, self.constant_weights = activation, constant_weights
         self.residual_sum = residual_sum
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
-        if algorithm == "winograd" and not self.winograd_possible():
-            raise ValueError("algorithm 'winograd' needs a 3x3 kernel, stride 1, padding 1, one "
-                             "group, float32 compute and blocked input and output")
-        self.algorithm = algorithm
+        if algorithm not in ALGORITHM_CHOICES:
+            raise ValueError(f"algorithm {algorithm!r}: expected one of "
+                             f"{', '.join(ALGORITHM_CHOICES)}")
+        winograd = algorithm != "direct" and self.winograd_possible() and (
+            algorithm == "winograd" or min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS)
+        self.algorithm = "winograd" if winograd else "direct"
         geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
                     COMPUTE_DTYPES.index(compute_dtype), int(not input_grad),
                     self.block if blocked_input else PLAIN,
                     self.block if blocked_output else PLAIN, ACTIVATIONS.index(activation),
                     next(_constant_layer_ids) if constant_weights else 0, int(residual_sum),
-                    int(nhwc_output), ALGORITHMS.index(algorithm))
+                    int(nhwc_output), ALGORITHMS.index(self.algorithm))
         self.geometry = Tensor(np.array(geometry, np.int32))
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
@@ -168,7 +173,8 @@ class OneDnnConv2d(nn.Cell):
         self.forward = self.ops.forward
 
     def winograd_possible(self):
-        """Whether this layer's geometry is one the Winograd forward computes."""
+        """Whether this layer's geometry is one the Winograd kernel computes (3x3, stride 1,
+        padding 1, one group, float32, blocked input and output)."""
         return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.group == 1
                 and self.padding_tlbr == (1, 1, 1, 1) and self.compute_dtype == "float32"
                 and self.blocked_input and self.blocked_output)
