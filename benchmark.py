@@ -11,13 +11,12 @@ import argparse
 import os
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import parse_runnable_config
-from src.measure import MODES, run
+from src.measure import MODES, run  # imports MindSpore only inside its functions
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--mode", default="all", choices=(*MODES, "all"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

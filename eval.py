@@ -5,9 +5,7 @@ eval_results.json into --output_dir (default outputs/eval).
 """
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import run
-from src.engine.evaluator import evaluate
 
 if __name__ == "__main__":
-    sys.exit(run(evaluate, __doc__))
+    sys.exit(run("src.engine.evaluator:evaluate", __doc__))

@@ -10,13 +10,12 @@ Config flags (--num_classes, --config ...) describe the model, as for training.
 import argparse
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import run
 from src.config import ConfigError
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--ckpt_file", required="-h" not in sys.argv and "--help" not in sys.argv)
     parser.add_argument("--file_name", default="ssd")
     parser.add_argument("--file_format", default="MINDIR", type=str.upper,

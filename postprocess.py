@@ -9,22 +9,24 @@ reference's protocol; same as --drop_crowd). Outputs go to --output_dir (outputs
 import argparse
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import run
-from src.engine.evaluator import evaluate_result_files
 
 
 def main(argv=None):
     helping = "-h" in sys.argv or "--help" in sys.argv
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("--result_path", "--img_path", "--anno_file"):
         parser.add_argument(flag, required=not helping)
     parser.add_argument("--drop", action="store_true")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.drop:
         rest = [*rest, "--drop_crowd", "true"]
-    return run(lambda config: evaluate_result_files(config, args.result_path, args.img_path,
-                                                    args.anno_file), __doc__, rest)
+    def score(config):
+        from src.engine.evaluator import evaluate_result_files
+
+        return evaluate_result_files(config, args.result_path, args.img_path, args.anno_file)
+
+    return run(score, __doc__, rest)
 
 
 if __name__ == "__main__":

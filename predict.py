@@ -7,19 +7,22 @@ Writes each image with boxes, class names and scores drawn (<stem>.jpg) and dete
 import argparse
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import run
-from src.engine.predictor import predict
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--image", required="-h" not in sys.argv and "--help" not in sys.argv)
     parser.add_argument("--draw_threshold", type=float, default=0.5)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 0 <= args.draw_threshold <= 1:
         parser.error("--draw_threshold must be within 0..1")
-    return run(lambda config: predict(config, args.image, args.draw_threshold), __doc__, rest)
+    def predict(config):
+        from src.engine.predictor import predict as draw
+
+        return draw(config, args.image, args.draw_threshold)
+
+    return run(predict, __doc__, rest)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ Every config key is a flag (see --help); the reference's flags keep their meanin
 """
 import sys
 
-import src  # noqa: F401  (caps oneDNN's ISA before MindSpore loads)
 from src.cli import run
-from src.engine.trainer import train
 
 if __name__ == "__main__":
-    sys.exit(run(train, __doc__))
+    sys.exit(run("src.engine.trainer:train", __doc__))

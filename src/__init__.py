@@ -1,9 +1,6 @@
 """SSD-ResNet34 for MindSpore: model, data, training and evaluation.
 
-Importing this package caps oneDNN's CPU instruction set before MindSpore can load (see
-``src.device.cap_onednn_isa``); every entry point imports ``src`` first, so the cap is in place
-for the first convolution.
+Entry points go through ``src.cli.run``: it parses the configuration (``src.config`` imports no
+MindSpore), settles what must be set before MindSpore loads (``src.device.prepare_process``:
+the oneDNN instruction-set cap, the kernels' threads), then imports and runs the entry function.
 """
-from src.device import cap_onednn_isa
-
-cap_onednn_isa()

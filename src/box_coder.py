@@ -15,6 +15,8 @@ Offsets use the SSD "variances" ``prior_scaling = (0.1, 0.2)``:
 """
 import numpy as np
 
+from src.anchors import default_boxes_from_config
+
 
 def iou_matrix(boxes_a, boxes_b):
     """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): (N, M).
@@ -45,6 +47,12 @@ class BoxCoder:
         self.anchors_yxyx = np.asarray(default_boxes.yxyx, np.float32)
         self.match_threshold = np.float32(match_threshold)
         self.center_scale, self.size_scale = (np.float32(s) for s in prior_scaling)
+
+    @classmethod
+    def from_config(cls, config) -> "BoxCoder":
+        """The coder a Config describes: its default boxes, match_threshold, prior_scaling."""
+        return cls(default_boxes_from_config(config), config.match_threshold,
+                   config.prior_scaling)
 
     @property
     def num_anchors(self):

@@ -14,6 +14,8 @@ from typing import Optional
 
 import yaml
 
+from src.files import write_atomic
+
 # Keys of the reference's config that had no effect there (spec section 13, defect 4).
 RETIRED_KEYS = {
     "global_step": "the step is stored in every checkpoint and restored from it",
@@ -25,6 +27,17 @@ RETIRED_KEYS = {
 
 
 COCO_NUM_CLASSES = 81
+
+# Keys of the reference's config whose values follow from other keys: accepted (in YAML and on
+# the command line) only when they agree, never stored.
+DERIVED_KEYS = {
+    "model": lambda config: "ssd_resnet34",
+    "num_default": lambda config: config.num_default,
+    "num_ssd_boxes": lambda config: config.num_ssd_boxes,
+}
+DERIVED_FROM = {"model": "the only model of this repository",
+                "num_default": "aspect_ratios (2 + 2 per ratio)",
+                "num_ssd_boxes": "feature_size and aspect_ratios"}
 
 
 class ConfigError(ValueError):
@@ -57,7 +70,6 @@ class Config:
     """Every setting of the project. Defaults reproduce the reference (spec sections 1-8, 13)."""
 
     # --- model (spec 1-3)
-    model: str = _key("ssd_resnet34", "model name", choices=("ssd_resnet34",), section="model")
     img_shape: tuple = _key((300, 300), "network input (height, width)", section="model")
     num_classes: int = _key(0, "classes including background; 0: from the data (training, "
                                "evaluation), else from the checkpoint (predict, export), else "
@@ -65,8 +77,6 @@ class Config:
                             check=lambda v: v == 0 or v >= 2, section="model")
     classes: tuple = _key((), "class names, 'background' first; empty: from the data (COCO "
                               "categories, VOC object names, class_1.. for TXT)", section="model")
-    num_default: tuple = _key((4, 6, 6, 6, 4, 4), "default boxes per cell, per feature map",
-                              section="model")
     extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
                                       "channels of the six feature maps", section="model")
     conv_impl: str = _key("auto", "convolutions: auto (our oneDNN kernels on CPU when built, "
@@ -85,6 +95,8 @@ class Config:
                                        "direct, or winograd (every such layer in the blocked "
                                        "region)",
                                choices=("auto", "direct", "winograd"), section="model")
+    conv_threads: int = _key(0, "threads of our CPU kernels (0: one per core of the machine)",
+                             check=_non_negative, section="model")
     extras_strides: tuple = _key((1, 1, 2, 2, 2, 1),
                                  "strides of the extra blocks (entries 2..5 are used)",
                                  section="model")
@@ -98,8 +110,6 @@ class Config:
                         "anchor steps in pixels; the reference's (7,15,...) leave the bottom-right "
                         "uncovered (spec defect 1), (8,16,32,64,100,300) cover it",
                         section="anchors")
-    num_ssd_boxes: int = _key(8732, "number of default boxes (checked against the generator)",
-                              check=_positive, section="anchors")
     # --- matching and box coding (spec 5)
     match_threshold: float = _key(0.5, "IoU above which a default box matches a ground truth",
                                   check=_fraction, section="boxes")
@@ -211,6 +221,11 @@ class Config:
                                          "bad annotation) instead of stopping", section="data")
     skip_empty_images: bool = _key(False, "leave out images without boxes (kept as negatives "
                                           "by default)", section="data")
+    crop_rule: str = _key("reference", "random-crop acceptance: reference (a crop is refused "
+                                       "only if some box is below the sampled minimum IoU and "
+                                       "some above it + 0.2, spec defect 19) or ssd (refused if "
+                                       "any box is below it, as the SSD paper)",
+                          choices=("reference", "ssd"), section="data")
     num_parallel_workers: int = _key(2, "data-pipeline worker threads/processes",
                                      check=_positive, section="data")
     eval_batch_size: int = _key(8, "images per inference batch in evaluation", check=_positive,
@@ -239,19 +254,19 @@ class Config:
             if check and not check(value):
                 raise ConfigError(f"{f.name}: {value!r} is out of range ({f.metadata['help']})")
         maps = len(self.feature_size)
-        for name in ("num_default", "extras_out_channels", "steps", "aspect_ratios"):
+        for name in ("extras_out_channels", "steps", "aspect_ratios"):
             if len(getattr(self, name)) != maps:
                 raise ConfigError(f"{name} has {len(getattr(self, name))} entries but feature_size "
                                   f"has {maps}: one per feature map")
-        for k, (ratios, count) in enumerate(zip(self.aspect_ratios, self.num_default)):
-            if count != 2 + 2 * len(ratios):
-                raise ConfigError(f"num_default[{k}] = {count}, but aspect_ratios[{k}] = "
-                                  f"{list(ratios)} gives {2 + 2 * len(ratios)} boxes per cell")
         if self.min_scale >= self.max_scale:
             raise ConfigError(f"min_scale ({self.min_scale}) must be below max_scale "
                               f"({self.max_scale})")
         if len(self.img_shape) != 2 or len(self.prior_scaling) != 2:
             raise ConfigError("img_shape and prior_scaling take two values each")
+        if self.pre_trained_epoch_size and not self.pre_trained:
+            raise ConfigError(f"pre_trained_epoch_size {self.pre_trained_epoch_size} says how "
+                              "long the --pre_trained checkpoint was trained, but none is "
+                              "given (to continue a run of this repository: --resume)")
         if self.classes and self.num_classes and len(self.classes) != self.num_classes:
             raise ConfigError(f"classes lists {len(self.classes)} names but num_classes is "
                               f"{self.num_classes} (background included)")
@@ -262,15 +277,31 @@ class Config:
 
     def save(self, path):
         """Write the resolved config as YAML (loadable again with --config)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        def write(f):
             f.write("# Resolved configuration of this run: python train.py --config <this file>\n")
             yaml.safe_dump(self.to_dict(), f, sort_keys=False, allow_unicode=True)
-        os.replace(tmp, path)
+            f.write("# Derived from the keys above (not settable):\n")
+            for name, value in self.derived().items():
+                f.write(f"#   {name}: {value}\n")
+
+        write_atomic(path, write)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    @property
+    def num_default(self) -> tuple:
+        """Default boxes per cell of each feature map: 2 + 2 per aspect ratio (spec 4)."""
+        return tuple(2 + 2 * len(ratios) for ratios in self.aspect_ratios)
+
+    @property
+    def num_ssd_boxes(self) -> int:
+        """Default boxes of the whole image (8732 for the reference's settings)."""
+        return sum(side * side * count for side, count in zip(self.feature_size, self.num_default))
+
+    def derived(self) -> dict:
+        """The values that follow from the keys (written as comments into config.yaml)."""
+        return {name: _plain(rule(self)) for name, rule in DERIVED_KEYS.items()}
 
     @property
     def class_count(self):
@@ -334,6 +365,18 @@ def _coerce(name, value, default):
     return str(value)
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A derived key's value as a file or flag gave it, checked once the Config is made."""
+
+    source: str
+    value: object
+
+
+def _claim(source, name, value):
+    return _Claim(source, _coerce(f"{source}: {name}", value, DERIVED_KEYS[name](Config())))
+
+
 def load_yaml(path):
     """Read a YAML config file into {key: value}; unknown keys are errors naming the file."""
     if not os.path.isfile(path):
@@ -350,19 +393,23 @@ def load_yaml(path):
     for name, value in data.items():
         if name in RETIRED_KEYS:
             raise ConfigError(f"{path}: key {name!r} is not used here: {RETIRED_KEYS[name]}")
+        if name in DERIVED_KEYS:
+            values[name] = _claim(path, name, value)
+            continue
         if name not in defaults:
             raise ConfigError(f"{path}: unknown key {name!r}")
         values[name] = _coerce(f"{path}: {name}", value, defaults[name])
     return values
 
 
-def build_parser(description, script_keys=None):
+def build_parser(description):
     """An argparse parser with one flag per config key plus the reference's flag names.
 
     Flags not given on the command line are absent from the parsed namespace, so YAML values are
     only overridden by what the user typed.
     """
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
+                                     allow_abbrev=False)
     groups = {}
     for f in fields(Config):
         section = f.metadata["section"]
@@ -377,6 +424,9 @@ def build_parser(description, script_keys=None):
         groups[section].add_argument(*names, **kwargs)
     parser.add_argument("--data_url", dest="data_url",
                         help="dataset root for --dataset (sets coco_root, voc_root or image_dir)")
+    derived = parser.add_argument_group("derived (accepted when they agree with the keys)")
+    for name, source in DERIVED_FROM.items():
+        derived.add_argument(f"--{name}", dest=name, help=f"follows from {source}")
     return parser
 
 
@@ -392,7 +442,6 @@ def parse_config(argv=None, description="", overrides=None):
         return config_from_values(args, overrides)
     except ConfigError as exc:
         parser.error(str(exc))
-    return None
 
 
 def config_from_values(args, overrides=None):
@@ -405,7 +454,10 @@ def config_from_values(args, overrides=None):
         values.update(load_yaml(config_file))
     data_url = args.pop("data_url", None)
     for name, raw in args.items():
-        values[name] = _coerce(f"--{name}", raw, defaults[name])
+        if name in DERIVED_KEYS:
+            values[name] = _claim("command line", name, raw)
+        else:
+            values[name] = _coerce(f"--{name}", raw, defaults[name])
     if data_url is not None:
         dataset = values.get("dataset", defaults["dataset"])
         values[{"coco": "coco_root", "voc": "voc_root", "other": "image_dir"}[dataset]] = data_url
@@ -415,10 +467,18 @@ def config_from_values(args, overrides=None):
 
 
 def _make(values):
+    claims = {name: values.pop(name) for name in DERIVED_KEYS if name in values}
     platform = str(values.get("run_platform", "auto"))
     spelled = {p.lower(): p for p in ("auto", "CPU", "GPU", "Ascend")}
     values["run_platform"] = spelled.get(platform.lower(), platform)
-    return Config(**values).validate()
+    config = Config(**values).validate()
+    for name, claim in claims.items():
+        actual = DERIVED_KEYS[name](config)
+        if claim.value != actual:
+            raise ConfigError(f"{claim.source}: {name} {_plain(claim.value)} disagrees with "
+                              f"{_plain(actual)}, which follows from {DERIVED_FROM[name]}: "
+                              f"leave {name} out")
+    return config
 
 
 def load_config(path: Optional[str] = None, **changes):
@@ -426,6 +486,9 @@ def load_config(path: Optional[str] = None, **changes):
     values = load_yaml(path) if path else {}
     defaults = {f.name: f.default for f in fields(Config)}
     for name, value in changes.items():
+        if name in DERIVED_KEYS:
+            values[name] = _claim("load_config", name, value)
+            continue
         if name not in defaults:
             raise ConfigError(f"unknown key {name!r}")
         values[name] = _coerce(name, value, defaults[name])

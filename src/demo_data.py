@@ -30,7 +30,6 @@ Every image is rendered from ``numpy.random.default_rng([seed, split_index, imag
 the output depends only on the arguments, never on generation order.
 """
 import argparse
-import json
 import os
 import re
 import sys
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from src.files import write_json
 
 CLASS_NAMES = ("circle", "square", "triangle")
 SPLITS = ("train2017", "val2017")
@@ -354,14 +355,6 @@ def coco_document(images, annotations, seed, split):
     }
 
 
-def write_json_atomic(document, path):
-    """Write ``document`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
 def remove_stale_images(image_dir, keep):
     """Delete COCO-named JPEGs in ``image_dir`` that are not in ``keep`` (a previous, larger run)."""
     for name in os.listdir(image_dir):
@@ -445,7 +438,7 @@ def generate(out_dir, num_train, num_val, seed, **options):
             "annotation_file": os.path.abspath(ann_paths[split_index]),
         }
     for document, path in zip(documents, ann_paths):
-        write_json_atomic(document, path)
+        write_json(document, path)
     return summary
 
 

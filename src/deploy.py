@@ -22,7 +22,7 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     import mindspore as ms
 
     from src.engine.checkpoint import with_checkpoint_classes
-    from src.engine.evaluator import build_inference_network
+    from src.model import Layers, build_inference_network
 
     file_format = file_format.upper()
     if file_format not in FORMATS:
@@ -32,8 +32,7 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
                           "(--device_target Ascend); on CPU and GPU export MINDIR or ONNX")
     config = with_checkpoint_classes(config, checkpoint_path)
     # Exported graphs must not refer to our kernel library: MindSpore's own convolutions.
-    net = build_inference_network(config, checkpoint_path, conv_impl="mindspore",
-                                  conv_dtype="float32")
+    net = build_inference_network(config, checkpoint_path, layers=Layers())
     sample = ms.Tensor(np.random.default_rng(0).uniform(
         -1, 1, (batch_size, 3, *config.img_shape)).astype(np.float32))
     os.makedirs(os.path.dirname(os.path.abspath(file_name)) or ".", exist_ok=True)
@@ -46,7 +45,6 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
 
 
 def _constant(graph, name, value):
-    import onnx
     from onnx import numpy_helper
 
     graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))

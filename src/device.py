@@ -1,6 +1,6 @@
 """Device set-up: the oneDNN instruction-set cap, device choice, graph mode and seeds.
 
-This module must not import MindSpore at module level: ``cap_onednn_isa`` has to run before
+This module must not import MindSpore at module level: ``prepare_process`` has to run before
 MindSpore (and with it oneDNN) is loaded.
 """
 import glob
@@ -17,6 +17,7 @@ PLATFORMS = ("CPU", "GPU", "Ascend")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_cpu_kernels.so")
 KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
+KERNEL_THREADS_VARIABLE = "SSD_CONV_THREADS"  # how conv_threads reaches src/kernels/threads.h
 
 
 def kernel_sources_digest(sources=KERNEL_SOURCES):
@@ -60,20 +61,9 @@ def kernel_library_usable():
     return status == "current"
 
 
-def requested_conv_impl(argv=None):
-    """--conv_impl from the command line (or SSD_CONV_IMPL), read before any config is parsed."""
-    argv = sys.argv if argv is None else argv
-    for i, arg in enumerate(argv):
-        if arg.startswith("--conv_impl="):
-            return arg.split("=", 1)[1]
-        if arg == "--conv_impl" and i + 1 < len(argv):
-            return argv[i + 1]
-    return os.environ.get("SSD_CONV_IMPL", "auto")
-
-
-def cap_onednn_isa():
-    """Cap oneDNN at AVX2 when MindSpore's own CPU convolutions will run, unless the user chose a
-    value; returns the value in effect (None: no cap).
+def cap_onednn_isa(config):
+    """Cap oneDNN at AVX2 when ``config`` runs MindSpore's own CPU convolutions, unless the user
+    set the variable; returns the value in effect (None: no cap).
 
     Why: MindSpore 2.10's CPU convolution hands oneDNN fixed plain layouts (NCHW activations,
     OIHW weights). On AVX-512/AMX processors oneDNN's fast kernels refuse those layouts and it
@@ -81,19 +71,29 @@ def cap_onednn_isa():
     (a 64->128 3x3 convolution: 3.3 s -> 0.05 s). Our own convolution (``src/kernels``, built
     by make) lets oneDNN choose blocked layouts and wants AVX-512; the cap applies to the whole
     oneDNN library (ours runs in MindSpore's), so it is left off when our kernels are built and
-    not declined with --conv_impl mindspore (BatchNorm, ReLU and pooling run 2-2.6x faster
-    uncapped too). oneDNN reads the variable once, when the library loads, so this must run
-    before ``import mindspore``. GPU and Ascend kernels do not use oneDNN.
+    ``conv_impl`` is not 'mindspore' (BatchNorm, ReLU and pooling run 2-2.6x faster uncapped
+    too). oneDNN reads the variable once, when the library loads, so this must run before
+    ``import mindspore``. GPU and Ascend kernels do not use oneDNN.
     """
     if ONEDNN_ISA_VARIABLE in os.environ:
         return os.environ[ONEDNN_ISA_VARIABLE]
-    if requested_conv_impl() != "mindspore" and kernel_library_usable():
+    if config.conv_impl != "mindspore" and kernel_library_usable():
         return None
     if "mindspore" in sys.modules:
-        warnings.warn(f"mindspore was imported before src: {ONEDNN_ISA_VARIABLE} cannot take effect "
-                      "and CPU convolutions may run ~35x slower; import src first.", stacklevel=2)
+        warnings.warn(f"mindspore was imported before src.device.prepare_process: "
+                      f"{ONEDNN_ISA_VARIABLE} cannot take effect and CPU convolutions may run "
+                      "~35x slower", stacklevel=2)
     os.environ[ONEDNN_ISA_VARIABLE] = "AVX2"
     return "AVX2"
+
+
+def prepare_process(config):
+    """What must be settled before MindSpore loads, from the config alone: the oneDNN cap
+    (``cap_onednn_isa``) and the thread count of our kernels (``conv_threads``, read by the
+    kernel library from ``KERNEL_THREADS_VARIABLE`` when it loads; 0 lets it take every core).
+    Every entry point calls it right after parsing the config (``src.cli``)."""
+    os.environ[KERNEL_THREADS_VARIABLE] = str(config.conv_threads)
+    return cap_onednn_isa(config)
 
 
 def hardware_problem(config):

@@ -42,12 +42,6 @@ def fused_focal_loss_sum():
     return kernel_op("FocalLossSum", lambda x, y, s: [1], lambda x, y, s: x, bprop)
 
 
-def uses_our_kernels(network):
-    from src.model.onednn_conv import OneDnnConv2d
-
-    return any(isinstance(cell, OneDnnConv2d) for _, cell in network.cells_and_names())
-
-
 def smooth_l1(diff):
     """0.5 d^2 where |d| < 1, |d| - 0.5 elsewhere."""
     absolute = ops.abs(diff)
@@ -58,18 +52,18 @@ class SSDWithLossCell(nn.Cell):
     """Network plus loss: (image, gt_loc, gt_label, num_match) -> (loss, cls_loss, loc_loss).
 
     ``loss = cls_loss + loc_loss``; each part is already divided by the number of positives.
-    ``fused_focal``: our fused focal-loss op (None: when the network's convolutions are ours).
+    ``fused_focal``: our fused focal-loss op (CPU, with our kernels: ``network.layers.ours``).
     """
 
     def __init__(self, network, gamma=2.0, alpha=0.75, global_norm=False, world_size=1,
-                 fused_focal=None):
+                 fused_focal=False):
         super().__init__()
         self.network = network
         self.gamma = float(gamma)
         self.alpha = float(alpha)
         self.global_norm = bool(global_norm) and world_size > 1
         self.world_size = float(world_size)
-        self.fused_focal = uses_our_kernels(network) if fused_focal is None else fused_focal
+        self.fused_focal = bool(fused_focal)
         if self.fused_focal:
             self.focal_sum = fused_focal_loss_sum()
             self.focal_settings = ms.Tensor([self.gamma, self.alpha], ms.float32)

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from src.config import Config
 from src.cpu import cpu_info
 from src.device import init_device
 
@@ -34,13 +33,13 @@ def environment(config, platform):
     implementation the model was built with."""
     import mindspore as ms
 
-    from src.model.conv import layout_block_for, resolve_conv_impl
+    from src.model import Layers
 
-    impl = resolve_conv_impl(config.conv_impl, platform)
+    layers = Layers.from_config(config, platform)
     return {"mindspore": ms.__version__, "device": platform, "cpu_count": os.cpu_count(),
-            **cpu_info().as_dict(), "conv_impl": impl, "conv_dtype": config.conv_dtype,
-            "layout_block": layout_block_for(config.layout_block) if impl == "onednn" else 0,
-            "conv_algorithm": config.conv_algorithm if impl == "onednn" else "mindspore"}
+            **cpu_info().as_dict(), "conv_impl": layers.impl, "conv_dtype": layers.dtype,
+            "layout_block": layers.block,
+            "conv_algorithm": layers.algorithm if layers.ours else "mindspore"}
 
 
 def timed(function, repeats, warmup):
@@ -58,7 +57,6 @@ def timed(function, repeats, warmup):
 def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
     """Training pipeline throughput on generated JPEGs (read, decode, crop, resize, flip,
     colour jitter, normalise, encode to the default boxes)."""
-    from src.anchors import default_boxes_from_config
     from src.box_coder import BoxCoder
     from src.data.pipeline import create_train_dataset
     from src.data.sources import prepare_split
@@ -70,8 +68,7 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
         config = config.replace(coco_root=root, num_classes=4)
     files = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "mr")), "train",
                           workdir, progress=False, log=lambda m: None).files
-    coder = BoxCoder(default_boxes_from_config(config), config.match_threshold,
-                     config.prior_scaling)
+    coder = BoxCoder.from_config(config)
     dataset = create_train_dataset(files, coder, config.batch_size, config.img_shape,
                                    num_workers=config.num_parallel_workers, seed=config.seed)
     iterator = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
@@ -91,11 +88,10 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
 
 def synthetic_batch(config, batch_size):
     """A training batch of random images with three encoded boxes each."""
-    from src.anchors import default_boxes_from_config
     from src.box_coder import BoxCoder
 
     rng = np.random.default_rng(0)
-    coder = BoxCoder(default_boxes_from_config(config))
+    coder = BoxCoder.from_config(config)
     targets = [coder.encode_targets(np.array([[0.1, 0.1, 0.5, 0.4, 1], [0.3, 0.5, 0.9, 0.9, 2],
                                               [0.6, 0.1, 0.8, 0.3, 3]], np.float32))
                for _ in range(batch_size)]
@@ -115,7 +111,9 @@ def benchmark_train(config, steps, warmup):
     network = build_ssd(config)
     optimizer = create_optimizer(network, np.full(10, 1e-3, np.float32), config.momentum,
                                  config.weight_decay)
-    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha), optimizer)
+    ours = network.layers.ours
+    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha, fused_focal=ours),
+                     optimizer, fused_finite=ours)
     step.set_train(True)
     inputs = [ms.Tensor(x) for x in synthetic_batch(config, config.batch_size)]
     compile_start = time.perf_counter()
@@ -135,7 +133,7 @@ def benchmark_infer(config, steps, warmup):
     """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput."""
     import mindspore as ms
 
-    from src.engine.evaluator import build_inference_network
+    from src.model import build_inference_network
 
     net = build_inference_network(config, config.checkpoint_path or None)
     result = {"mode": "infer"}
@@ -158,11 +156,9 @@ def benchmark_eval(config, workdir, images):
     import contextlib
     import io
 
-    from src.data.pipeline import create_eval_dataset
     from src.data.sources import prepare_split
     from src.demo_data import generate
-    from src.detections import PostProcessor
-    from src.engine.evaluator import build_inference_network, run_inference, score_and_report
+    from src.engine.evaluation import Evaluation
 
     if not config.coco_root:
         root = os.path.join(workdir, "eval-data")
@@ -171,18 +167,15 @@ def benchmark_eval(config, workdir, images):
     output_dir = os.path.join(workdir, "eval")
     prepared = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "eval-mr")),
                              "eval", output_dir, progress=False, log=lambda m: None)
-    net = build_inference_network(config, config.checkpoint_path or None)
-    dataset = create_eval_dataset(prepared.files, config.eval_batch_size, config.img_shape,
-                                  config.num_parallel_workers)
-    post = PostProcessor.from_config(config, prepared.source.category_ids)
+    evaluation = Evaluation(config.replace(progress="off"), prepared,
+                            config.checkpoint_path or None)
     samples = []
     start = time.perf_counter()
-    detections, img_ids = run_inference(
-        net, dataset, config.eval_batch_size, post, progress="off",
+    detections, img_ids = evaluation.infer(
         on_batch=lambda done: samples.append((done, current_rss_mb())))
     seconds = time.perf_counter() - start
     with contextlib.redirect_stdout(io.StringIO()):
-        score_and_report(config, prepared.ground_truth, detections, img_ids, output_dir, {})
+        evaluation.score(detections, img_ids, output_dir, {})
     (first_done, first_rss), (last_done, last_rss) = samples[0], samples[-1]
     growth = (last_rss - first_rss) / max(last_done - first_done, 1) * 100
     return {"mode": "eval", "images": len(img_ids), "eval_batch_size": config.eval_batch_size,
@@ -197,10 +190,9 @@ def benchmark_eval(config, workdir, images):
 def synthetic_outputs(config, rng):
     """Decoded boxes and scores shaped like a trained detector's: anchors jittered a little,
     class scores mostly near zero (Beta(0.5, 40)), so a few hundred pass score > 0.1."""
-    from src.anchors import default_boxes_from_config
     from src.box_coder import BoxCoder
 
-    coder = BoxCoder(default_boxes_from_config(config))
+    coder = BoxCoder.from_config(config)
     boxes = coder.decode(rng.normal(0, 0.5, (config.num_ssd_boxes, 4)).astype(np.float32))
     scores = rng.beta(0.5, 40, (config.num_ssd_boxes, config.class_count)).astype(np.float32)
     return boxes, scores
@@ -213,7 +205,7 @@ def network_outputs(config, workdir, count=4):
 
     from src.data.transforms import network_input
     from src.demo_data import generate
-    from src.engine.evaluator import build_inference_network
+    from src.model import build_inference_network
 
     root = os.path.join(workdir, "outputs-data")
     generate(root, 1, count, seed=7, image_size=(640, 480))
@@ -312,6 +304,3 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
         print(json.dumps(results[-1]), flush=True)
     return results
 
-
-def default_config():
-    return Config(batch_size=8, num_parallel_workers=2)

@@ -1,11 +1,11 @@
 """COCO mAP with pycocotools' COCOeval (never a hand-written mAP)."""
 import contextlib
 import io
-import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from src.files import write_json
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -29,14 +29,6 @@ def load_coco_ground_truth(annotation_file):
 
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(annotation_file)
-
-
-def write_json_atomic(data, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def reference_protocol_images(ground_truth, img_ids):
@@ -68,7 +60,7 @@ def coco_evaluate(ground_truth, detections, img_ids, detections_path=None):
     if isinstance(ground_truth, str):
         ground_truth = load_coco_ground_truth(ground_truth)
     if detections_path:
-        write_json_atomic(detections, detections_path)
+        write_json(detections, detections_path)
     if not detections:
         return CocoResult(np.zeros(len(STAT_NAMES)),
                           "No detections above the score threshold: mAP is 0.\n")

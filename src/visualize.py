@@ -1,6 +1,4 @@
 """Pictures: training curves from the metrics log."""
-import json
-import os
 
 import matplotlib
 
@@ -8,13 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-
-def read_jsonl(path):
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    return rows
+from src.files import atomic_path
 
 
 def style_axes(ax, xlabel, ylabel, title, legend=True, **legend_options):
@@ -29,21 +21,21 @@ def style_axes(ax, xlabel, ylabel, title, legend=True, **legend_options):
 def save_figure(fig, png_path):
     """Write a figure as PNG atomically (readers never see a half-written file)."""
     fig.tight_layout()
-    tmp = f"{png_path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return png_path
 
 
-def plot_training_curves(log_path, png_path):
+def plot_training_curves(rows, png_path):
     """Loss (total, classification, localisation) per step with per-epoch means, the lr, and
     the mAP of evaluations during training if there were any.
 
-    Reads the JSON-lines log; writes the PNG atomically. Returns its path, or None when the log
-    has no steps yet.
+    ``rows``: the training log's rows (``src.engine.run_log``); writes the PNG atomically.
+    Returns its path, or None when the log has no steps yet.
     """
-    rows = read_jsonl(log_path)
     steps = [r for r in rows if r.get("kind") == "step" and r.get("finite", True)]
     evals = [r for r in rows if r.get("kind") == "eval"]
     if not steps:

@@ -8,7 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import src  # noqa: E402,F401  (caps oneDNN's ISA before MindSpore loads)
+from src.config import Config  # noqa: E402
+from src.device import prepare_process  # noqa: E402
+
+prepare_process(Config())  # what the entry scripts do before MindSpore loads (src.cli)
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,11 @@ def test_reference_steps_leave_bottom_right_uncovered_and_fixed_steps_cover_it(b
     assert fixed.cyxhw[:5776, 0].max() == pytest.approx((37 + 0.5) * 8 / 300)
 
 
-def test_config_count_is_checked():
-    with pytest.raises(ValueError, match="8000"):
-        default_boxes_from_config(Config(num_ssd_boxes=8000))
+def test_the_box_count_follows_from_the_anchor_settings():
+    from src.config import ConfigError, load_config
+
+    config = load_config(feature_size=(19, 10, 5, 3, 2, 1))
+    assert config.num_ssd_boxes == len(default_boxes_from_config(config)) == 2268
+    assert Config().num_ssd_boxes == 8732
+    with pytest.raises(ConfigError, match="num_ssd_boxes 8000 disagrees with 8732"):
+        load_config(num_ssd_boxes=8000)

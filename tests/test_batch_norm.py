@@ -116,14 +116,14 @@ def detector_piece(impl, block):
     """Stem output -> blocked region (two ResNet blocks, one with a 1x1 shortcut) -> a
     separable head back to NCHW, built with ``impl`` convolutions, blocked by ``block``."""
     from mindspore import nn
-    from src.model.conv import building_with, layout_block
+    from src.model.layers import Layers
     from src.model.layout import ToBlocked
     from src.model.resnet34 import BasicBlock
     from src.model.ssd import separable_head
 
-    with building_with(impl, "float32", blocked=bool(block), block=block or None):
-        return nn.SequentialCell([ToBlocked(32, layout_block()), BasicBlock(32, 64, 2),
-                                  BasicBlock(64, 64), separable_head(64, 24)])
+    layers = Layers.create(impl, "float32", blocked=bool(block), block=block or None)
+    return nn.SequentialCell([ToBlocked(32, layers.block), BasicBlock(layers, 32, 64, 2),
+                              BasicBlock(layers, 64, 64), separable_head(layers, 64, 24)])
 
 
 def test_a_blocked_detector_piece_equals_nchw_and_mindspore(graph_cpu):

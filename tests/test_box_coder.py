@@ -94,3 +94,36 @@ def test_ignore_regions_mark_anchors_minus_one(coder):
     ignored = label == -1
     overlap = iou_matrix(gt[1:, :4], coder.anchors_yxyx)[0]
     assert ignored.sum() > 0 and np.array_equal(ignored, (overlap > 0.5) & (label <= 0))
+
+
+def test_single_box_best_anchor_8152_overlaps_it_with_iou_0_8(coder):
+    """Spec 17: GT (0.2, 0.3, 0.6, 0.8)'s best default box #8152 has IoU 0.8 with it; the
+    match reports that forced best box with IoU 2.0 (spec 5)."""
+    gt = np.array([[0.2, 0.3, 0.6, 0.8]], np.float32)
+    raw = iou_matrix(gt, coder.anchors_yxyx)[0]
+    assert raw.argmax() == 8152 and raw[8152] == pytest.approx(0.8, abs=1e-6)
+    matched, iou = coder.match(gt)
+    assert matched[8152] == 0 and iou[8152] == 2.0
+    others = np.arange(coder.num_anchors) != 8152
+    np.testing.assert_allclose(iou[others], raw[others], atol=1e-7)
+
+
+def test_corner_box_best_anchor_624_is_the_default_box_0_105_0_105_0_2_0_2(coder):
+    """Spec 17: GT (0, 0, 0.2, 0.2)'s best default box #624 is (cy, cx, h, w) =
+    (0.105, 0.105, 0.2, 0.2): map 0, row 4, column 4, ((4 + 0.5) * 7 / 300), first shape."""
+    raw = iou_matrix(np.array([[0, 0, 0.2, 0.2]]), coder.anchors_yxyx)[0]
+    assert raw.argmax() == 624
+    np.testing.assert_allclose(coder.anchors_cyxhw[624], (0.105, 0.105, 0.2, 0.2), atol=1e-6)
+    np.testing.assert_allclose(coder.anchors_yxyx[624], (0.005, 0.005, 0.205, 0.205), atol=1e-6)
+
+
+def test_big_box_best_anchor_8708_has_iou_1(coder):
+    """Spec 17: the big box (0.1, 0.1, 0.9, 0.9)'s best default box is #8708,
+    (0.5, 0.5, 0.8, 0.8), the same box (IoU 1.0), so it encodes to zeros."""
+    gt = np.array([[0.1, 0.1, 0.9, 0.9]], np.float32)
+    raw = iou_matrix(gt, coder.anchors_yxyx)[0]
+    assert raw.argmax() == 8708 and raw[8708] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(coder.anchors_cyxhw[8708], (0.5, 0.5, 0.8, 0.8), atol=1e-6)
+    assert np.sort(raw)[-2] < 0.9                  # no other default box comes close
+    np.testing.assert_allclose(coder.encode(np.repeat(gt, coder.num_anchors, 0))[8708], 0,
+                               atol=1e-5)

@@ -102,3 +102,38 @@ def test_cli_rejects_bad_flag_value_with_clear_message():
     result = run_script(["train.py", "--batch_size", "-3"], timeout=120)
     assert result.returncode == 2
     assert "batch_size" in result.stderr and "out of range" in result.stderr
+
+
+def test_a_prefix_of_a_flag_is_not_taken_for_the_flag(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_config(["--epoch", "3"])      # not --epoch_size
+    assert stop.value.code == 2 and "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+    assert parse_config(["--epoch_size", "3"]).epoch_size == 3
+
+
+def test_derived_keys_are_accepted_only_when_they_agree(tmp_path):
+    path = tmp_path / "reference.yaml"
+    path.write_text("model: ssd_resnet34\nnum_ssd_boxes: 8732\nnum_default: [4, 6, 6, 6, 4, 4]\n")
+    assert load_config(str(path)).num_ssd_boxes == 8732
+    path.write_text("aspect_ratios: [[2], [2, 3], [2, 3], [2, 3], [2], [2, 3]]\n"
+                    "num_ssd_boxes: 8732\n")
+    with pytest.raises(ConfigError, match=r"reference\.yaml: num_ssd_boxes 8732 disagrees with "
+                                          r"8734, which follows from feature_size"):
+        load_config(str(path))
+    assert "num_ssd_boxes" not in Config().to_dict() and "model" not in Config().to_dict()
+
+
+def test_every_setting_is_in_the_resolved_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    parse_config(["--conv_impl", "mindspore", "--conv_threads", "3", "--crop_rule", "ssd"]).save(
+        str(path))
+    text = path.read_text()
+    assert "conv_impl: mindspore" in text and "conv_threads: 3" in text
+    assert "crop_rule: ssd" in text and "#   num_ssd_boxes: 8732" in text
+    again = load_config(str(path))
+    assert (again.conv_impl, again.conv_threads, again.crop_rule) == ("mindspore", 3, "ssd")
+
+
+def test_pre_trained_epoch_size_needs_a_pre_trained_checkpoint():
+    with pytest.raises(ConfigError, match="pre_trained_epoch_size 5 .* none is given"):
+        load_config(pre_trained_epoch_size=5)

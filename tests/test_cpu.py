@@ -112,8 +112,8 @@ def test_an_unknown_cap_is_an_error():
 
 
 def test_building_bfloat16_layers_is_refused_where_they_cannot_run():
-    code = ("from src.model.conv import building_with\n"
-            "try:\n    with building_with('onednn', 'bfloat16'): print('built')\n"
+    code = ("from src.model.layers import Layers\n"
+            "try:\n    Layers.create('onednn', 'bfloat16'); print('built')\n"
             "except ValueError as exc: print(exc)")
     result = run_script(["-c", code], env={"ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=60)
     assert "needs native bfloat16 arithmetic" in result.stdout, result.stdout + result.stderr

@@ -197,3 +197,77 @@ def test_an_epoch_replays_exactly_also_from_its_middle(demo_root, tmp_path, grap
     assert len(first) == 6 and first == batches(3)
     assert batches(3, skip=2) == first[2:]
     assert batches(4) != first
+
+
+def test_crop_rules_disagree_when_boxes_fall_below_min_iou_but_none_far_above():
+    """'reference' rejects a crop only if a box is below min_iou AND one is above
+    min_iou + 0.2 (spec defect 19); 'ssd' rejects it if any box is below min_iou."""
+    from src.data.transforms import crop_is_rejected
+
+    below_none_far_above = np.array([0.2, 0.45])
+    assert crop_is_rejected(below_none_far_above, 0.3, "ssd")
+    assert not crop_is_rejected(below_none_far_above, 0.3, "reference")
+    for overlap, rejected in (([0.35, 0.9], False), ([0.1, 0.8], True), ([0.3], False)):
+        for rule in ("reference", "ssd"):
+            assert crop_is_rejected(np.array(overlap), 0.3, rule) == rejected, (overlap, rule)
+
+
+def _iou_with_rect(boxes, rect):
+    inter = (np.clip(np.minimum(boxes[:, 2], rect[2]) - np.maximum(boxes[:, 0], rect[0]), 0, None)
+             * np.clip(np.minimum(boxes[:, 3], rect[3]) - np.maximum(boxes[:, 1], rect[1]), 0,
+                       None))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (areas + (rect[2] - rect[0]) * (rect[3] - rect[1]) - inter)
+
+
+@pytest.mark.parametrize("rule", ["reference", "ssd"])
+def test_random_crop_keeps_the_min_iou_condition_of_its_rule(rule, monkeypatch):
+    """Each min IoU in turn (the sampled one fixed): every crop taken satisfies the rule over
+    the boxes it touches, and keeps exactly the touching boxes whose centre lies inside.
+    The crop is read back from the pixels (each pixel holds its own y, x)."""
+    from src.data import transforms
+
+    height, width = 180, 240
+    yy, xx = np.mgrid[:height, :width]
+    image = np.stack([yy, xx, np.zeros_like(yy)], axis=2).astype(np.uint8)
+    gt = np.array([[20, 30, 120, 150, 1], [100, 100, 170, 230, 2], [10, 150, 60, 230, 3],
+                   [130, 10, 175, 60, 4]], np.float32)
+    below_min_iou = 0
+    for min_iou in (0.1, 0.3, 0.5, 0.7):
+        monkeypatch.setattr(transforms, "CROP_MIN_IOUS", (min_iou,))
+        crops = 0
+        for seed in range(60):
+            cropped, kept = transforms.random_sample_crop(image, gt, np.random.default_rng(seed),
+                                                          rule)
+            if cropped is image:
+                np.testing.assert_array_equal(kept, gt)
+                continue
+            crops += 1
+            top, left = (float(v) for v in cropped[0, 0, :2])
+            rect = np.array([top, left, cropped[-1, -1, 0] + 1.0, cropped[-1, -1, 1] + 1.0])
+            assert cropped.shape[:2] == (rect[2] - rect[0], rect[3] - rect[1])
+            overlap = _iou_with_rect(gt[:, :4].astype(np.float64), rect)
+            touching = overlap > 0
+            low, high = overlap[touching].min(), overlap[touching].max()
+            if rule == "ssd":
+                assert low >= min_iou - 1e-6, (seed, min_iou, overlap)
+            else:
+                assert not (low < min_iou - 1e-6 and high > min_iou + 0.2 + 1e-6), (seed, overlap)
+            centres = (gt[:, :2] + gt[:, 2:4]) / 2
+            inside = np.all((rect[:2] < centres) & (centres < rect[2:]), axis=1) & touching
+            assert sorted(kept[:, 4].tolist()) == sorted(gt[inside, 4].tolist())
+            below_min_iou += int((overlap[inside] < min_iou).any())
+        assert crops > 0, min_iou
+    if rule == "ssd":
+        assert below_min_iou == 0
+    else:
+        assert below_min_iou > 0        # the reference's rule lets such crops through
+
+
+def test_an_unknown_crop_rule_is_refused():
+    from src.data.transforms import TrainTransform, crop_is_rejected
+
+    with pytest.raises(ValueError, match="crop_rule 'paper': expected one of reference, ssd"):
+        TrainTransform(BoxCoder(generate_default_boxes()), crop_rule="paper")
+    with pytest.raises(ValueError, match="crop rule 'paper'"):
+        crop_is_rejected(np.array([0.5]), 0.3, "paper")

@@ -80,3 +80,34 @@ def test_nothing_above_threshold():
     records = post.process_batch([1], np.zeros((1, 8, 4), np.float32),
                                  np.full((1, 8, 2), 0.05, np.float32), [[10, 10]])
     assert records == []
+
+
+def test_nms_without_plus_one_uses_plain_pixel_areas():
+    """Two 2x2-pixel boxes one pixel apart: IoU 2/6 = 0.333 as areas are, 6/12 = 0.5 with the
+    reference's "+1" pixel widths (3x3 boxes overlapping 3x2)."""
+    boxes = np.array([[0, 0, 2, 2], [0, 1, 2, 3]], np.float64)
+    scores, labels = np.array([0.9, 0.8]), np.array([1, 1])
+
+    def kept(threshold, plus_one):
+        return batched_nms(boxes, scores, labels, threshold, 100, plus_one=plus_one).tolist()
+
+    assert kept(0.4, plus_one=False) == [0, 1] and kept(0.4, plus_one=True) == [0]
+    assert kept(0.34, plus_one=False) == [0, 1] and kept(0.33, plus_one=False) == [0]
+    assert kept(0.5, plus_one=True) == [0, 1] and kept(0.49, plus_one=True) == [0]
+
+
+def test_nms_plus_one_false_in_the_config_keeps_what_plus_one_suppresses():
+    """Through the config (nms_threshold 0.6): 3.5 x 5-pixel boxes 1 pixel apart have IoU
+    2.5/4.5 = 0.556 without "+1" (both kept) and 3.5/5.5 = 0.636 with it (one suppressed)."""
+    from src.config import load_config
+
+    boxes = np.array([[0.0, 0.0, 0.05, 0.035], [0.0, 0.01, 0.05, 0.045]], np.float32)
+    scores = np.array([[0.0, 0.9], [0.0, 0.8]], np.float32)
+    plain = PostProcessor.from_config(load_config(nms_plus_one=False), [0, 1])
+    reference = PostProcessor.from_config(load_config(), [0, 1])
+    assert plain.plus_one is False and reference.plus_one is True
+    found, found_scores, _ = plain.detect(boxes, scores, (100, 100))
+    assert found_scores.tolist() == pytest.approx([0.9, 0.8])
+    np.testing.assert_allclose(found, [[0, 0, 5, 3.5], [0, 1, 5, 4.5]], atol=1e-4)
+    found, found_scores, _ = reference.detect(boxes, scores, (100, 100))
+    assert found_scores.tolist() == pytest.approx([0.9])

@@ -1,31 +1,54 @@
-"""The oneDNN ISA cap is set once, before MindSpore loads, and never overrides the user."""
+"""What must be set before MindSpore loads comes from the config (``src.device.prepare_process``,
+called by every entry script through ``src.cli``): the oneDNN ISA cap, never overriding the
+user's, and the kernels' thread count."""
 import os
 
 import pytest
 
 from src.device import resolve_platform
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
 
-PROBE = ("import sys, os; import src; assert 'mindspore' not in sys.modules; "
-         "import mindspore; print(os.environ['ONEDNN_MAX_CPU_ISA'])")
+# A stand-in entry script: src.cli.run parses the config, prepares the process, then imports
+# MindSpore and builds the detector, printing what it runs on.
+PROBE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from src.cli import run
+assert "mindspore" not in sys.modules
+
+def main(config):
+    from src.model import build_ssd, conv_description
+    print(os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ["SSD_CONV_THREADS"],
+          conv_description(build_ssd(config)) if {build} else "")
+
+sys.exit(run(main, "", {argv!r}))
+"""
 
 
-def test_importing_src_caps_isa_before_mindspore():
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-    env["SSD_CONV_IMPL"] = "mindspore"      # MindSpore's convolutions: the cap applies
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                            env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+def probe(argv, env=None, build=False):
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ONEDNN_MAX_CPU_ISA", "SSD_CONV_THREADS")}
+    result = run_script(["-c", PROBE.format(root=ROOT, argv=argv, build=build)],
+                        env={**clean, **(env or {})}, timeout=240)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "AVX2"
+    return result.stdout.split()
 
 
-def test_user_value_wins():
-    result = run_script(["-c", PROBE], env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "AVX512_CORE"
+@pytest.mark.parametrize("argv, env, cap", [
+    ([], {}, "None"),
+    (["--conv_impl", "mindspore"], {}, "AVX2"),
+    ([], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "AVX512_CORE"),
+    (["--conv_impl", "mindspore"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "AVX512_CORE"),
+])
+def test_the_isa_cap_follows_the_configured_convolutions(argv, env, cap):
+    assert probe(argv, env)[0] == cap
+
+
+def test_conv_impl_from_a_yaml_file_really_runs_mindspore_convolutions(tmp_path):
+    path = tmp_path / "mindspore.yaml"
+    path.write_text("conv_impl: mindspore\nconv_threads: 2\nnum_classes: 3\n")
+    cap, threads, *description = probe(["--config", str(path)], build=True)
+    assert (cap, threads, " ".join(description)) == ("AVX2", "2", "MindSpore's")
 
 
 def test_platform_names():

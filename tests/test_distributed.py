@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_script
@@ -32,7 +31,7 @@ def runs(demo_root, tmp_path_factory):
     """One initial checkpoint; 2 processes x batch 2 and 1 process x batch 4 from it, with
     BatchNorm on running statistics and the loss normalised over all devices."""
     root = tmp_path_factory.mktemp("dist")
-    script = ("import sys; sys.path.insert(0, {root!r}); import src, mindspore as ms;"
+    script = ("import sys; sys.path.insert(0, {root!r}); import mindspore as ms;"
               "from src.device import init_device; init_device('CPU');"
               "from src.config import Config; from src.model import build_ssd;"
               "ms.save_checkpoint(build_ssd(Config(num_classes=4)), {path!r})").format(

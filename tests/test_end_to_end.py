@@ -72,7 +72,7 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     assert f"CPU: {cpu_info().describe()}" in result.stdout
 
 
-def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count(
+def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count_than_the_data(
         trained, demo_root, tmp_path):
     out, _ = trained
     result = run_script(["eval.py", "--data_url", demo_root,
@@ -91,6 +91,39 @@ def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count(
     assert result.returncode == 1
     assert "num_classes 2: from the data" in result.stdout
     assert "ssd-3_3.ckpt" in result.stderr and "class count" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def coco_checkpoint(graph_cpu, tmp_path_factory):
+    """An untrained 81-class (COCO's 80 + background) detector checkpoint."""
+    import mindspore as ms
+
+    from src.config import load_config
+    from src.model import build_ssd
+
+    path = tmp_path_factory.mktemp("coco_checkpoint") / "ssd_coco.ckpt"
+    ms.save_checkpoint(build_ssd(load_config(num_classes=81)), str(path))
+    return path
+
+
+def test_eval_refuses_a_checkpoint_for_another_class_count(coco_checkpoint, demo_root, tmp_path):
+    """Data and config agree (4 classes, given), only the 81-class checkpoint disagrees: the
+    checkpoint check refuses it, naming the file, the class head and both shapes."""
+    import re
+
+    result = run_script(["eval.py", "--config", "configs/demo.yaml", "--data_url", demo_root,
+                         "--num_classes", "4", "--checkpoint_path", str(coco_checkpoint),
+                         "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",
+                         "--progress", "off"])
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "from the data" not in result.stdout and "0 error(s)" in result.stdout
+    error = result.stderr
+    assert str(coco_checkpoint) in error and "Traceback" not in error, error[-3000:]
+    found = re.search(r"(multi_box\.multi_cls_layers\.\d\.\d\.\w+) has shape \((\d+),.*?"
+                      r"the network expects \((\d+),", error)
+    assert found, error[-3000:]
+    assert int(found.group(2)) * 4 == int(found.group(3)) * 81     # 81 vs 4 classes per box
+    assert "class count" in error and "--num_classes" in error and "--filter_weight" in error
 
 
 def test_eval_on_txt_data_writes_its_ground_truth(trained, demo_root, tmp_path):
@@ -139,7 +172,7 @@ def live_outputs(checkpoint, images):
 
     from src.config import Config
     from src.device import init_device
-    from src.engine.evaluator import build_inference_network
+    from src.model import build_inference_network
 
     init_device("CPU")
     net = build_inference_network(Config(num_classes=4), checkpoint)
@@ -234,6 +267,41 @@ def test_cpp_program_postprocess_and_eval_agree(trained, exported, png_dataset, 
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     eval_map = float(evaluation.stdout.split("mAP: ")[1].split()[0])
     assert abs(cpp_map - eval_map) < 1e-3
+
+
+def test_cpp_program_writes_81_class_score_files_of_2_829_168_bytes(coco_checkpoint,
+                                                                     demo_root, tmp_path):
+    """Spec 11 and 17: at 81 classes the C++ program's <stem>_1.bin holds 8732 x 81 float32
+    scores, 2,829,168 bytes, next to the 139,712-byte <stem>_0.bin boxes."""
+    import shutil
+
+    import numpy as np
+
+    result = run_script(["export.py", "--ckpt_file", str(coco_checkpoint), "--num_classes", "81",
+                         "--file_name", str(tmp_path / "ssd"), "--file_format", "ONNX",
+                         "--batch_size", "1", "--device_target", "CPU", "--opencv", "true"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = tmp_path / "images"
+    images.mkdir()
+    name = sorted(os.listdir(os.path.join(demo_root, "val2017")))[0]
+    shutil.copy(os.path.join(demo_root, "val2017", name), images / name)
+    build = subprocess.run(["bash", "ascend310_infer/build.sh"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+    run = subprocess.run([os.path.join(ROOT, "ascend310_infer", "out", "main"), "--model_path",
+                          str(tmp_path / "ssd.opencv.onnx"), "--dataset_path", str(images),
+                          "--device_type", "CPU", "--result_dir", str(tmp_path / "result_Files"),
+                          "--time_dir", str(tmp_path / "time_Result")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    stem = name.split(".")[0]
+    scores_file = tmp_path / "result_Files" / f"{stem}_1.bin"
+    boxes_file = tmp_path / "result_Files" / f"{stem}_0.bin"
+    assert os.path.getsize(scores_file) == 2_829_168 == 8732 * 81 * 4
+    assert os.path.getsize(boxes_file) == 139_712 == 8732 * 4 * 4
+    scores = np.fromfile(scores_file, np.float32).reshape(8732, 81)
+    boxes = np.fromfile(boxes_file, np.float32).reshape(8732, 4)
+    assert scores.min() >= 0 and scores.max() <= 1 and boxes.min() >= 0 and boxes.max() <= 1
 
 
 def test_predict_draws_boxes(trained, demo_root, tmp_path):

@@ -280,7 +280,7 @@ def test_check_command_reports_and_fails_on_errors(tmp_path):
 
 
 def test_concurrent_processes_convert_once(demo_root, tmp_path):
-    code = ("import sys; sys.path.insert(0, {root!r}); import src;"
+    code = ("import sys; sys.path.insert(0, {root!r});"
             "from src.config import Config; from src.data.sources import prepare_split;"
             "prepare_split(Config(coco_root={data!r}, num_classes=4, mindrecord_dir={mr!r}),"
             " 'train', {mr!r}, progress=False)").format(root=ROOT, data=demo_root,

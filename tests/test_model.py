@@ -47,7 +47,7 @@ def test_initialisation(network):
     assert big.std() == pytest.approx(0.02 * 0.8796, rel=0.02)
 
 
-def test_output_shapes_train_and_eval(network):
+def test_output_shapes_in_eval_mode(network):
     import mindspore as ms
 
     image = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 300, 300)).astype(np.float32))
@@ -57,6 +57,90 @@ def test_output_shapes_train_and_eval(network):
     assert loc.dtype == ms.float32 and scores.dtype == ms.float32
     values = scores.asnumpy()
     assert values.min() >= 0 and values.max() <= 1
+
+
+def forward_in_training_mode(network, image):
+    """(loc, logits) of a training-mode forward; the BatchNorm statistics it moves are put back
+    and eval mode restored (the network is shared by this module's tests)."""
+    import mindspore as ms
+
+    statistics = {p.name: p.asnumpy().copy() for p in network.get_parameters()
+                  if not p.requires_grad}
+    network.set_train(True)
+    try:
+        loc, logits = network(image)
+    finally:
+        network.set_train(False)
+        for p in network.get_parameters():
+            if p.name in statistics:
+                p.set_data(ms.Tensor(statistics[p.name]))
+    return loc, logits
+
+
+def test_output_shapes_in_training_mode(network):
+    """Training mode: the same shapes, but raw class logits (no sigmoid in the graph), so the
+    scores are not confined to [0, 1]."""
+    import mindspore as ms
+
+    image = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 300, 300)).astype(np.float32))
+    loc, logits = forward_in_training_mode(network, image)
+    assert loc.shape == (2, 8732, 4) and logits.shape == (2, 8732, 81)
+    assert loc.dtype == ms.float32 and logits.dtype == ms.float32
+    values = logits.asnumpy()
+    assert np.isfinite(values).all()
+    assert values.min() < 0 and values.max() > 0      # logits, not probabilities
+
+
+def test_output_shapes_at_batch_32_in_eval_and_training_mode(network):
+    """The reference's batch (spec 17: train batch (32, 3, 300, 300)): loc (32, 8732, 4),
+    scores (32, 8732, 81) in [0, 1] in eval mode, logits of that shape in training mode."""
+    import mindspore as ms
+
+    image = ms.Tensor(np.random.default_rng(2).normal(size=(32, 3, 300, 300)).astype(np.float32))
+    network.set_train(False)
+    loc, scores = network(image)
+    assert loc.shape == (32, 8732, 4) and scores.shape == (32, 8732, 81)
+    assert loc.dtype == ms.float32 and scores.dtype == ms.float32
+    values = scores.asnumpy()
+    assert values.min() >= 0 and values.max() <= 1
+    loc, logits = forward_in_training_mode(network, image)
+    assert loc.shape == (32, 8732, 4) and logits.shape == (32, 8732, 81)
+    assert logits.dtype == ms.float32 and logits.asnumpy().min() < 0
+
+
+def test_weight_decay_groups_of_the_real_detector(network):
+    """create_optimizer on SSD-ResNet34: every convolution weight (backbone, extra blocks, both
+    heads' depthwise and pointwise convolutions) and every head bias decays; BatchNorm gamma and
+    beta (41 BatchNorm layers) do not; BatchNorm statistics are not optimised at all."""
+    from src.engine.train_step import create_optimizer
+
+    optimizer = create_optimizer(network, np.full(4, 0.1, np.float32), weight_decay=4e-5)
+    names = [p.name for p in optimizer.parameters]
+    assert names == [p.name for p in network.trainable_params()] and len(names) == 157
+    decay = {name: float(np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value))
+             for name, value in zip(names, optimizer.weight_decay)}
+    decayed = sorted(n for n, v in decay.items() if v == pytest.approx(4e-5))
+    plain = sorted(n for n, v in decay.items() if v == 0)
+    assert len(decayed) + len(plain) == 157
+    assert decayed == sorted(n for n in names if n.endswith((".weight", ".bias")))
+    assert plain == sorted(n for n in names if n.endswith((".gamma", ".beta")))
+    assert len(decayed) == 75 and len(plain) == 82
+    assert sum(n.endswith(".bias") for n in decayed) == 12          # the 12 head convolutions
+    assert all("multi_box" in n for n in decayed if n.endswith(".bias"))
+    assert sum(n.endswith(".weight") for n in decayed) == 63
+    assert sum(n.endswith(".gamma") for n in plain) == sum(n.endswith(".beta") for n in plain) == 41
+    for name in ("feature_extractor.module.conv1.weight",
+                 "feature_extractor.module.layer3.0.down_sample_layer.0.weight",
+                 "feature_extractor.additional_blocks.4.2.weight",
+                 "multi_box.multi_cls_layers.0.0.weight", "multi_box.multi_cls_layers.0.3.weight",
+                 "multi_box.multi_cls_layers.0.3.bias", "multi_box.multi_loc_layers.5.3.bias"):
+        assert decay[name] == pytest.approx(4e-5), name
+    for name in ("feature_extractor.module.bn1.gamma", "feature_extractor.module.bn1.beta",
+                 "feature_extractor.module.layer3.0.down_sample_layer.1.gamma",
+                 "multi_box.multi_loc_layers.0.1.beta"):
+        assert decay[name] == 0, name
+    statistics = [p.name for p in network.get_parameters() if not p.requires_grad]
+    assert len(statistics) == 82 and not set(statistics) & set(names)
 
 
 def test_feature_map_sizes(network):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from src.config import Config
-from src.engine.checkpoint import (CheckpointError, backbone_name, list_checkpoints,
-                                   load_backbone, save_checkpoint)
+from src.engine.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
+from src.engine.pretrained import backbone_name, load_backbone
 from tests.conftest import ROOT, run_script
 
 
@@ -167,3 +167,113 @@ def test_backbone_checkpoint_in_classification_naming_loads_every_tensor(tmp_pat
                        empty)
     with pytest.raises(CheckpointError, match="none of its 1 tensors"):
         load_backbone(network, empty)
+
+
+HEADS = ("multi_loc_layers", "multi_cls_layers")
+
+
+def bare(name):
+    while name.startswith("network."):
+        name = name[len("network."):]
+    return name
+
+
+@pytest.fixture(scope="module")
+def coco_detector_checkpoint(graph_cpu, tmp_path_factory):
+    """An 81-class (COCO) detector checkpoint whose every tensor differs from any
+    initialisation: conv weights negated, biases, beta and moving means 0.1 higher, gamma
+    halved, moving variances doubled. Returns (path, {name: value})."""
+    import mindspore as ms
+    from src.config import load_config
+    from src.model import build_ssd
+
+    network = build_ssd(load_config(num_classes=81))
+    values = {}
+    for p in network.get_parameters():
+        value, name = p.asnumpy(), p.name
+        if name.endswith(".weight"):
+            value = -value
+        elif name.endswith((".bias", ".beta", ".moving_mean")):
+            value = value + np.float32(0.1)
+        elif name.endswith(".gamma"):
+            value = value * np.float32(0.5)
+        elif name.endswith(".moving_variance"):
+            value = value * np.float32(2)
+        values[name] = value.astype(np.float32)
+    path = str(tmp_path_factory.mktemp("coco_detector") / "ssd_coco.ckpt")
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in values.items()], path)
+    return path, values
+
+
+def test_pre_trained_detector_of_another_class_count_without_filter_weight_is_refused(
+        coco_detector_checkpoint, demo_root, tmp_path):
+    path, _ = coco_detector_checkpoint
+    out = tmp_path / "run"
+    result = run_script(train_args(demo_root, out, "--pre_trained", path, "--epoch_size", "1"))
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert path in result.stderr and "multi_box.multi_" in result.stderr, result.stderr[-3000:]
+    assert "has shape" in result.stderr and "--filter_weight" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list_checkpoints(out) == [] and steps_logged(out) == 0
+
+
+def test_filter_weight_loads_all_but_the_heads_which_keep_their_initial_values(
+        coco_detector_checkpoint, demo_root, tmp_path):
+    """The 81-class checkpoint into the 4-class demo model with --filter_weight true. A learning
+    rate of 1e-30 (below float32 resolution of every loaded value) and --freeze_bn (running
+    statistics stay) make the epoch-1 checkpoint show what was loaded."""
+    path, coco = coco_detector_checkpoint
+    out = tmp_path / "run"
+    result = run_script(train_args(demo_root, out, "--pre_trained", path, "--filter_weight",
+                                   "true", "--epoch_size", "1", "--lr", "1e-30", "--lr_init", "0",
+                                   "--warmup_epochs", "0", "--freeze_bn", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert path in result.stdout and "--filter_weight" in result.stdout
+    state = {bare(n): v for n, v in weights(out / "ssd-1_3.ckpt").items()
+             if not n.startswith(("moments.", "train_state."))}
+    body = [n for n in coco if not any(h in n for h in HEADS)]
+    heads = [n for n in coco if any(h in n for h in HEADS)]
+    assert len(body) > 150 and len(heads) == 6 * 2 * 7          # 6 maps x 2 heads x 7 tensors
+    assert set(coco) <= set(state)
+    for name in body:                                           # backbone and extra blocks
+        np.testing.assert_allclose(state[name], coco[name], rtol=1e-6, atol=1e-12, err_msg=name)
+    assert state["multi_box.multi_cls_layers.0.3.weight"].shape == (4 * 4, 256, 1, 1)
+    assert coco["multi_box.multi_cls_layers.0.3.weight"].shape == (4 * 81, 256, 1, 1)
+    for name in heads:                                          # the demo model's own init
+        value = state[name]
+        if name.endswith((".bias", ".beta", ".moving_mean")):
+            assert np.abs(value).max() < 1e-20, name
+        elif name.endswith((".gamma", ".moving_variance")):
+            assert np.all(value == 1), name
+        else:
+            assert 0 < np.abs(value).max() <= 0.04 + 1e-7, name
+            if value.shape == coco[name].shape:
+                assert not np.allclose(value, coco[name]), name
+
+
+def test_pre_trained_epoch_size_continues_the_schedule_at_that_epoch(uninterrupted, demo_root,
+                                                                      tmp_path):
+    """--pre_trained_epoch_size 1 with a 2-epoch schedule of 3 steps per epoch: only epoch 2 runs,
+    its first step at global step 4 with lr[3] of the table (the end of the 1-epoch warm-up:
+    the peak 0.02 of configs/demo.yaml), as in the uninterrupted run."""
+    straight, _ = uninterrupted
+    out = tmp_path / "run"
+    result = run_script(train_args(demo_root, out, "--pre_trained", str(straight / "ssd-1_3.ckpt"),
+                                   "--pre_trained_epoch_size", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [(r["epoch"], r["global_step"]) for r in steps] == [(2, 4), (2, 5), (2, 6)]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [2]
+    # lr_i = lr_end + (lr_max - lr_end)(1 + cos(pi (i - W) / (T - W))) / 2 for i >= W = 3, T = 6
+    lr_max, lr_end = 0.02, 0.02 * 0.001
+    table = [lr_end + (lr_max - lr_end) * (1 + np.cos(np.pi * (i - 3) / 3)) / 2 for i in (3, 4, 5)]
+    assert [r["lr"] for r in steps] == pytest.approx(table, rel=1e-6)
+    assert steps[0]["lr"] == pytest.approx(0.02, rel=1e-6)
+    reference = {r["global_step"]: r["lr"] for r in map(json.loads, open(
+        straight / "train_log.jsonl")) if r["kind"] == "step"}
+    assert [r["lr"] for r in steps] == [reference[4], reference[5], reference[6]]
+    assert reference[1] == pytest.approx(0.001)                  # what a fresh run starts at
+    assert [os.path.basename(p) for p in list_checkpoints(out)] == ["ssd-2_3.ckpt"]
+    state = weights(out / "ssd-2_3.ckpt")
+    assert int(state["train_state.epoch"]) == 2 and int(state["train_state.global_step"]) == 6

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.data.records import DatasetError
+from src.files import write_json
 
 SCHEMA = {
     "img_id": {"type": "int32", "shape": [1]},
@@ -129,10 +130,7 @@ def write_set(records, directory, prefix, shards, description, extra_files=None,
                     "files": [os.path.basename(f) for f in shard_files(directory, prefix,
                                                                         shards)],
                     "records": len(records), "file_sizes": sizes, **(manifest_fields or {})}
-        tmp = manifest_path(directory, prefix) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(tmp, manifest_path(directory, prefix))
+        write_json(manifest, manifest_path(directory, prefix), indent=1)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest

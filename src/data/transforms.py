@@ -10,6 +10,7 @@ from src.data.records import annotation_rows
 
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
 CROP_TRIALS = 50
+CROP_RULES = ("reference", "ssd")
 
 
 def box_rect_iou(boxes, rect):
@@ -29,6 +30,8 @@ def crop_is_rejected(overlap, min_iou, rule):
     ``min_iou + 0.2`` (spec defect 19: many crops pass that violate ``min_iou``).
     'ssd': rejected if any overlapping box is below ``min_iou``, as in the SSD paper.
     """
+    if rule not in CROP_RULES:
+        raise ValueError(f"crop rule {rule!r}: expected one of {', '.join(CROP_RULES)}")
     if rule == "ssd":
         return overlap.min() < min_iou
     return overlap.min() < min_iou and overlap.max() > min_iou + 0.2
@@ -129,6 +132,8 @@ class TrainTransform:
     def __init__(self, box_coder, img_shape=(300, 300), crop_rule="reference", seed=0, epoch=0):
         self.box_coder = box_coder
         self.img_shape = tuple(img_shape)
+        if crop_rule not in CROP_RULES:
+            raise ValueError(f"crop_rule {crop_rule!r}: expected one of {', '.join(CROP_RULES)}")
         self.crop_rule = crop_rule
         self.seed, self.epoch = int(seed), int(epoch)
 

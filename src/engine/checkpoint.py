@@ -9,17 +9,16 @@ import glob
 import json
 import os
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import mindspore as ms
 
+from src.files import atomic_path
+from src.model.weights import CheckpointError, read_checkpoint
+
 CHECKPOINT_PREFIX = "ssd"
-HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)_(\d+)\.ckpt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and why."""
 
 
 STATE_KEYS = ("epoch", "step_in_epoch", "global_step", "seed", "steps_per_epoch")
@@ -39,11 +38,8 @@ def save_checkpoint(cell, path, extra=None):
     The file is first written under a hidden temporary name in the same folder and renamed once
     complete, so a crash never leaves a truncated file under a checkpoint's name.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    ms.save_checkpoint(cell, tmp, append_dict=dict(extra or {}))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ms.save_checkpoint(cell, tmp, append_dict=dict(extra or {}))
     return path
 
 
@@ -63,22 +59,6 @@ def prune_checkpoints(folder, keep):
     for path in old:
         os.remove(path)
     return old
-
-
-def read_checkpoint(path):
-    """Parameter dict of a checkpoint file, with a clear error if it cannot be read."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return ms.load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-
-
-def _strip(name, prefix="network."):
-    while name.startswith(prefix):
-        name = name[len(prefix):]
-    return name
 
 
 def read_state(params, path):
@@ -139,100 +119,44 @@ def read_class_names(path):
         return None
 
 
-def load_weights(network, path, drop_heads=False, params=None):
-    """Load a checkpoint's weights into a detector (bare or inside wrappers).
+@dataclass
+class Position:
+    """Where training stands: ``step_in_epoch`` steps of ``epoch`` are done (1-based epochs;
+    a finished epoch has step_in_epoch == steps_per_epoch)."""
 
-    Names are compared without wrapper prefixes (``network.``), so a training checkpoint loads
-    into an inference network and back; optimizer state is ignored.
-    With ``drop_heads`` the class and box heads are not loaded (training another class count).
+    epoch: int
+    step_in_epoch: int
+    global_step: int
 
-    Returns:
-        (number of loaded tensors, names of the network's parameters left at their init).
-    Raises:
-        CheckpointError if nothing matched or a shape differs (with the parameter named).
-    """
-    params = read_checkpoint(path) if params is None else params
-    own = {_strip(p.name): p for p in network.get_parameters()}
-    wanted = {}
-    for name, value in params.items():
-        if name.startswith("moments."):
-            continue
-        short = _strip(name)
-        if short not in own:
-            continue
-        if drop_heads and any(head in short for head in HEAD_NAMES):
-            continue
-        if tuple(value.shape) != tuple(own[short].shape):
-            hint = (" (a different class count? pass --num_classes to match, or --filter_weight "
-                    "to drop the heads)" if any(h in short for h in HEAD_NAMES) else "")
-            raise CheckpointError(f"checkpoint {path}: {short} has shape {tuple(value.shape)}, "
-                                  f"the network expects {tuple(own[short].shape)}{hint}")
-        wanted[own[short].name] = value
-    if not wanted:
-        raise CheckpointError(f"checkpoint {path}: none of its {len(params)} tensors matches a "
-                              "parameter of SSD-ResNet34")
-    ms.load_param_into_net(network, wanted, strict_load=True)
-    missing = sorted(p.name for p in own.values() if p.name not in wanted)
-    return len(wanted), missing
+    def next_start(self, steps_per_epoch):
+        """(epoch to run next, batches of it already done)."""
+        if self.step_in_epoch >= steps_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.step_in_epoch
 
 
-BACKBONE_PREFIX = "feature_extractor.module."
-_BACKBONE_NAME = re.compile(r"(?:^|\.)((?:conv1|bn1|layer[1-4]\.\d+\.\S+|fc)\.?\S*)$")
-_PARAMETER_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                    "running_var": "moving_variance"}
+def find_resume_checkpoint(resume, output_dir):
+    """The checkpoint --resume names: 'auto' = newest complete one in the run folder (None if
+    there is none yet), else the given path."""
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise CheckpointError(f"--resume {resume}: no such checkpoint")
+        return resume
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
-def backbone_name(name):
-    """Our backbone parameter name for a classification ResNet's parameter name, or None.
-
-    Accepts torchvision-style names (``layer1.0.bn1.weight``, ``downsample``, ``running_var``)
-    and MindSpore-style names (``bn1.gamma``, ``down_sample_layer``, ``moving_variance``), with
-    any prefix (``backbone.``, ``network.resnet.`` ...).
-    """
-    match = _BACKBONE_NAME.search(name)
-    if not match:
-        return None
-    short = match.group(1).replace(".downsample.", ".down_sample_layer.")
-    parts = short.split(".")
-    is_bn = (parts[0] == "bn1" or (len(parts) > 3 and parts[2].startswith("bn"))
-             or (len(parts) > 4 and parts[2] == "down_sample_layer" and parts[3] == "1"))
-    if is_bn and parts[-1] in _PARAMETER_NAMES:
-        parts[-1] = _PARAMETER_NAMES[parts[-1]]
-    return BACKBONE_PREFIX + ".".join(parts)
-
-
-def load_backbone(network, path, params=None):
-    """Load an ImageNet-style ResNet-34 checkpoint into the detector's backbone.
-
-    Returns (loaded names, {checkpoint name: why skipped}); raises CheckpointError when nothing
-    matched or a shape differs.
-    """
-    params = read_checkpoint(path) if params is None else params
-    own = {_strip(p.name): p for p in network.get_parameters()}
-    wanted, skipped = {}, {}
-    for name, value in params.items():
-        target = backbone_name(name)
-        if target is None:
-            skipped[name] = "not a ResNet backbone parameter"
-        elif target.startswith(BACKBONE_PREFIX + "layer4") or target.startswith(
-                BACKBONE_PREFIX + "fc"):
-            skipped[name] = "layer4 and fc are not part of SSD-ResNet34's truncated backbone"
-        elif target not in own:
-            skipped[name] = f"no parameter {target} in the detector"
-        elif tuple(value.shape) != tuple(own[target].shape):
-            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(value.shape)}, "
-                                  f"{target} expects {tuple(own[target].shape)}: is this a "
-                                  "ResNet-34?")
-        else:
-            wanted[own[target].name] = value
-    if not wanted:
-        raise CheckpointError(f"checkpoint {path}: none of its {len(params)} tensors maps onto "
-                              "the ResNet-34 backbone (expected names like conv1.weight, "
-                              "layer1.0.conv1.weight)")
-    ms.load_param_into_net(network, wanted, strict_load=True)
-    return sorted(wanted), skipped
-
-
-def is_backbone_checkpoint(params):
-    """Whether checkpoint parameters are a classification backbone rather than a detector."""
-    return not any("multi_box" in n or "feature_extractor" in n for n in params)
+def restore(train_step, path: str, steps_per_epoch: int) -> "Position":
+    """Load a training checkpoint into the train step; returns its Position."""
+    params = read_checkpoint(path)
+    state = read_state(params, path)
+    if state.get("steps_per_epoch") not in (None, steps_per_epoch):
+        raise CheckpointError(f"{path} was written with {state['steps_per_epoch']} steps per "
+                              f"epoch, this run has {steps_per_epoch}: same data and batch size "
+                              "are needed to resume")
+    missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} tensors of this model and optimizer "
+                              f"(e.g. {missing[0]}): it is not a training checkpoint of this "
+                              "configuration")
+    return Position(state["epoch"], state["step_in_epoch"], state["global_step"])

@@ -1,17 +1,15 @@
 """predict.py: detections drawn on images, plus a json of them, from a checkpoint."""
-import json
 import os
 
 import cv2
-import numpy as np
 import mindspore as ms
 
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
 from src.engine.checkpoint import read_class_names, with_checkpoint_classes
-from src.engine.evaluator import build_inference_network
-from src.metrics import write_json_atomic
+from src.files import write_json
+from src.model import build_inference_network
 from src.visualize import draw_detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -77,6 +75,6 @@ def predict(config, image_path, draw_threshold=0.5):
             for (y1, x1, y2, x2), s, c in zip(found, found_scores, classes)]
         print(f"{path}: {int(shown.sum())} detections above {draw_threshold} drawn "
               f"({len(found)} above {config.min_score} in the json)", flush=True)
-    write_json_atomic(results, os.path.join(output_dir, "detections.json"))
+    write_json(results, os.path.join(output_dir, "detections.json"))
     print(f"Pictures and detections.json ({platform}) in {os.path.abspath(output_dir)}")
     return results

@@ -6,7 +6,6 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 
 from src.device import kernel_op
-from src.loss import uses_our_kernels
 from src.lr_schedule import TableSchedule
 
 _unscale = ops.MultitypeFuncGraph("unscale")
@@ -53,16 +52,14 @@ class TrainStep(nn.Cell):
     by the scale and checked: if any is inf or NaN the update is skipped (``finite`` is False).
     With ``dynamic=True`` the scale halves on such a step and doubles after ``scale_window``
     finite steps in a row. Parameter names stay those of the wrapped network. The finite check
-    is our one-pass CPU op when the network runs our kernels (``fused_finite`` None), else
-    MindSpore's ops.
+    is our one-pass CPU op with ``fused_finite`` (the network runs our kernels), else MindSpore's
+    ops.
     """
 
     def __init__(self, network_with_loss, optimizer, loss_scale=1.0, dynamic=False,
-                 scale_factor=2.0, scale_window=1000, fused_finite=None):
+                 scale_factor=2.0, scale_window=1000, fused_finite=False):
         super().__init__(auto_prefix=False)
         self.network = network_with_loss
-        if fused_finite is None:
-            fused_finite = uses_our_kernels(network_with_loss)
         self.finite_op = fused_all_finite() if fused_finite else None
         self.network.set_grad()
         self.optimizer = optimizer
@@ -117,3 +114,15 @@ class TrainStep(nn.Cell):
             ops.assign(self.loss_scale, ops.maximum(self.loss_scale / self.scale_factor, 1.0))
             good = self.good_steps * 0
         return ops.assign(self.good_steps, good)
+
+
+def resolve_precision(config, platform):
+    """fp16 on GPU unless told otherwise (as the reference), fp32 elsewhere."""
+    if config.precision != "auto":
+        return config.precision
+    return "fp16" if platform == "GPU" else "fp32"
+
+
+def resolve_loss_scale(config, platform, precision):
+    """The reference trains fp32 on CPU with scale 1; elsewhere it uses --loss_scale."""
+    return 1.0 if platform == "CPU" and precision == "fp32" else float(config.loss_scale)

@@ -2,7 +2,7 @@
 
 ``BatchNormAct2d`` is an ``nn.BatchNorm2d`` (same arguments, parameters and names, so
 checkpoints move freely) that also applies the add and activation. When the network is built
-with our CPU kernels (``src.model.conv.building_with('onednn')``), it runs all of
+with our CPU kernels (``src.model.layers.Layers`` 'onednn'), it runs all of
 it as one Custom op with its own backward op (``src/kernels/batch_norm.cc``), in every mode:
 MindSpore's CPU BatchNorm backward is about 3.5x slower than PyTorch's on this model's shapes,
 the ReLU, its gradient and the add are three more passes over the activations, and ours reads
@@ -13,7 +13,6 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.device import kernel_op
-from src.model.conv import current_conv_impl, layout_block
 from src.model.layout import PLAIN, check_blockable
 from src.model.onednn_conv import ACTIVATIONS  # index = the kernels' activation code
 
@@ -122,12 +121,3 @@ class BatchNormAct2d(nn.BatchNorm2d):
             y = ops.depend(y, ops.assign(self.moving_mean, mean))
             return ops.depend(y, ops.assign(self.moving_variance, variance))
         return self.after(super().construct(x), residual)
-
-
-def batch_norm(channels, eps=1e-5, momentum=0.9, activation=None, blocked=False,
-               residual=False):
-    """A BatchNormAct2d, fused when the network is being built with our CPU kernels; in the
-    blocked layout when marked ``blocked`` and the network keeps blocked layouts."""
-    return BatchNormAct2d(channels, eps, momentum, activation,
-                          fused=current_conv_impl() == "onednn",
-                          block=layout_block() if blocked else PLAIN, residual=residual)

@@ -5,17 +5,18 @@ one (B, 256, 38, 38) feature map. The max-pool pads TF-style ("same": nothing be
 column after), which is not PyTorch's symmetric padding. Attribute names follow the reference so
 its checkpoints load (``conv1``, ``bn1``, ``layer1.0.conv1`` ... ``down_sample_layer``).
 """
+from typing import Optional
+
 from mindspore import nn
 
-from src.model.batch_norm import batch_norm
-from src.model.conv import Conv2d, layout_block
-from src.model.max_pool import max_pool_same
+from src.model.layers import Layers
 
 BLOCKED = {"blocked_input": True, "blocked_output": True}  # a layer inside the blocked region
 
 
-def conv3x3(in_channels, out_channels, stride=1):
-    return Conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1, **BLOCKED)
+def conv3x3(layers: Layers, in_channels: int, out_channels: int, stride: int = 1) -> nn.Cell:
+    return layers.conv2d(in_channels, out_channels, 3, stride, pad_mode="pad", padding=1,
+                         **BLOCKED)
 
 
 class BasicBlock(nn.Cell):
@@ -26,18 +27,19 @@ class BasicBlock(nn.Cell):
     here: eps 1e-5, running = 0.9 * running + 0.1 * batch.
     """
 
-    def __init__(self, in_channels, out_channels, stride=1):
+    def __init__(self, layers: Layers, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = batch_norm(out_channels, activation="relu", blocked=True)
-        self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = batch_norm(out_channels, activation="relu", blocked=True, residual=True)
+        self.conv1 = conv3x3(layers, in_channels, out_channels, stride)
+        self.bn1 = layers.batch_norm(out_channels, activation="relu", blocked=True)
+        self.conv2 = conv3x3(layers, out_channels, out_channels)
+        self.bn2 = layers.batch_norm(out_channels, activation="relu", blocked=True,
+                                     residual=True)
         self.down_sample = stride != 1 or in_channels != out_channels
         self.down_sample_layer = None
         if self.down_sample:
             self.down_sample_layer = nn.SequentialCell([
-                Conv2d(in_channels, out_channels, 1, stride, pad_mode="valid", **BLOCKED),
-                batch_norm(out_channels, blocked=True)])
+                layers.conv2d(in_channels, out_channels, 1, stride, pad_mode="valid", **BLOCKED),
+                layers.batch_norm(out_channels, blocked=True)])
 
     def construct(self, x):
         identity = x
@@ -47,10 +49,11 @@ class BasicBlock(nn.Cell):
         return self.bn2(self.conv2(out), identity)
 
 
-def make_layer(blocks, in_channels, out_channels, stride):
-    layers = [BasicBlock(in_channels, out_channels, stride)]
-    layers += [BasicBlock(out_channels, out_channels) for _ in range(1, blocks)]
-    return nn.SequentialCell(layers)
+def make_layer(layers: Layers, blocks: int, in_channels: int, out_channels: int,
+               stride: int) -> nn.SequentialCell:
+    cells = [BasicBlock(layers, in_channels, out_channels, stride)]
+    cells += [BasicBlock(layers, out_channels, out_channels) for _ in range(1, blocks)]
+    return nn.SequentialCell(cells)
 
 
 class ResNet34Backbone(nn.Cell):
@@ -61,15 +64,16 @@ class ResNet34Backbone(nn.Cell):
     ``src.model.max_pool``); otherwise everything is NCHW and the max-pool MindSpore's.
     """
 
-    def __init__(self):
+    def __init__(self, layers: Optional[Layers] = None):
         super().__init__()
-        self.conv1 = Conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False,
-                            blocked_output=True)
-        self.bn1 = batch_norm(64, activation="relu", blocked=True)
-        self.maxpool = max_pool_same(64, 3, 2, layout_block())
-        self.layer1 = make_layer(3, 64, 64, 1)
-        self.layer2 = make_layer(4, 64, 128, 2)
-        self.layer3 = make_layer(6, 128, 256, 1)
+        layers = layers or Layers()
+        self.conv1 = layers.conv2d(3, 64, 7, 2, pad_mode="pad", padding=3, input_grad=False,
+                                   blocked_output=True)
+        self.bn1 = layers.batch_norm(64, activation="relu", blocked=True)
+        self.maxpool = layers.max_pool_same(64, 3, 2)
+        self.layer1 = make_layer(layers, 3, 64, 64, 1)
+        self.layer2 = make_layer(layers, 4, 64, 128, 2)
+        self.layer3 = make_layer(layers, 6, 128, 256, 1)
 
     def construct(self, x):
         x = self.maxpool(self.bn1(self.conv1(x)))

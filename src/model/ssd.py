@@ -6,25 +6,25 @@ logits in training mode, sigmoid scores in eval mode (column 0 is background). A
 follow the reference (``feature_extractor.module``, ``feature_extractor.additional_blocks``,
 ``multi_box.multi_loc_layers`` / ``multi_cls_layers``) so the reference's checkpoints load.
 """
+from typing import Optional, Sequence
+
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from src.model.batch_norm import batch_norm
-from src.model.conv import (Conv2d, building_with, layout_block, layout_block_for, nhwc_outputs,
-                            resolve_conv_impl)
-from src.model.layout import blockable
+from src.model.layers import Layers
+from src.model.onednn_conv import OneDnnConv2d
 from src.model.resnet34 import ResNet34Backbone
 
 EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
 INIT_SIGMA = 0.02
 
 
-def layouts(in_channels, out_channels):
+def layouts(layers: Layers, in_channels: int, out_channels: int) -> dict:
     """A convolution's input and output blocked wherever their channels allow."""
-    return {"blocked_input": blockable(in_channels, layout_block()),
-            "blocked_output": blockable(out_channels, layout_block())}
+    return {"blocked_input": layers.blockable(in_channels),
+            "blocked_output": layers.blockable(out_channels)}
 
 
 class SSDFeatureExtractor(nn.Cell):
@@ -34,19 +34,19 @@ class SSDFeatureExtractor(nn.Cell):
     entries 2..5 of its six strides), padding 1 when it downsamples and none ("valid") otherwise.
     """
 
-    def __init__(self, out_channels=(256, 512, 512, 256, 256, 256),
-                 strides=(1, 1, 2, 2, 2, 1)):
+    def __init__(self, layers: Layers, out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
+                 strides: Sequence[int] = (1, 1, 2, 2, 2, 1)):
         super().__init__()
-        self.module = ResNet34Backbone()
+        self.module = ResNet34Backbone(layers)
         blocks = []
         for i, mid in enumerate(EXTRAS_MID_CHANNELS):
             stride = strides[min(i + 2, len(strides) - 1)]
             padding = {"pad_mode": "pad", "padding": 1} if stride > 1 else {"pad_mode": "valid"}
             blocks.append(nn.SequentialCell([
-                Conv2d(out_channels[i], mid, 1, **layouts(out_channels[i], mid)),
+                layers.conv2d(out_channels[i], mid, 1, **layouts(layers, out_channels[i], mid)),
                 nn.ReLU(),
-                Conv2d(mid, out_channels[i + 1], 3, stride, **padding,
-                       **layouts(mid, out_channels[i + 1])),
+                layers.conv2d(mid, out_channels[i + 1], 3, stride, **padding,
+                              **layouts(layers, mid, out_channels[i + 1])),
                 nn.ReLU()]))
         self.additional_blocks = nn.CellList(blocks)
 
@@ -59,18 +59,17 @@ class SSDFeatureExtractor(nn.Cell):
         return features
 
 
-def separable_head(channels, outputs):
+def separable_head(layers: Layers, channels: int, outputs: int) -> nn.SequentialCell:
     """Depthwise 3x3 -> BN (eps 1e-3, momentum 0.97) -> ReLU6 -> pointwise 1x1 with bias.
     Reads the feature map blocked when it can be (``src.model.layout``), gives NHWC with our
-    convolutions (``nhwc_outputs()``), NCHW with MindSpore's."""
+    convolutions (``layers.ours``), NCHW with MindSpore's."""
     return nn.SequentialCell([
-        Conv2d(channels, channels, 3, 1, pad_mode="same", group=channels,
-               **layouts(channels, channels)),
-        batch_norm(channels, eps=1e-3, momentum=0.97,
-                   blocked=blockable(channels, layout_block())),
+        layers.conv2d(channels, channels, 3, 1, pad_mode="same", group=channels,
+                      **layouts(layers, channels, channels)),
+        layers.batch_norm(channels, eps=1e-3, momentum=0.97, blocked=layers.blockable(channels)),
         nn.ReLU6(),
-        Conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros",
-               blocked_input=blockable(channels, layout_block()), nhwc_output=True)])
+        layers.conv2d(channels, outputs, 1, has_bias=True, bias_init="zeros",
+                      blocked_input=layers.blockable(channels), nhwc_output=True)])
 
 
 class MultiBox(nn.Cell):
@@ -79,14 +78,16 @@ class MultiBox(nn.Cell):
     Box index ``start_k + (y * W_k + x) * n_k + d`` matches ``src.anchors``.
     """
 
-    def __init__(self, num_classes, out_channels, num_default, num_boxes):
+    def __init__(self, layers: Layers, num_classes: int, out_channels: Sequence[int],
+                 num_default: Sequence[int], num_boxes: int):
         super().__init__()
         self.num_boxes = num_boxes
-        self.nhwc = nhwc_outputs()  # the heads' outputs are (B, H, W, n * k) already
+        self.nhwc = layers.ours  # our heads' outputs are (B, H, W, n * k) already
         self.multi_loc_layers = nn.CellList(
-            [separable_head(c, 4 * n) for c, n in zip(out_channels, num_default)])
+            [separable_head(layers, c, 4 * n) for c, n in zip(out_channels, num_default)])
         self.multi_cls_layers = nn.CellList(
-            [separable_head(c, num_classes * n) for c, n in zip(out_channels, num_default)])
+            [separable_head(layers, c, num_classes * n)
+             for c, n in zip(out_channels, num_default)])
 
     def flatten(self, outputs):
         batch = outputs[0].shape[0]
@@ -106,44 +107,28 @@ class MultiBox(nn.Cell):
 
 
 class SsdResnet34(nn.Cell):
-    """(B, 3, 300, 300) normalised image -> loc (B, A, 4), cls (B, A, num_classes), float32."""
+    """(B, 3, 300, 300) normalised image -> loc (B, A, 4), cls (B, A, num_classes), float32.
 
-    def __init__(self, num_classes=81, extras_out_channels=(256, 512, 512, 256, 256, 256),
-                 extras_strides=(1, 1, 2, 2, 2, 1), num_default=(4, 6, 6, 6, 4, 4),
-                 num_boxes=8732):
+    ``layers`` (default: MindSpore's) says which kernels every layer runs; the network keeps
+    it as ``self.layers``."""
+
+    def __init__(self, num_classes: int = 81,
+                 extras_out_channels: Sequence[int] = (256, 512, 512, 256, 256, 256),
+                 extras_strides: Sequence[int] = (1, 1, 2, 2, 2, 1),
+                 num_default: Sequence[int] = (4, 6, 6, 6, 4, 4), num_boxes: int = 8732,
+                 layers: Optional[Layers] = None):
         super().__init__()
-        self.feature_extractor = SSDFeatureExtractor(extras_out_channels, extras_strides)
-        self.multi_box = MultiBox(num_classes, extras_out_channels, num_default, num_boxes)
+        self.layers = layers or Layers()
+        self.feature_extractor = SSDFeatureExtractor(self.layers, extras_out_channels,
+                                                     extras_strides)
+        self.multi_box = MultiBox(self.layers, num_classes, extras_out_channels, num_default,
+                                  num_boxes)
 
     def construct(self, x):
         loc, cls = self.multi_box(self.feature_extractor(x))
         if not self.training:
             cls = ops.sigmoid(cls)
         return ops.cast(loc, ms.float32), ops.cast(cls, ms.float32)
-
-
-class SsdInferWithDecoder(nn.Cell):
-    """Network plus in-graph box decoding: image -> boxes (B, A, 4), scores (B, A, C).
-
-    Boxes are corner form (ymin, xmin, ymax, xmax), normalised and clipped to [0, 1]; scores
-    are sigmoid outputs. Same formulas as ``src.box_coder.BoxCoder.decode``.
-    """
-
-    def __init__(self, network, default_boxes_cyxhw, prior_scaling=(0.1, 0.2)):
-        super().__init__()
-        self.network = network
-        anchors = np.asarray(default_boxes_cyxhw, np.float32)
-        self.anchor_center = Tensor(anchors[:, :2])
-        self.anchor_size = Tensor(anchors[:, 2:])
-        self.center_scale = float(prior_scaling[0])
-        self.size_scale = float(prior_scaling[1])
-
-    def construct(self, x):
-        loc, scores = self.network(x)
-        center = loc[..., :2] * self.center_scale * self.anchor_size + self.anchor_center
-        size = ops.exp(loc[..., 2:] * self.size_scale) * self.anchor_size
-        boxes = ops.concat((center - size / 2, center + size / 2), axis=-1)
-        return ops.clamp(boxes, 0.0, 1.0), scores
 
 
 def init_weights(network, sigma=INIT_SIGMA):
@@ -164,36 +149,32 @@ def freeze_batch_norm(network):
     return len(layers)
 
 
-def conv_description(network):
-    """'oneDNN (ours)' (with the compute dtype when not float32 and the number of Winograd
-    layers when any) or "MindSpore's": which convolutions a network was built with."""
-    from src.model.onednn_conv import OneDnnConv2d
-
-    ours = [cell for _, cell in network.cells_and_names() if isinstance(cell, OneDnnConv2d)]
-    if not ours:
+def conv_description(network: nn.Cell) -> str:
+    """'oneDNN (ours)' (with the compute dtype when not float32 and how many layers resolved
+    their algorithm to Winograd, when any) or "MindSpore's": which convolutions a detector
+    (``SsdResnet34``, bare or wrapped) was built with."""
+    detector = next(cell for _, cell in network.cells_and_names() if isinstance(cell, SsdResnet34))
+    if not detector.layers.ours:
         return "MindSpore's"
-    dtypes = {cell.compute_dtype for cell in ours}
+    ours = [cell for _, cell in detector.cells_and_names() if isinstance(cell, OneDnnConv2d)]
     winograd = sum(cell.algorithm == "winograd" for cell in ours)
-    return "oneDNN (ours)" + ("" if dtypes == {"float32"} else ", bfloat16 compute") + (
+    return "oneDNN (ours)" + ("" if detector.layers.dtype == "float32" else
+                              ", bfloat16 compute") + (
         f", Winograd in {winograd} of {len(ours)} layers" if winograd else "")
 
 
-def count_trainable_params(network):
+def count_trainable_params(network: nn.Cell) -> int:
     return int(sum(int(np.prod(p.shape)) for p in network.trainable_params()))
 
 
-def build_ssd(config, conv_impl=None, conv_dtype=None):
+def build_ssd(config, layers: Optional[Layers] = None) -> SsdResnet34:
     """The detector a Config describes, with the reference's initialisation.
 
-    Convolutions are ``config.conv_impl``'s (see ``src.model.conv``) unless ``conv_impl``
-    ('mindspore' or 'onednn') says otherwise, computing in ``config.conv_dtype`` unless
-    ``conv_dtype`` says otherwise; parameters are the same (float32) either way.
+    ``layers``: which kernels it runs (default: ``Layers.from_config`` on the device MindSpore
+    is set to); parameters are the same (float32) either way.
     """
-    impl = conv_impl or resolve_conv_impl(config.conv_impl, ms.get_context("device_target"))
-    with building_with(impl, conv_dtype or config.conv_dtype,
-                       block=layout_block_for(config.layout_block),
-                       algorithm=config.conv_algorithm):
-        network = SsdResnet34(config.class_count, config.extras_out_channels,
-                              config.extras_strides, config.num_default, config.num_ssd_boxes)
+    layers = layers or Layers.from_config(config, ms.get_context("device_target"))
+    network = SsdResnet34(config.class_count, config.extras_out_channels, config.extras_strides,
+                          config.num_default, config.num_ssd_boxes, layers)
     init_weights(network)
     return network

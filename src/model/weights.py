@@ -1,0 +1,80 @@
+"""Weights from checkpoint files into a detector: read with a clear error, matched by name
+whatever wraps the network, with a report of what loaded.
+
+Names follow the reference (``feature_extractor.module.layer1.0.conv1.weight``,
+``multi_box.multi_cls_layers.0.3.bias`` ...), so its checkpoints load too.
+"""
+import os
+
+import mindspore as ms
+
+HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
+WRAPPER_PREFIX = "network."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and why."""
+
+
+def read_checkpoint(path):
+    """Parameter dict of a checkpoint file, with a clear error if it cannot be read."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return ms.load_checkpoint(path)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+
+
+def strip_wrappers(name: str) -> str:
+    """A parameter's name without the prefixes of the cells wrapped around the detector
+    (``network.`` of the loss, train step and inference network): the name it has in a bare
+    ``SsdResnet34``, by which checkpoints are matched."""
+    while name.startswith(WRAPPER_PREFIX):
+        name = name[len(WRAPPER_PREFIX):]
+    return name
+
+
+def load_weights(network, path, drop_heads=False, params=None):
+    """Load a checkpoint's weights into a detector (bare or inside wrappers).
+
+    Names are compared without wrapper prefixes (``network.``), so a training checkpoint loads
+    into an inference network and back; optimizer state is ignored.
+    With ``drop_heads`` the class and box heads are not loaded (training another class count).
+
+    Returns:
+        (number of loaded tensors, names of the network's parameters left at their init).
+    Raises:
+        CheckpointError if nothing matched or a shape differs (with the parameter named).
+    """
+    params = read_checkpoint(path) if params is None else params
+    own = {strip_wrappers(p.name): p for p in network.get_parameters()}
+    wanted = {}
+    for name, value in params.items():
+        if name.startswith("moments."):
+            continue
+        short = strip_wrappers(name)
+        if short not in own:
+            continue
+        if drop_heads and any(head in short for head in HEAD_NAMES):
+            continue
+        if tuple(value.shape) != tuple(own[short].shape):
+            hint = (" (a different class count? pass --num_classes to match, or --filter_weight "
+                    "to drop the heads)" if any(h in short for h in HEAD_NAMES) else "")
+            raise CheckpointError(f"checkpoint {path}: {short} has shape {tuple(value.shape)}, "
+                                  f"the network expects {tuple(own[short].shape)}{hint}")
+        wanted[own[short].name] = value
+    if not wanted:
+        raise CheckpointError(f"checkpoint {path}: none of its {len(params)} tensors matches a "
+                              "parameter of SSD-ResNet34")
+    ms.load_param_into_net(network, wanted, strict_load=True)
+    missing = sorted(p.name for p in own.values() if p.name not in wanted)
+    return len(wanted), missing
+
+
+def copy_weights(source: ms.nn.Cell, target: ms.nn.Cell) -> None:
+    """Copy every parameter of ``target`` from the same-named one of ``source`` (names
+    compared without wrapper prefixes), e.g. a training network into an inference copy."""
+    by_name = {strip_wrappers(p.name): p for p in source.get_parameters()}
+    for param in target.get_parameters():
+        param.set_data(ms.Tensor(by_name[strip_wrappers(param.name)].asnumpy()))
