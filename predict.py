@@ -2,7 +2,8 @@
 [--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5] [--num_classes N --classes ...]
 
 Writes each image with boxes, class names and scores drawn (<stem>.jpg) and detections.json
-(boxes as [x, y, w, h] in pixels) into --output_dir (default outputs/predict).
+(COCO result records, boxes as [x, y, w, h] in pixels, with file_name and class) into
+--output_dir (default outputs/predict).
 """
 import argparse
 import sys

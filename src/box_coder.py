@@ -16,21 +16,7 @@ Offsets use the SSD "variances" ``prior_scaling = (0.1, 0.2)``:
 import numpy as np
 
 from src.anchors import default_boxes_from_config
-
-
-def iou_matrix(boxes_a, boxes_b):
-    """IoU of every box in ``boxes_a`` (N, 4) with every box in ``boxes_b`` (M, 4): (N, M).
-
-    Corner form, plain area ratio (no "+1"), computed in float32 as the reference.
-    """
-    a = np.asarray(boxes_a, np.float32)[:, None, :]
-    b = np.asarray(boxes_b, np.float32)[None, :, :]
-    inter_hw = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]),
-                       0, None)
-    inter = inter_hw[..., 0] * inter_hw[..., 1]
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / (area_a + area_b - inter)
+from src.boxes import iou_matrix
 
 
 class BoxCoder:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from src.boxes import iou, xywh_to_yxyx
 from src.files import write_json
 
 CLASS_NAMES = ("circle", "square", "triangle")
@@ -195,16 +196,6 @@ def mask_bbox(mask):
     return [float(x), float(y), float(w), float(h)] if w > 0 and h > 0 else None
 
 
-def box_iou(a, b):
-    """IoU of two COCO ``[x, y, w, h]`` boxes."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
 def box_slices(bbox):
     """``(rows, cols)`` slices selecting a COCO ``[x, y, w, h]`` pixel box."""
     x, y, w, h = (int(v) for v in bbox)
@@ -227,7 +218,8 @@ def acceptable(bbox, mask, objects):
     """Placement rule: big enough, box IoU <= 0.3 with every earlier box, limited occlusion."""
     if bbox is None or min(bbox[2], bbox[3]) < MIN_SHAPE_SIZE / 2:
         return False
-    if any(box_iou(bbox, obj.bbox) > MAX_BOX_IOU for obj in objects):
+    if objects and iou(xywh_to_yxyx(bbox), xywh_to_yxyx([obj.bbox for obj in objects])).max() \
+            > MAX_BOX_IOU:
         return False
     return not occludes_too_much(mask, bbox, objects)
 

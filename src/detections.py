@@ -17,6 +17,8 @@ not by the number of classes or candidates.
 """
 import numpy as np
 
+from src.boxes import area, coordinates, intersection, yxyx_to_xywh
+
 
 def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=False):
     """Greedy per-class NMS for all classes together.
@@ -35,11 +37,11 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=F
         return np.zeros(0, np.int64)
     order = np.lexsort((-scores, classes))
     sorted_boxes = np.asarray(boxes, np.float64)[order]
+    if plus_one:   # the '+1' once, here, rather than in every round
+        sorted_boxes[:, 2:] += 1.0
+    columns = tuple(np.ascontiguousarray(c) for c in coordinates(sorted_boxes))
     classes = np.asarray(classes)[order]
-    offset = 1.0 if plus_one else 0.0
-    low_a, low_b = sorted_boxes[:, 0].copy(), sorted_boxes[:, 1].copy()
-    high_a, high_b = sorted_boxes[:, 2] + offset, sorted_boxes[:, 3] + offset
-    area = (high_a - low_a) * (high_b - low_b)
+    areas = area(columns)
     kept_count = np.zeros(int(classes.max()) + 1, np.int64)
     kept = []
     alive = np.arange(len(order))
@@ -51,10 +53,8 @@ def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=F
         tops = alive[is_top]
         kept.append(tops)
         top = tops[np.cumsum(is_top) - 1]
-        side_a = np.minimum(high_a[alive], high_a[top]) - np.maximum(low_a[alive], low_a[top])
-        side_b = np.minimum(high_b[alive], high_b[top]) - np.maximum(low_b[alive], low_b[top])
-        inter = np.maximum(side_a, 0) * np.maximum(side_b, 0)
-        survives = inter <= iou_threshold * (area[alive] + area[top] - inter)
+        inter = intersection(tuple(c[alive] for c in columns), tuple(c[top] for c in columns))
+        survives = inter <= iou_threshold * (areas[alive] + areas[top] - inter)
         survives &= ~is_top
         kept_count[classes[tops]] += 1
         survives &= kept_count[alive_classes] < max_per_class
@@ -110,9 +110,7 @@ class PostProcessor:
 
     def coco_records(self, img_id, boxes, scores, classes):
         """COCO result dicts for one image's detections (pixel y-first corners in)."""
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        xywh = np.round(np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
-                                  boxes[:, 2] - boxes[:, 0]], axis=1), 3).tolist()
+        xywh = np.round(yxyx_to_xywh(boxes), 3).tolist()
         categories = self.category_ids[np.asarray(classes, np.int64)].tolist()
         rounded = np.round(np.asarray(scores, np.float64), 5).tolist()
         image_id = int(img_id)

@@ -315,8 +315,10 @@ def test_predict_draws_boxes(trained, demo_root, tmp_path):
                          "--num_classes", "4", "--image", image, "--output_dir",
                          str(tmp_path), "--draw_threshold", "0", "--run_platform", "CPU"])
     assert result.returncode == 0, result.stderr[-3000:]
-    found = json.load(open(tmp_path / "detections.json"))[os.path.basename(image)]
-    assert found and found[0]["class"] in ("circle", "square", "triangle")
+    found = json.load(open(tmp_path / "detections.json"))
+    assert found and {r["file_name"] for r in found} == {os.path.basename(image)}
+    assert found[0]["class"] in ("circle", "square", "triangle") and found[0]["image_id"] == 1
+    assert set(found[0]) == {"image_id", "category_id", "bbox", "score", "file_name", "class"}
     before, after = cv2.imread(image), cv2.imread(str(tmp_path / os.path.basename(image)))
     assert before.shape == after.shape
     x, y, w, h = (int(round(v)) for v in found[0]["bbox"])

@@ -6,6 +6,7 @@ that is complete and was made from the same files with the same settings is reus
 import os
 from dataclasses import dataclass
 
+from src.boxes import yxyx_to_xywh
 from src.data.check import apply_policy, check_source
 from src.data.coco import read_coco
 from src.data.mindrecord import conversion_lock, current_set, set_files, write_set
@@ -57,12 +58,12 @@ def coco_ground_truth(source):
     for record in source.records:
         images.append({"id": int(record.img_id), "file_name": record.file_name,
                        "height": int(record.height), "width": int(record.width)})
-        for box, label, ignored in zip(record.boxes, record.labels, record.ignored):
-            ymin, xmin, ymax, xmax = (float(v) for v in box)
+        for xywh, label, ignored in zip(yxyx_to_xywh(record.boxes), record.labels,
+                                        record.ignored):
+            x, y, w, h = (float(v) for v in xywh)
             annotations.append({"id": len(annotations) + 1, "image_id": int(record.img_id),
-                                "category_id": int(label),
-                                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
-                                "area": (xmax - xmin) * (ymax - ymin),
+                                "category_id": int(label), "bbox": [x, y, w, h],
+                                "area": w * h,
                                 "iscrowd": int(bool(ignored)), "segmentation": []})
     categories = [{"id": i, "name": name, "supercategory": "none"}
                   for i, name in enumerate(source.class_names) if i > 0]

@@ -6,21 +6,12 @@ Images are RGB uint8 (H, W, 3); ground truth is (N, 5) float32 pixel rows
 import cv2
 import numpy as np
 
+from src.boxes import iou
 from src.data.records import annotation_rows
 
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
 CROP_TRIALS = 50
 CROP_RULES = ("reference", "ssd")
-
-
-def box_rect_iou(boxes, rect):
-    """IoU of (N, 4) corner boxes with one rectangle (ymin, xmin, ymax, xmax); no "+1"."""
-    inter_hw = np.clip(np.minimum(boxes[:, 2:4], rect[2:]) - np.maximum(boxes[:, :2], rect[:2]),
-                       0, None)
-    inter = inter_hw[:, 0] * inter_hw[:, 1]
-    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    area_rect = (rect[2] - rect[0]) * (rect[3] - rect[1])
-    return inter / (area_boxes + area_rect - inter)
 
 
 def crop_is_rejected(overlap, min_iou, rule):
@@ -59,7 +50,7 @@ def random_sample_crop(image, gt, rng, rule="reference"):
         rect = np.array([int(top), int(left), int(top + h), int(left + w)], np.float32)
         if len(gt) == 0:
             return image[int(rect[0]):int(rect[2]), int(rect[1]):int(rect[3])], gt
-        overlap = box_rect_iou(boxes, rect)
+        overlap = iou(boxes, rect)
         touching = overlap > 0
         if not touching.any() or crop_is_rejected(overlap[touching], min_iou, rule):
             continue

@@ -42,8 +42,10 @@ def class_names_for(config):
 def predict(config, image_path, draw_threshold=0.5):
     """Detect objects in one image or a folder; writes <stem>.jpg pictures and detections.json.
 
-    Every detection above ``min_score`` (after NMS) goes into the json; those above
-    ``draw_threshold`` are drawn. Returns {file: detections}.
+    Every detection above ``min_score`` (after NMS) goes into the json, as eval.py's COCO
+    result records (``image_id`` = the image's position, 1-based; ``category_id`` = the class
+    index) plus ``file_name`` and ``class``; those above ``draw_threshold`` are drawn. Returns
+    {file name: its records}.
     """
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
@@ -68,13 +70,13 @@ def predict(config, image_path, draw_threshold=0.5):
         picture = draw_detections(image, found[shown], found_scores[shown], classes[shown], names)
         stem = os.path.splitext(os.path.basename(path))[0]
         cv2.imwrite(os.path.join(output_dir, f"{stem}.jpg"), picture)
+        records = postprocessor.coco_records(len(results) + 1, found, found_scores, classes)
         results[os.path.basename(path)] = [
-            {"class": names[c], "class_index": int(c), "score": round(float(s), 4),
-             "bbox": [round(float(x1), 1), round(float(y1), 1), round(float(x2 - x1), 1),
-                      round(float(y2 - y1), 1)]}
-            for (y1, x1, y2, x2), s, c in zip(found, found_scores, classes)]
+            {**record, "file_name": os.path.basename(path), "class": names[c]}
+            for record, c in zip(records, classes)]
         print(f"{path}: {int(shown.sum())} detections above {draw_threshold} drawn "
               f"({len(found)} above {config.min_score} in the json)", flush=True)
-    write_json(results, os.path.join(output_dir, "detections.json"))
+    write_json([r for found in results.values() for r in found],
+               os.path.join(output_dir, "detections.json"))
     print(f"Pictures and detections.json ({platform}) in {os.path.abspath(output_dir)}")
     return results
