@@ -30,11 +30,9 @@
 // forward's output, kept for the bprop) and computes the weight gradient from it when that
 // layout is also the one backward-weights wants, instead of reordering x again.
 // Weights are MindSpore's (O, I/groups, kh, kw). Primitives and their blocked buffers are
-// cached per shape and geometry. Work runs on a thread pool of our own (the oneDNN library
-// bundled with MindSpore uses the threadpool runtime, so it needs one to use more than one
-// core); SSD_CONV_THREADS sets its size (default: the machine's cores).
-#include <atomic>
-#include <condition_variable>
+// cached per shape and geometry. Work runs on the kernels' thread pool (thread_pool.cc: the
+// oneDNN library bundled with MindSpore uses the threadpool runtime, so it needs one to use
+// more than one core).
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -44,13 +42,11 @@
 #include <mutex>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "oneapi/dnnl/dnnl_threadpool.hpp"
-#include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
 #include "threads.h"
 #include "winograd.h"
 
@@ -60,89 +56,10 @@ using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
-constexpr int kGeometrySize = 17;  // int32 values of the geometry tensor (see the top)
-
-// A fixed set of worker threads; parallel_for runs fn(i, n) for i < n and returns when done.
-class ThreadPool : public dnnl::threadpool_interop::threadpool_iface {
- public:
-  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int t = 1; t < threads_; ++t) workers_.emplace_back([this] { Work(); });
-  }
-  ~ThreadPool() override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      quit_ = true;
-      ++generation_;
-    }
-    wake_.notify_all();
-    for (auto &worker : workers_) worker.join();
-  }
-  int get_num_threads() const override { return threads_; }
-  bool get_in_parallel() const override { return in_parallel_; }
-  uint64_t get_flags() const override { return 0; }
-
-  void parallel_for(int n, const std::function<void(int, int)> &fn) override {
-    if (n <= 0) return;
-    if (n == 1 || threads_ == 1 || in_parallel_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    std::unique_lock<std::mutex> call(call_mutex_);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      task_ = &fn;
-      total_ = n;
-      next_.store(0);
-      running_ = static_cast<int>(workers_.size());
-      ++generation_;
-    }
-    wake_.notify_all();
-    in_parallel_ = true;
-    Drain();
-    in_parallel_ = false;
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return running_ == 0; });
-    task_ = nullptr;
-  }
-
- private:
-  void Drain() {
-    for (int i = next_.fetch_add(1); i < total_; i = next_.fetch_add(1)) (*task_)(i, total_);
-  }
-  void Work() {
-    uint64_t seen = 0;
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        if (quit_) return;
-      }
-      in_parallel_ = true;
-      Drain();
-      in_parallel_ = false;
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--running_ == 0) done_.notify_one();
-    }
-  }
-
-  const int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_, call_mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int, int)> *task_ = nullptr;
-  std::atomic<int> next_{0};
-  int total_ = 0, running_ = 0;
-  uint64_t generation_ = 0;
-  bool quit_ = false;
-  static thread_local bool in_parallel_;
-};
-thread_local bool ThreadPool::in_parallel_ = false;
 
 struct Runtime {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  ThreadPool pool{KernelThreads()};
-  dnnl::stream stream = dnnl::threadpool_interop::make_stream(engine, &pool);
+  dnnl::stream stream = dnnl::threadpool_interop::make_stream(engine, &KernelThreadPool());
 };
 
 Runtime &Rt() {
@@ -155,6 +72,15 @@ tag LayoutTag(int64_t block) {
   return block == 16 ? tag::aBcd16b : block == 8 ? tag::aBcd8b : tag::nchw;
 }
 
+// The int32 geometry tensor as it arrives, field by field (the order of the list at the top;
+// src/model/onednn_conv.py's ConvGeometry names the same fields in the same order, and a test
+// compares the two lists).
+struct GeometryTensor {
+  int32_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
+      src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc, winograd;
+};
+static_assert(sizeof(GeometryTensor) == 17 * sizeof(int32_t), "no padding between the fields");
+
 struct Geometry {
   int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
       src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc, winograd;
@@ -165,10 +91,27 @@ struct Geometry {
 };
 
 Geometry ReadGeometry(const void *data) {
-  const int32_t *g = static_cast<const int32_t *>(data);
-  static_assert(kGeometrySize == 17, "ReadGeometry reads every value");
-  return {g[0],  g[1],  g[2],  g[3],  g[4],  g[5],  g[6] < 1 ? 1 : g[6], g[7], g[8],
-          g[9], g[10], g[11], g[12], g[13], g[14], g[15], g[16]};
+  GeometryTensor t;
+  std::memcpy(&t, data, sizeof t);
+  Geometry g;
+  g.stride_h = t.stride_h;
+  g.stride_w = t.stride_w;
+  g.pad_t = t.pad_t;
+  g.pad_l = t.pad_l;
+  g.pad_b = t.pad_b;
+  g.pad_r = t.pad_r;
+  g.groups = t.groups < 1 ? 1 : t.groups;
+  g.has_bias = t.has_bias;
+  g.bf16 = t.bf16;
+  g.no_input_grad = t.no_input_grad;
+  g.src_block = t.src_block;
+  g.dst_block = t.dst_block;
+  g.activation = t.activation;
+  g.constant_weights_id = t.constant_weights_id;
+  g.residual_sum = t.residual_sum;
+  g.dst_nhwc = t.dst_nhwc;
+  g.winograd = t.winograd;
+  return g;
 }
 
 struct Shapes {
@@ -437,10 +380,6 @@ bool RunsWinograd(const int64_t *x, const int64_t *w, const Geometry &g) {
 }
 
 }  // namespace
-
-void KernelParallelFor(int n, const std::function<void(int, int)> &fn) {
-  Rt().pool.parallel_for(n, fn);
-}
 
 extern "C" {
 

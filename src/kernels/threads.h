@@ -1,17 +1,15 @@
-// Threads of our CPU kernels: SSD_CONV_THREADS, else the machine's cores.
+// Threads of our CPU kernels (thread_pool.cc).
 #pragma once
-#include <cstdlib>
 #include <functional>
-#include <thread>
 
-inline int KernelThreads() {
-  const char *env = std::getenv("SSD_CONV_THREADS");
-  const int wanted = env ? std::atoi(env) : 0;
-  if (wanted > 0) return wanted;
-  const unsigned cores = std::thread::hardware_concurrency();
-  return cores ? static_cast<int>(cores) : 1;
-}
+#include "oneapi/dnnl/dnnl_threadpool_iface.hpp"
 
-// Runs fn(i, n) for every i < n on the kernels' shared pool of KernelThreads() threads (the one
-// oneDNN runs on; defined in onednn_conv.cc) and returns when all are done.
+// SSD_CONV_THREADS when set above 0 (src.device.prepare_process sets it from the config's
+// conv_threads), else the machine's cores.
+int KernelThreads();
+
+// The pool of KernelThreads() threads that every kernel and oneDNN's primitives run on.
+dnnl::threadpool_interop::threadpool_iface &KernelThreadPool();
+
+// Runs fn(i, n) for every i < n on the pool and returns when all are done.
 void KernelParallelFor(int n, const std::function<void(int, int)> &fn);

@@ -7,6 +7,7 @@ stride 1 with an odd kernel (all the model needs). Built by ``make`` (``src/kern
 ``library_path()`` tells whether it is there.
 """
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import mindspore as ms
@@ -35,13 +36,39 @@ def library_path():
     return LIBRARY if kernel_library_status() == "current" else None
 
 
-def conv_output_shape(x, w, geometry):
-    """(N, O, OH, OW), or (N, OH, OW, O) for an NHWC output (geometry[15])."""
-    stride_h, stride_w, top, left, bottom, right = geometry[:6]
+class ConvGeometry(NamedTuple):
+    """What a convolution kernel call is told besides its tensors: the int32 geometry tensor
+    of ``src/kernels/onednn_conv.cc`` (its ``GeometryTensor``: the same fields in the same
+    order; codes as there, see the file's top)."""
+
+    stride_h: int
+    stride_w: int
+    pad_t: int
+    pad_l: int
+    pad_b: int
+    pad_r: int
+    groups: int
+    has_bias: int
+    bf16: int                  # COMPUTE_DTYPES index
+    no_input_grad: int
+    src_block: int             # PLAIN (NCHW), 8 or 16
+    dst_block: int
+    activation: int            # ACTIVATIONS index
+    constant_weights_id: int   # 0, or the id of a layer whose weights never change
+    residual_sum: int
+    dst_nhwc: int
+    winograd: int              # ALGORITHMS index
+
+    def as_tensor(self) -> Tensor:
+        return Tensor(np.array(self, np.int32))
+
+
+def conv_output_shape(x, w, geometry: ConvGeometry) -> list:
+    """(N, O, OH, OW), or (N, OH, OW, O) for an NHWC output."""
     n, o = x[0], w[0]
-    oh = (x[2] + top + bottom - w[2]) // stride_h + 1
-    ow = (x[3] + left + right - w[3]) // stride_w + 1
-    return [n, oh, ow, o] if geometry[15] else [n, o, oh, ow]
+    oh = (x[2] + geometry.pad_t + geometry.pad_b - w[2]) // geometry.stride_h + 1
+    ow = (x[3] + geometry.pad_l + geometry.pad_r - w[3]) // geometry.stride_w + 1
+    return [n, oh, ow, o] if geometry.dst_nhwc else [n, o, oh, ow]
 
 
 class ConvOps:
@@ -49,10 +76,11 @@ class ConvOps:
     dtype). Forward gives (y, x_blocked): x_blocked is x as the kernel read it, passed back to
     the backward op (dx, dw[, db] in one op, the forward's bprop) to spare a second reorder."""
 
-    def __init__(self, geometry, has_bias, residual_sum=False):
-        self.geometry = tuple(int(v) for v in geometry)
+    def __init__(self, geometry: ConvGeometry):
+        self.geometry = geometry
         both = lambda x, *rest: (x, x)  # noqa: E731
-        blocked_input = self.geometry[10]
+        blocked_input = geometry.src_block
+        has_bias, residual_sum = geometry.has_bias, geometry.residual_sum
 
         def shapes(x, w, *rest):  # x_blocked is not needed when x already is
             return conv_output_shape(x, w, self.geometry), [1] if blocked_input else x
@@ -157,19 +185,23 @@ class OneDnnConv2d(nn.Cell):
         winograd = algorithm != "direct" and self.winograd_possible() and (
             algorithm == "winograd" or min(in_channels, out_channels) >= WINOGRAD_MIN_CHANNELS)
         self.algorithm = "winograd" if winograd else "direct"
-        geometry = (strides[0], strides[1], top, left, bottom, right, group, int(has_bias),
-                    COMPUTE_DTYPES.index(compute_dtype), int(not input_grad),
-                    self.block if blocked_input else PLAIN,
-                    self.block if blocked_output else PLAIN, ACTIVATIONS.index(activation),
-                    next(_constant_layer_ids) if constant_weights else 0, int(residual_sum),
-                    int(nhwc_output), ALGORITHMS.index(self.algorithm))
-        self.geometry = Tensor(np.array(geometry, np.int32))
+        geometry = ConvGeometry(
+            stride_h=strides[0], stride_w=strides[1], pad_t=top, pad_l=left, pad_b=bottom,
+            pad_r=right, groups=group, has_bias=int(has_bias),
+            bf16=COMPUTE_DTYPES.index(compute_dtype), no_input_grad=int(not input_grad),
+            src_block=self.block if blocked_input else PLAIN,
+            dst_block=self.block if blocked_output else PLAIN,
+            activation=ACTIVATIONS.index(activation),
+            constant_weights_id=next(_constant_layer_ids) if constant_weights else 0,
+            residual_sum=int(residual_sum), dst_nhwc=int(nhwc_output),
+            winograd=ALGORITHMS.index(self.algorithm))
+        self.geometry = geometry.as_tensor()
         self.weight = Parameter(initializer(weight_init or "he_uniform",
                                             (out_channels, in_channels // group, *kernel),
                                             ms.float32), name="weight")
         self.bias = Parameter(initializer(bias_init or "zeros", (out_channels,), ms.float32),
                               name="bias") if has_bias else None
-        self.ops = ConvOps(geometry, has_bias, residual_sum)
+        self.ops = ConvOps(geometry)
         self.forward = self.ops.forward
 
     def winograd_possible(self):
