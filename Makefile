@@ -58,6 +58,7 @@ demo-long: setup
 		--checkpoint_path $$(ls -t $(DEMO_LONG_OUT)/train/ssd-*.ckpt | head -n 1)
 
 test: setup setup-cpp
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs tests
 
 # Generated files only (git ignores each of them; tests/test_tree.py checks): the demo data,

@@ -29,7 +29,8 @@ class DefaultBoxes:
 
 
 def box_sizes(scale, next_scale, ratios):
-    """(w, h) of the boxes of one cell: square, (wide, tall) per ratio, then the in-between square."""
+    """(w, h) of the boxes of one cell: square, (wide, tall) per ratio, then the in-between
+    square."""
     sizes = [(scale, scale)]
     for ratio in ratios:
         root = math.sqrt(ratio)

@@ -15,7 +15,7 @@ Offsets use the SSD "variances" ``prior_scaling = (0.1, 0.2)``:
 """
 import numpy as np
 
-from src.anchors import default_boxes_from_config
+from src.anchors import DefaultBoxes, default_boxes_from_config
 from src.boxes import iou_matrix
 
 
@@ -28,7 +28,8 @@ class BoxCoder:
         prior_scaling: (centre variance, size variance).
     """
 
-    def __init__(self, default_boxes, match_threshold=0.5, prior_scaling=(0.1, 0.2)):
+    def __init__(self, default_boxes: DefaultBoxes, match_threshold: float = 0.5,
+                 prior_scaling: tuple = (0.1, 0.2)):
         self.anchors_cyxhw = np.asarray(default_boxes.cyxhw, np.float32)
         self.anchors_yxyx = np.asarray(default_boxes.yxyx, np.float32)
         self.match_threshold = np.float32(match_threshold)
@@ -41,10 +42,10 @@ class BoxCoder:
                    config.prior_scaling)
 
     @property
-    def num_anchors(self):
+    def num_anchors(self) -> int:
         return len(self.anchors_cyxhw)
 
-    def match(self, gt_boxes):
+    def match(self, gt_boxes: np.ndarray) -> tuple:
         """Assign each default box the ground truth it overlaps most (spec 5, "Matching").
 
         Equivalent to the reference's sequential loop over ground truths in file order: every
@@ -69,7 +70,7 @@ class BoxCoder:
         matched = np.where(best_iou > self.match_threshold, best_gt, -1)
         return matched, best_iou
 
-    def encode(self, boxes_yxyx):
+    def encode(self, boxes_yxyx: np.ndarray) -> np.ndarray:
         """Offsets (A, 4) of corner-form boxes (A, 4) relative to the default boxes."""
         boxes = np.asarray(boxes_yxyx, np.float32)
         anchors = self.anchors_cyxhw
@@ -79,7 +80,7 @@ class BoxCoder:
         t_size = np.log(np.maximum(size / anchors[:, 2:], np.float32(1e-6))) / self.size_scale
         return np.concatenate([t_center, t_size], axis=1).astype(np.float32)
 
-    def encode_targets(self, gt):
+    def encode_targets(self, gt: np.ndarray) -> tuple:
         """Training targets of one image.
 
         Args:
@@ -107,7 +108,7 @@ class BoxCoder:
         loc = np.where(positive[:, None], self.encode(assigned), np.float32(0))
         return loc, label, np.array([positive.sum()], np.int32)
 
-    def decode(self, loc):
+    def decode(self, loc: np.ndarray) -> np.ndarray:
         """Corner-form boxes from offsets ``loc`` (..., A, 4), clipped to [0, 1]."""
         loc = np.asarray(loc, np.float32)
         anchors = self.anchors_cyxhw

@@ -244,7 +244,7 @@ class Config:
     progress: str = _key("auto", "auto: a progress bar on a terminal, periodic lines otherwise",
                          choices=("auto", "bar", "lines", "off"), section="run")
 
-    def validate(self):
+    def validate(self) -> "Config":
         """Check values and their agreement; raise ConfigError naming the key."""
         for f in fields(self):
             value = getattr(self, f.name)
@@ -272,10 +272,10 @@ class Config:
                               f"{self.num_classes} (background included)")
         return self
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
-    def save(self, path):
+    def save(self, path: str) -> None:
         """Write the resolved config as YAML (loadable again with --config)."""
         def write(f):
             f.write("# Resolved configuration of this run: python train.py --config <this file>\n")
@@ -286,7 +286,7 @@ class Config:
 
         write_atomic(path, write)
 
-    def replace(self, **changes):
+    def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
     @property
@@ -304,13 +304,13 @@ class Config:
         return {name: _plain(rule(self)) for name, rule in DERIVED_KEYS.items()}
 
     @property
-    def class_count(self):
+    def class_count(self) -> int:
         """Classes including background: ``num_classes``, or when that is 0 (not given and not
         yet taken from data or a checkpoint) the length of ``classes``, else COCO's 81."""
         return self.num_classes or len(self.classes) or COCO_NUM_CLASSES
 
     @property
-    def data_root(self):
+    def data_root(self) -> str:
         """Root folder of the selected dataset format."""
         return {"coco": self.coco_root, "voc": self.voc_root, "other": self.image_dir}[self.dataset]
 
@@ -377,7 +377,7 @@ def _claim(source, name, value):
     return _Claim(source, _coerce(f"{source}: {name}", value, DERIVED_KEYS[name](Config())))
 
 
-def load_yaml(path):
+def load_yaml(path: str) -> dict:
     """Read a YAML config file into {key: value}; unknown keys are errors naming the file."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist")
@@ -402,7 +402,7 @@ def load_yaml(path):
     return values
 
 
-def build_parser(description):
+def build_parser(description: str) -> argparse.ArgumentParser:
     """An argparse parser with one flag per config key plus the reference's flag names.
 
     Flags not given on the command line are absent from the parsed namespace, so YAML values are
@@ -430,7 +430,8 @@ def build_parser(description):
     return parser
 
 
-def parse_config(argv=None, description="", overrides=None):
+def parse_config(argv: Optional[list] = None, description: str = "",
+                 overrides: Optional[dict] = None) -> Config:
     """Parse flags (and the YAML named by --config) into a validated Config.
 
     ``overrides`` are script-specific defaults applied before the YAML file, e.g. an output folder.
@@ -444,7 +445,7 @@ def parse_config(argv=None, description="", overrides=None):
         parser.error(str(exc))
 
 
-def config_from_values(args, overrides=None):
+def config_from_values(args: dict, overrides: Optional[dict] = None) -> Config:
     """Config from a {key: raw value} mapping of flags (see ``parse_config``)."""
     args = dict(args)
     defaults = {f.name: f.default for f in fields(Config)}
@@ -466,7 +467,7 @@ def config_from_values(args, overrides=None):
     return _make(values)
 
 
-def _make(values):
+def _make(values: dict) -> Config:
     claims = {name: values.pop(name) for name in DERIVED_KEYS if name in values}
     platform = str(values.get("run_platform", "auto"))
     spelled = {p.lower(): p for p in ("auto", "CPU", "GPU", "Ascend")}
@@ -481,7 +482,7 @@ def _make(values):
     return config
 
 
-def load_config(path: Optional[str] = None, **changes):
+def load_config(path: Optional[str] = None, **changes) -> Config:
     """A Config from defaults, an optional YAML file and keyword changes (for Python callers)."""
     values = load_yaml(path) if path else {}
     defaults = {f.name: f.default for f in fields(Config)}

@@ -134,11 +134,15 @@ def sample_shape_size(rng, width, height):
 
 
 def ellipse_outline(rng, size):
-    """Ellipse (aspect in [0.7, 1.4], random angle) around the origin; returns (vertices, radius)."""
+    """Ellipse (aspect in [0.7, 1.4], random angle) around the origin; returns (vertices,
+    radius)."""
     ratio = rng.uniform(0.7, 1.4)
     semi_x, semi_y = (size / 2, size / (2 * ratio)) if ratio >= 1 else (size * ratio / 2, size / 2)
     t = np.linspace(0.0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
-    return rotate(np.stack([semi_x * np.cos(t), semi_y * np.sin(t)], 1), rng.uniform(0, np.pi)), size / 2
+    return (
+        rotate(np.stack([semi_x * np.cos(t), semi_y * np.sin(t)], 1), rng.uniform(0, np.pi)),
+        size / 2,
+    )
 
 
 def square_outline(rng, size):
@@ -203,7 +207,8 @@ def box_slices(bbox):
 
 
 def occludes_too_much(mask, bbox, objects):
-    """True if drawing ``mask`` (extent ``bbox``) on top would leave an earlier object < 60% visible."""
+    """True if drawing ``mask`` (extent ``bbox``) on top would leave an earlier object < 60%
+    visible."""
     window = box_slices(bbox)
     covered = mask[window] > 0
     for obj in objects:
@@ -244,7 +249,8 @@ def pick_color(rng, canvas, mask, bbox, objects):
 
 
 def blend(canvas, mask, bbox, color):
-    """Alpha-blend ``color`` into ``canvas`` with weight ``mask / 255``; untouched where mask is 0."""
+    """Alpha-blend ``color`` into ``canvas`` with weight ``mask / 255``; untouched where mask is
+    0."""
     window = box_slices(bbox)
     region, weights = canvas[window], mask[window]
     drawn = weights > 0
@@ -348,7 +354,8 @@ def coco_document(images, annotations, seed, split):
 
 
 def remove_stale_images(image_dir, keep):
-    """Delete COCO-named JPEGs in ``image_dir`` that are not in ``keep`` (a previous, larger run)."""
+    """Delete COCO-named JPEGs in ``image_dir`` that are not in ``keep`` (a previous, larger
+    run)."""
     for name in os.listdir(image_dir):
         if IMAGE_FILE_PATTERN.match(name) and name not in keep:
             os.remove(os.path.join(image_dir, name))
@@ -369,7 +376,9 @@ def write_split(out_dir, split_index, first_image_id, count, seed, options):
         with open(os.path.join(image_dir, name), "wb") as f:
             f.write(encode_jpeg(sample.image, options["quality"]))
         height, width = sample.image.shape[:2]
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height, "license": 1})
+        images.append(
+            {"id": image_id, "file_name": name, "width": width, "height": height, "license": 1}
+        )
         annotations += annotation_entries(sample.objects, image_id, len(annotations) + 1)
         empty += not sample.objects
     remove_stale_images(image_dir, {img["file_name"] for img in images})
@@ -386,7 +395,8 @@ def validate(num_train, num_val, seed, options):
         (num_val >= 1, f"num_val must be >= 1, got {num_val}"),
         (seed >= 0, f"seed must be >= 0, got {seed}"),
         (64 <= options["min_size"] <= options["max_size"] <= 4096,
-         f"need 64 <= min_size <= max_size <= 4096, got {options['min_size']}, {options['max_size']}"),
+         f"need 64 <= min_size <= max_size <= 4096, "
+         f"got {options['min_size']}, {options['max_size']}"),
         (options["max_objects"] >= 1, f"max_objects must be >= 1, got {options['max_objects']}"),
         (0.0 <= options["empty_fraction"] <= 1.0,
          f"empty_fraction must be in [0, 1], got {options['empty_fraction']}"),
@@ -420,13 +430,16 @@ def generate(out_dir, num_train, num_val, seed, **options):
     summary = {"out_dir": os.path.abspath(out_dir), "seed": seed, "options": options, "splits": {}}
     documents = []
     for split_index, (count, first_id) in enumerate([(num_train, 1), (num_val, num_train + 1)]):
-        images, annotations, empty = write_split(out_dir, split_index, first_id, count, seed, options)
+        images, annotations, empty = write_split(
+            out_dir, split_index, first_id, count, seed, options
+        )
         documents.append(coco_document(images, annotations, seed, SPLITS[split_index]))
         per_class = {name: sum(a["category_id"] == i + 1 for a in annotations)
                      for i, name in enumerate(CLASS_NAMES)}
         summary["splits"][SPLITS[split_index]] = {
             "images": len(images), "boxes": len(annotations), "empty_images": empty,
-            "per_class": per_class, "image_dir": os.path.abspath(os.path.join(out_dir, SPLITS[split_index])),
+            "per_class": per_class,
+            "image_dir": os.path.abspath(os.path.join(out_dir, SPLITS[split_index])),
             "annotation_file": os.path.abspath(ann_paths[split_index]),
         }
     for document, path in zip(documents, ann_paths):

@@ -15,12 +15,15 @@ The greedy NMS runs for all classes at once: each round keeps the best remaining
 class and removes what it suppresses, so the number of rounds is bounded by ``max_per_class``,
 not by the number of classes or candidates.
 """
+from typing import Sequence
+
 import numpy as np
 
 from src.boxes import area, coordinates, intersection, yxyx_to_xywh
 
 
-def batched_nms(boxes, scores, classes, iou_threshold, max_per_class, plus_one=False):
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
+                max_per_class: int, plus_one: bool = False) -> np.ndarray:
     """Greedy per-class NMS for all classes together.
 
     Args:
@@ -82,11 +85,11 @@ class PostProcessor:
         self.plus_one = bool(plus_one)
 
     @classmethod
-    def from_config(cls, config, category_ids):
+    def from_config(cls, config, category_ids: Sequence[int]) -> "PostProcessor":
         return cls(category_ids, config.min_score, config.nms_threshold, config.max_boxes,
                    config.max_detections_per_image, config.nms_plus_one)
 
-    def detect(self, boxes, scores, image_hw):
+    def detect(self, boxes: np.ndarray, scores: np.ndarray, image_hw: Sequence[float]) -> tuple:
         """Detections of one image.
 
         Args:
@@ -108,7 +111,8 @@ class PostProcessor:
             keep = keep[:self.max_per_image]
         return pixel_boxes[keep], candidate_scores[keep], classes[keep]
 
-    def coco_records(self, img_id, boxes, scores, classes):
+    def coco_records(self, img_id: int, boxes: np.ndarray, scores: np.ndarray,
+                     classes: np.ndarray) -> list:
         """COCO result dicts for one image's detections (pixel y-first corners in)."""
         xywh = np.round(yxyx_to_xywh(boxes), 3).tolist()
         categories = self.category_ids[np.asarray(classes, np.int64)].tolist()
@@ -117,7 +121,8 @@ class PostProcessor:
         return [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
                 for b, s, c in zip(xywh, rounded, categories)]
 
-    def process_batch(self, img_ids, boxes, scores, image_shapes):
+    def process_batch(self, img_ids: Sequence[int], boxes: np.ndarray, scores: np.ndarray,
+                      image_shapes: Sequence) -> list:
         """COCO records of a batch: img_ids (B,), boxes (B, A, 4), scores (B, A, C),
         image_shapes (B, 2) original (height, width)."""
         records = []

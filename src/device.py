@@ -67,12 +67,12 @@ def cap_onednn_isa(config):
 
     Why: MindSpore 2.10's CPU convolution hands oneDNN fixed plain layouts (NCHW activations,
     OIHW weights). On AVX-512/AMX processors oneDNN's fast kernels refuse those layouts and it
-    falls back to a reference kernel about 35x slower; capped at AVX2 it uses im2col + GEMM
-    (a 64->128 3x3 convolution: 3.3 s -> 0.05 s). Our own convolution (``src/kernels``, built
-    by make) lets oneDNN choose blocked layouts and wants AVX-512; the cap applies to the whole
-    oneDNN library (ours runs in MindSpore's), so it is left off when our kernels are built and
-    ``conv_impl`` is not 'mindspore' (BatchNorm, ReLU and pooling run 2-2.6x faster uncapped
-    too). oneDNN reads the variable once, when the library loads, so this must run before
+    falls back to a reference kernel, many times slower; capped at AVX2 it uses im2col + GEMM
+    (docs/performance.md has the figures). Our own convolution (``src/kernels``, built by make)
+    lets oneDNN choose blocked layouts and wants AVX-512; the cap applies to the whole oneDNN
+    library (ours runs in MindSpore's), so it is left off when our kernels are built and
+    ``conv_impl`` is not 'mindspore' (BatchNorm, ReLU and pooling are faster uncapped too).
+    oneDNN reads the variable once, when the library loads, so this must run before
     ``import mindspore``. GPU and Ascend kernels do not use oneDNN.
     """
     if ONEDNN_ISA_VARIABLE in os.environ:

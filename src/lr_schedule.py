@@ -7,13 +7,14 @@ With T = epochs * steps_per_epoch and W = warmup_epochs * steps_per_epoch:
 The in-graph schedule reads the table at ``min(step, T - 1)``, so a resumed run continues at its
 own step and never reads past the end (the reference did: spec defect 7).
 """
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 
-def warmup_cosine_lr(lr_init, lr_max, lr_end, warmup_epochs, total_epochs, steps_per_epoch):
+def warmup_cosine_lr(lr_init: float, lr_max: float, lr_end: float, warmup_epochs: float,
+                     total_epochs: int, steps_per_epoch: int) -> np.ndarray:
     """The whole schedule as a float32 array of T values."""
     total = int(total_epochs * steps_per_epoch)
     warmup = int(warmup_epochs * steps_per_epoch)
@@ -32,7 +33,7 @@ REFERENCE_LR = 0.075
 REFERENCE_GLOBAL_BATCH = 256
 
 
-def peak_lr(config, world_size=1):
+def peak_lr(config, world_size: int = 1) -> float:
     """``--lr`` if given, else the reference's 0.075 for 8 x 32 images scaled linearly to this
     run's global batch (``batch_size`` x devices)."""
     if config.lr > 0:
@@ -40,7 +41,7 @@ def peak_lr(config, world_size=1):
     return REFERENCE_LR * config.batch_size * world_size / REFERENCE_GLOBAL_BATCH
 
 
-def lr_from_config(config, steps_per_epoch, world_size=1):
+def lr_from_config(config, steps_per_epoch: int, world_size: int = 1) -> np.ndarray:
     top = peak_lr(config, world_size)
     return warmup_cosine_lr(config.lr_init, top, top * config.lr_end_rate, config.warmup_epochs,
                             config.epoch_size, steps_per_epoch)

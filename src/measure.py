@@ -140,7 +140,7 @@ def benchmark_infer(config, steps, warmup):
     for batch in (1, 8):
         image = ms.Tensor(np.random.default_rng(0).normal(
             size=(batch, 3, *config.img_shape)).astype(np.float32))
-        seconds = timed(lambda: net(image)[1].asnumpy(), steps, warmup)
+        seconds = timed(lambda image=image: net(image)[1].asnumpy(), steps, warmup)
         if batch == 1:
             result["infer_bs1_ms"] = round(statistics.median(seconds) * 1000, 2)
         else:

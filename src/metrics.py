@@ -2,6 +2,7 @@
 import contextlib
 import io
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class CocoResult:
     precision50: dict = field(default_factory=dict)
 
 
-def load_coco_ground_truth(annotation_file):
+def load_coco_ground_truth(annotation_file: str):
     """pycocotools COCO object, without its chatter on stdout."""
     from pycocotools.coco import COCO
 
@@ -31,7 +32,7 @@ def load_coco_ground_truth(annotation_file):
         return COCO(annotation_file)
 
 
-def reference_protocol_images(ground_truth, img_ids):
+def reference_protocol_images(ground_truth, img_ids: list) -> list:
     """The images the reference scored (spec 9, defect 18): without any crowd annotation and
     with at least one annotation."""
     keep = []
@@ -42,7 +43,8 @@ def reference_protocol_images(ground_truth, img_ids):
     return keep
 
 
-def coco_evaluate(ground_truth, detections, img_ids, detections_path=None):
+def coco_evaluate(ground_truth, detections: list, img_ids: list,
+                  detections_path: Optional[str] = None) -> CocoResult:
     """Score detections with COCOeval (bbox) on the given images.
 
     Args:
@@ -90,7 +92,7 @@ def coco_evaluate(ground_truth, detections, img_ids, detections_path=None):
                       np.asarray(evaluator.params.recThrs), curves)
 
 
-def per_class_table(result):
+def per_class_table(result: CocoResult) -> str:
     """Text table of AP and AP50 per category (categories without ground truth show '-')."""
     rows = [f"{'category':<24}{'id':>5}{'AP':>8}{'AP50':>8}"]
     for category, values in sorted(result.per_class.items()):
@@ -100,5 +102,5 @@ def per_class_table(result):
     return "\n".join(rows)
 
 
-def stats_dict(stats):
+def stats_dict(stats) -> dict:
     return {name: float(value) for name, value in zip(STAT_NAMES, stats)}

@@ -31,6 +31,7 @@ def run_batch_norm(activation, residual, frozen, fused, block, data):
     arrays in NCHW order."""
     import mindspore as ms
     from mindspore import Tensor, nn
+
     from src.model.batch_norm import BatchNormAct2d
 
     bn = BatchNormAct2d(CHANNELS, eps=1e-3, momentum=0.97, activation=activation, fused=fused,
@@ -86,6 +87,7 @@ def test_fused_batch_norm_equals_mindspores_in_both_layouts(graph_cpu, activatio
 @pytest.mark.parametrize("block", BLOCKS)
 def test_reorder_ops_and_blocked_channel_checks(graph_cpu, block):
     import mindspore as ms
+
     from src.model.batch_norm import BatchNormAct2d
     from src.model.layout import ToBlocked
     from src.model.onednn_conv import OneDnnConv2d
@@ -116,6 +118,7 @@ def detector_piece(impl, block):
     """Stem output -> blocked region (two ResNet blocks, one with a 1x1 shortcut) -> a
     separable head back to NCHW, built with ``impl`` convolutions, blocked by ``block``."""
     from mindspore import nn
+
     from src.model.layers import Layers
     from src.model.layout import ToBlocked
     from src.model.resnet34 import BasicBlock

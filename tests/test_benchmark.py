@@ -37,7 +37,8 @@ def test_all_modes_print_their_fields():
     assert evaluation["images"] == 12
     # Eval streams its batches: resident memory after the last of six batches stays within
     # allocator noise of the first (a retained graph, iterator or batch per step would not).
-    growth = evaluation["eval_rss_after_last_batch_mb"] - evaluation["eval_rss_after_first_batch_mb"]
+    growth = (evaluation["eval_rss_after_last_batch_mb"]
+              - evaluation["eval_rss_after_first_batch_mb"])
     assert growth < 50, evaluation
 
 

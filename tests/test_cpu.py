@@ -20,10 +20,12 @@ flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi1 bmi2
 processor\t: 1
 vendor_id\t: AuthenticAMD
 """
-SAPPHIRE_RAPIDS = """vendor_id\t: GenuineIntel
-model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
-flags\t\t: sse4_1 sse4_2 avx fma avx2 avx_vnni avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
-"""
+SAPPHIRE_RAPIDS = (
+    "vendor_id\t: GenuineIntel\n"
+    "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+    "flags\t\t: sse4_1 sse4_2 avx fma avx2 avx_vnni avx512f avx512dq avx512bw avx512vl "
+    "avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n"
+)
 ZEN4 = """vendor_id\t: AuthenticAMD
 model name\t: AMD EPYC 9B14
 flags\t\t: sse4_1 avx fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16

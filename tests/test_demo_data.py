@@ -21,7 +21,8 @@ def annotation_path(root, split):
 
 
 def image_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*.jpg"))}
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(Path(root).rglob("*.jpg"))}
 
 
 def json_bytes(root):
@@ -164,7 +165,8 @@ def test_cli_writes_dataset(tmp_path):
     assert len(COCO(str(annotation_path(tmp_path, "val2017"))).getImgIds()) == 1
 
 
-@pytest.mark.parametrize("flag, value", [("--num_train", "0"), ("--num_val", "0"), ("--seed", "-1")])
+@pytest.mark.parametrize(
+    "flag, value", [("--num_train", "0"), ("--num_val", "0"), ("--seed", "-1")])
 def test_cli_rejects_bad_counts(tmp_path, flag, value):
     args = {"--out": str(tmp_path / "x"), "--num_train": "1", "--num_val": "1", "--seed": "0"}
     args[flag] = value

@@ -61,10 +61,11 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     lines = result.stdout.splitlines()
     summary = [line for line in lines if line.startswith(" Average")]
     assert len(summary) == 12 or "No detections" in result.stdout
-    mAP = [line for line in lines if line.startswith("mAP: ")]
-    assert len(mAP) == 1
+    map_lines = [line for line in lines if line.startswith("mAP: ")]
+    assert len(map_lines) == 1
     results = json.load(open(eval_dir / "eval_results.json"))
-    assert results["images"] == 4 and float(mAP[0].split()[1]) == pytest.approx(results["mAP"])
+    assert (results["images"] == 4
+            and float(map_lines[0].split()[1]) == pytest.approx(results["mAP"]))
     assert isinstance(json.load(open(eval_dir / "detections.json")), list)
     truth = json.load(open(eval_dir / "ground_truth.json"))
     assert len(truth["images"]) == 4

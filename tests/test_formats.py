@@ -12,8 +12,9 @@ import pytest
 from src.anchors import generate_default_boxes
 from src.box_coder import BoxCoder
 from src.config import Config
+from src.data.readers import read_source
 from src.data.records import DatasetError, annotation_rows
-from src.data.sources import prepare_split, read_source
+from src.data.sources import prepare_split
 from tests.conftest import ROOT
 
 HEIGHT, WIDTH = 100, 200

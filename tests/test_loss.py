@@ -96,6 +96,7 @@ def test_ignored_anchors_add_nothing(ms, fused):
 def test_fused_focal_loss_matches_the_composed_one_and_its_gradient(ms):
     """Our fused op against the elementwise formula (autodiff) on varied logits and labels."""
     from mindspore import nn, ops
+
     from src.loss import fused_focal_loss_sum
 
     rng = np.random.default_rng(3)

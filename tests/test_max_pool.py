@@ -11,6 +11,7 @@ from tests.test_batch_norm import BLOCKS, to_blocked, to_plain
 def test_blocked_max_pool_equals_mindspores(graph_cpu, block, size):
     import mindspore as ms
     from mindspore import nn
+
     from src.model.max_pool import BlockedMaxPool2d
 
     rng = np.random.default_rng(1)
@@ -38,6 +39,7 @@ def test_blocked_max_pool_equals_mindspores(graph_cpu, block, size):
 
 def test_plain_layout_keeps_mindspores_pool():
     from mindspore import nn
+
     from src.model.max_pool import BlockedMaxPool2d, max_pool_same
 
     assert isinstance(max_pool_same(64, 3, 2, 0), nn.MaxPool2d)

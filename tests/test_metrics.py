@@ -4,8 +4,12 @@ import os
 
 import numpy as np
 
-from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
-                         reference_protocol_images)
+from src.metrics import (
+    coco_evaluate,
+    load_coco_ground_truth,
+    per_class_table,
+    reference_protocol_images,
+)
 
 
 def ground_truth_detections(annotation_file):

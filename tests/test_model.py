@@ -153,6 +153,7 @@ def test_feature_map_sizes(network):
 
 def test_in_graph_decoder_matches_numpy(network):
     import mindspore as ms
+
     from src.model import SsdInferWithDecoder
 
     anchors = generate_default_boxes()

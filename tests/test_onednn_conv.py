@@ -63,6 +63,7 @@ def test_the_source_digest_covers_build_script_and_every_source(tmp_path):
 def geometries():
     """Every distinct convolution of the detector: (in, out, kernel, stride, pad, group, bias)."""
     import mindspore as ms  # noqa: F401
+
     from src.model import build_ssd
     from src.model.onednn_conv import OneDnnConv2d
 
@@ -95,6 +96,7 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
     convolution; returns our outputs."""
     import mindspore as ms
     from mindspore import Tensor, nn
+
     from src.model.onednn_conv import OneDnnConv2d
 
     shapes = geometries()
@@ -126,8 +128,9 @@ def compare_with_nn_conv2d(compute_dtype, rtol):
             ours.weight.set_data(ref.weight.data.copy())
             if bias:
                 ours.bias.set_data(ref.bias.data.copy())
-            into = (lambda a: to_blocked(a, block)) if blocked_input else (lambda a: a)
-            out_of = (lambda a: to_plain(a, block)) if blocked_output else (lambda a: a)
+            into = (lambda a, block=block: to_blocked(a, block)) if blocked_input else (lambda a: a)
+            out_of = ((lambda a, block=block: to_plain(a, block)) if blocked_output
+                      else (lambda a: a))
             y = out_of(ours(Tensor(into(x))).asnumpy())
             assert y.shape == y_ref.shape and y.dtype == np.float32
             np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol * np.abs(y_ref).max())
@@ -165,6 +168,7 @@ def test_bfloat16_compute_is_close_to_float32_and_really_rounds(graph_cpu):
 def test_layer_without_input_grad_gives_zero_dx_and_the_same_weight_grads(graph_cpu):
     import mindspore as ms
     from mindspore import Tensor, nn
+
     from src.model.onednn_conv import OneDnnConv2d
 
     ref = nn.Conv2d(3, 8, 7, 2, pad_mode="pad", padding=3)
@@ -186,6 +190,7 @@ def test_layer_without_input_grad_gives_zero_dx_and_the_same_weight_grads(graph_
 def test_inference_copies_fuse_the_activation_and_keep_their_own_weights(graph_cpu):
     import mindspore as ms
     from mindspore import nn
+
     from src.model.onednn_conv import OneDnnConv2d
 
     rng = np.random.default_rng(5)
@@ -229,8 +234,9 @@ def test_bfloat16_needs_our_convolutions():
 
 def test_whole_detector_same_outputs_either_way(graph_cpu):
     import mindspore as ms
-    from src.model import SsdInferWithDecoder, build_ssd, conv_description
+
     from src.anchors import generate_default_boxes
+    from src.model import SsdInferWithDecoder, build_ssd, conv_description
 
     config = Config(num_classes=4)
     ours = build_ssd(config.replace(conv_impl="onednn"))
@@ -253,6 +259,7 @@ def test_whole_detector_same_outputs_either_way(graph_cpu):
 @pytest.mark.parametrize("block", BLOCKS)
 def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu, block):
     import mindspore as ms
+
     from src.model.layers import Layers
     from src.model.ssd import SsdResnet34
 
@@ -279,6 +286,7 @@ def test_feature_maps_whose_channels_cannot_be_blocked_stay_nchw(graph_cpu, bloc
 def test_batch_norm_folded_into_our_convolutions_gives_the_same_detections(graph_cpu):
     import mindspore as ms
     from mindspore import nn
+
     from src.model import build_inference_network
     from src.model.fold import fold_batch_norm
 
@@ -312,6 +320,7 @@ def test_winograd_forward_and_input_gradient_match_nn_conv2d(graph_cpu, block):
     (so it really ran), and inference copies with the bias, a residual and ReLU6 fused."""
     import mindspore as ms
     from mindspore import Tensor, nn
+
     from src.model.onednn_conv import OneDnnConv2d
 
     rng = np.random.default_rng(7)

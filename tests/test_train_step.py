@@ -40,10 +40,10 @@ def weights(net):
 
 
 def test_weight_decay_groups(parts):
-    ms, Tiny = parts
+    ms, tiny_cls = parts
     from src.engine.train_step import create_optimizer
 
-    net = Tiny()
+    net = tiny_cls()
     optimizer = create_optimizer(net, np.full(10, 0.1, np.float32), weight_decay=4e-5)
     names = [p.name for p in optimizer.parameters]
     assert names == [p.name for p in net.trainable_params()]
@@ -55,10 +55,10 @@ def test_weight_decay_groups(parts):
 
 @pytest.mark.parametrize("fused_finite", [False, True], ids=["mindspore_check", "our_op"])
 def test_finite_step_updates_and_poisoned_step_is_skipped(parts, fused_finite):
-    ms, Tiny = parts
+    ms, tiny_cls = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
-    net = Tiny()
+    net = tiny_cls()
     step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1.0,
                      fused_finite=fused_finite)
     assert (step.finite_op is not None) == fused_finite
@@ -76,6 +76,7 @@ def test_finite_step_updates_and_poisoned_step_is_skipped(parts, fused_finite):
 
 def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
     import mindspore as ms
+
     from src.engine.train_step import fused_all_finite
 
     check = fused_all_finite()
@@ -90,10 +91,10 @@ def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
 
 
 def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):
-    ms, Tiny = parts
+    ms, tiny_cls = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
-    net = Tiny()
+    net = tiny_cls()
     step = TrainStep(net, create_optimizer(net, np.full(10, 0.01, np.float32)), loss_scale=1024.0,
                      dynamic=True, scale_window=2)
     step.set_train(True)
@@ -105,13 +106,13 @@ def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):
 
 
 def test_scaled_gradients_give_the_same_update(parts):
-    ms, Tiny = parts
+    ms, tiny_cls = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
     results = []
     for scale in (1.0, 1024.0):
         ms.set_seed(5)
-        net = Tiny()
+        net = tiny_cls()
         step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)),
                          loss_scale=scale)
         step.set_train(True)
@@ -122,10 +123,10 @@ def test_scaled_gradients_give_the_same_update(parts):
 
 
 def test_optimizer_reads_lr_at_global_step(parts):
-    ms, Tiny = parts
+    ms, tiny_cls = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
-    net = Tiny()
+    net = tiny_cls()
     table = np.array([0.0, 0.0, 0.5], np.float32)
     optimizer = create_optimizer(net, table)
     optimizer.global_step.set_data(ms.Tensor(np.array([5], np.int32)))

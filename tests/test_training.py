@@ -143,6 +143,7 @@ TORCH_BACKBONE = (
 
 def test_backbone_checkpoint_in_classification_naming_loads_every_tensor(tmp_path, graph_cpu):
     import mindspore as ms
+
     from src.model import build_ssd
 
     rng = np.random.default_rng(0)
@@ -184,6 +185,7 @@ def coco_detector_checkpoint(graph_cpu, tmp_path_factory):
     initialisation: conv weights negated, biases, beta and moving means 0.1 higher, gamma
     halved, moving variances doubled. Returns (path, {name: value})."""
     import mindspore as ms
+
     from src.config import load_config
     from src.model import build_ssd
 

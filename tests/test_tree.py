@@ -2,6 +2,7 @@
 import os
 import shlex
 import subprocess
+import sys
 
 from tests.conftest import ROOT
 
@@ -30,3 +31,52 @@ def test_generated_data_and_exports_are_ignored():
                  "ssd.air", "infer_output/acc.log", "ascend310_infer/out/main"):
         assert git("check-ignore", "-q", "--no-index", path).returncode == 0, path
     assert not [p for p in git("ls-files").stdout.split() if p.startswith("demo_data")]
+
+
+def source_imports():
+    """{module: modules of src it imports (at the top or inside functions)} for src/."""
+    import ast
+
+    graph = {}
+    for folder, _, files in os.walk(os.path.join(ROOT, "src")):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(
+                ".__init__")
+            found = set()
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    found.add(node.module)
+                elif isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+            graph[module] = {m for m in found if m.startswith("src.") and m != module}
+    return graph
+
+
+def test_src_imports_have_no_cycle_and_never_reach_up():
+    """Modules import downwards only: no cycle among src modules, nothing under src/model or
+    src/data imports src/engine, and config, cli and device load no MindSpore at their top."""
+    graph = source_imports()
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(path + [module])}"
+        state[module] = "open"
+        for target in graph.get(module, ()):
+            visit(target, path + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+    for module, targets in graph.items():
+        if module.startswith(("src.model", "src.data")):
+            assert not [t for t in targets if t.startswith("src.engine")], module
+    code = ("import sys; import src.cli, src.config, src.device, src.measure; "
+            "print('mindspore' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from src.config import parse_config
+from src.data.readers import read_source
 from src.data.records import ERROR, WARNING, DatasetError, DatasetSource, Problem
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
@@ -202,15 +204,12 @@ def apply_policy(source, report, skip_bad_samples=False, skip_empty_images=False
     if not records:
         raise DatasetError(f"{report.format()}\nno usable images are left")
     return DatasetSource(records, source.class_names, source.category_ids,
-                         source.annotation_file, source.stats, report.problems,
-                         source.fingerprint, source.name)
+                         source.annotation_file, report.problems, source.fingerprint,
+                         source.name)
 
 
 def main(argv=None):
     """python -m src.data.check: check the configured dataset's splits; exit 1 on errors."""
-    from src.config import parse_config
-    from src.data.sources import read_source
-
     argv = list(sys.argv[1:] if argv is None else argv)
     split = "both"
     if "--split" in argv:

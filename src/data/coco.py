@@ -11,8 +11,14 @@ import os
 
 import numpy as np
 
-from src.data.records import (ERROR, DatasetError, DatasetSource, ImageRecord, Problem,
-                              file_fingerprint)
+from src.data.records import (
+    ERROR,
+    DatasetError,
+    DatasetSource,
+    ImageRecord,
+    Problem,
+    file_fingerprint,
+)
 
 
 def annotation_path(root, split, instances_pattern="annotations/instances_{}.json"):

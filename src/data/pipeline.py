@@ -8,6 +8,7 @@ import mindspore.dataset as ds
 from mindspore.dataset import vision
 
 from src.data.transforms import MEAN_RGB, STD_RGB, EvalTransform, TrainTransform
+
 TRAIN_COLUMNS = ["image", "box", "label", "num_match", "img_id"]
 EVAL_COLUMNS = ["img_id", "image", "image_shape"]
 

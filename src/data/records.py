@@ -58,7 +58,7 @@ class ImageRecord:
         if not self.file_name:
             self.file_name = self.path.rsplit("/", 1)[-1]
 
-    def annotation(self):
+    def annotation(self) -> np.ndarray:
         """(N, 5) float32 rows ``(ymin, xmin, ymax, xmax, label)`` in pixels; ignored boxes
         carry their label negated."""
         labels = np.where(self.ignored, -self.labels, self.labels).astype(np.float32)
@@ -79,17 +79,16 @@ class DatasetSource:
     class_names: tuple
     category_ids: tuple
     annotation_file: str = ""
-    stats: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
     name: str = ""
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
 
-def annotation_rows(stored):
+def annotation_rows(stored: np.ndarray) -> np.ndarray:
     """(N, 5) rows from an annotation read back from MindRecord.
 
     MindRecord returns an empty [-1, 5] array as a 0-d value, so anything that is not 2-d is an
@@ -101,7 +100,7 @@ def annotation_rows(stored):
     return stored.reshape(-1, 5)
 
 
-def file_fingerprint(path):
+def file_fingerprint(path: str) -> dict:
     """Where a file is, how big, and when it last changed."""
     import os
 

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 from src.boxes import yxyx_to_xywh
 from src.data.check import apply_policy, check_source
-from src.data.coco import read_coco
 from src.data.mindrecord import conversion_lock, current_set, set_files, write_set
+from src.data.readers import read_source
 from src.data.records import DatasetError
-from src.data.txt import read_txt
-from src.data.voc import read_voc
 
 MINDRECORD_PREFIX = {"train": "ssd.mindrecord", "eval": "ssd_eval.mindrecord"}
 GROUND_TRUTH_SUFFIX = ".ground_truth.json"
@@ -29,27 +27,6 @@ class PreparedSplit:
     ground_truth: str
     images: int
     check: dict
-
-
-def read_source(config, split):
-    """Records of the 'train' or 'eval' split of the configured dataset (not yet checked)."""
-    if config.dataset == "coco":
-        if not config.coco_root:
-            raise DatasetError("no dataset given: pass --data_url ROOT (a COCO-layout folder "
-                               "with annotations/ and train2017/, val2017/)")
-        name = config.train_data_type if split == "train" else config.val_data_type
-        return read_coco(config.coco_root, name, config.instances_set)
-    if config.dataset == "voc":
-        if not config.voc_root:
-            raise DatasetError("no dataset given: pass --data_url ROOT (a VOC-layout folder "
-                               "with Annotations/ and JPEGImages/)")
-        name = config.voc_train_set if split == "train" else config.voc_val_set
-        return read_voc(config.voc_root, name, config.classes)
-    anno_path = config.anno_path if split == "train" else (config.val_anno_path or
-                                                            config.anno_path)
-    if not config.image_dir or not anno_path:
-        raise DatasetError("--dataset other needs --image_dir DIR and --anno_path FILE")
-    return read_txt(config.image_dir, anno_path, config.num_classes, config.classes)
 
 
 def coco_ground_truth(source):

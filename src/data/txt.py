@@ -11,8 +11,14 @@ the file.
 """
 import os
 
-from src.data.records import ERROR, DatasetError, DatasetSource, ImageRecord, Problem, \
-    file_fingerprint
+from src.data.records import (
+    ERROR,
+    DatasetError,
+    DatasetSource,
+    ImageRecord,
+    Problem,
+    file_fingerprint,
+)
 
 
 def default_class_names(num_classes):

@@ -11,8 +11,15 @@ split agrees): VOC's 20 classes in their usual order.
 import os
 import xml.etree.ElementTree as ET
 
-from src.data.records import (ERROR, WARNING, DatasetError, DatasetSource, ImageRecord, Problem,
-                              file_fingerprint)
+from src.data.records import (
+    ERROR,
+    WARNING,
+    DatasetError,
+    DatasetSource,
+    ImageRecord,
+    Problem,
+    file_fingerprint,
+)
 
 ANNOTATIONS, IMAGES, SPLITS = "Annotations", "JPEGImages", os.path.join("ImageSets", "Main")
 

@@ -10,9 +10,10 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable, Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from src.files import atomic_path
 from src.model.weights import CheckpointError, read_checkpoint
@@ -25,14 +26,14 @@ STATE_KEYS = ("epoch", "step_in_epoch", "global_step", "seed", "steps_per_epoch"
 STATE_PREFIX = "train_state."   # the optimizer already has a parameter named global_step
 
 
-def checkpoint_name(epoch, step_in_epoch):
+def checkpoint_name(epoch: int, step_in_epoch: int) -> str:
     """``ssd-<epoch>_<steps done in that epoch>.ckpt``, MindSpore's and the reference's naming
     (``ssd-500_458.ckpt`` ends epoch 500 of 458 steps; ``ssd-3_17.ckpt`` is 17 steps into
     epoch 3, written when a run was interrupted)."""
     return f"{CHECKPOINT_PREFIX}-{epoch}_{step_in_epoch}.ckpt"
 
 
-def save_checkpoint(cell, path, extra=None):
+def save_checkpoint(cell, path: str, extra: Optional[dict] = None) -> str:
     """Save all parameters of ``cell`` (plus ``extra`` scalars) to ``path`` atomically.
 
     The file is first written under a hidden temporary name in the same folder and renamed once
@@ -43,7 +44,7 @@ def save_checkpoint(cell, path, extra=None):
     return path
 
 
-def list_checkpoints(folder):
+def list_checkpoints(folder: str) -> list:
     """Complete checkpoints of a run folder, oldest first (temporary files never match)."""
     found = []
     for path in glob.glob(os.path.join(folder, f"{CHECKPOINT_PREFIX}-*.ckpt")):
@@ -53,7 +54,7 @@ def list_checkpoints(folder):
     return [path for _, _, path in sorted(found)]
 
 
-def prune_checkpoints(folder, keep):
+def prune_checkpoints(folder: str, keep: int) -> list:
     """Delete all but the newest ``keep`` checkpoints; returns the deleted paths."""
     old = list_checkpoints(folder)[:-keep] if keep > 0 else []
     for path in old:
@@ -61,7 +62,7 @@ def prune_checkpoints(folder, keep):
     return old
 
 
-def read_state(params, path):
+def read_state(params: dict, path: str) -> dict:
     """The training position stored with a checkpoint's parameters (ints)."""
     missing = [key for key in STATE_KEYS if STATE_PREFIX + key not in params]
     if missing:
@@ -72,7 +73,7 @@ def read_state(params, path):
             for key in STATE_KEYS}
 
 
-def state_entries(**state):
+def state_entries(**state) -> dict:
     """append_dict entries of a training checkpoint: the position (ints) and class names."""
     entries = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
     entries[STATE_PREFIX + "class_names"] = json.dumps(list(state["class_names"]))
@@ -82,7 +83,7 @@ def state_entries(**state):
 CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"  # (boxes per cell of map 0 x classes,)
 
 
-def with_checkpoint_classes(config, path, log=print):
+def with_checkpoint_classes(config, path: str, log: Callable = print):
     """``config`` with ``num_classes`` read from a detector checkpoint when it was not given
     (0): its stored class names, else its first class head's width / boxes per cell."""
     if config.num_classes:
@@ -103,7 +104,7 @@ def with_checkpoint_classes(config, path, log=print):
     return config.replace(num_classes=count)
 
 
-def read_class_names(path):
+def read_class_names(path: str) -> Optional[tuple]:
     """Class names a training checkpoint stores (tuple), or None."""
     found = {}
     try:
@@ -128,14 +129,14 @@ class Position:
     step_in_epoch: int
     global_step: int
 
-    def next_start(self, steps_per_epoch):
+    def next_start(self, steps_per_epoch: int) -> tuple:
         """(epoch to run next, batches of it already done)."""
         if self.step_in_epoch >= steps_per_epoch:
             return self.epoch + 1, 0
         return self.epoch, self.step_in_epoch
 
 
-def find_resume_checkpoint(resume, output_dir):
+def find_resume_checkpoint(resume: str, output_dir: str) -> Optional[str]:
     """The checkpoint --resume names: 'auto' = newest complete one in the run folder (None if
     there is none yet), else the given path."""
     if resume != "auto":

@@ -3,15 +3,20 @@ and its report. eval.py, evaluation during training and benchmark.py all use it.
 import os
 from typing import Callable, Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from src.data.pipeline import create_eval_dataset
 from src.detections import PostProcessor
 from src.engine.progress import Progress
 from src.files import write_json
-from src.metrics import (coco_evaluate, load_coco_ground_truth, per_class_table,
-                         reference_protocol_images, stats_dict)
+from src.metrics import (
+    coco_evaluate,
+    load_coco_ground_truth,
+    per_class_table,
+    reference_protocol_images,
+    stats_dict,
+)
 from src.model import build_inference_network
 from src.visualize import plot_pr_curves
 

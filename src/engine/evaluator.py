@@ -17,7 +17,7 @@ from src.model import conv_description
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
 
 
-def evaluate(config):
+def evaluate(config) -> dict:
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
@@ -42,7 +42,7 @@ def evaluate(config):
                              "seconds": round(seconds, 2)})
 
 
-def evaluate_result_files(config, result_path, img_path, anno_file):
+def evaluate_result_files(config, result_path: str, img_path: str, anno_file: str) -> dict:
     """postprocess.py: COCO mAP of the C++ program's <stem>_0.bin / <stem>_1.bin files.
 
     Images are the files of ``img_path`` that the annotation file lists (matched by

@@ -16,7 +16,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "predict")
 
 
-def list_images(path):
+def list_images(path: str) -> list:
     """The image files a --image argument names: one file, or a folder's images (sorted)."""
     if os.path.isdir(path):
         files = sorted(os.path.join(path, n) for n in os.listdir(path)
@@ -29,7 +29,7 @@ def list_images(path):
     return [path]
 
 
-def class_names_for(config):
+def class_names_for(config) -> list:
     """--classes, else the names stored in the checkpoint, else class_1, class_2 ..."""
     if config.classes:
         return tuple(config.classes)
@@ -39,7 +39,7 @@ def class_names_for(config):
     return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
 
 
-def predict(config, image_path, draw_threshold=0.5):
+def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
     """Detect objects in one image or a folder; writes <stem>.jpg pictures and detections.json.
 
     Every detection above ``min_score`` (after NMS) goes into the json, as eval.py's COCO

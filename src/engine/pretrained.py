@@ -3,6 +3,7 @@ reference's), or an ImageNet-style ResNet-34 classification checkpoint mapped on
 detector's truncated backbone by parameter name.
 """
 import re
+from typing import Callable, Optional
 
 import mindspore as ms
 
@@ -14,7 +15,7 @@ _PARAMETER_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_m
                     "running_var": "moving_variance"}
 
 
-def backbone_name(name: str):
+def backbone_name(name: str) -> Optional[str]:
     """Our backbone parameter name for a classification ResNet's parameter name, or None.
 
     Accepts torchvision-style names (``layer1.0.bn1.weight``, ``downsample``, ``running_var``)
@@ -33,7 +34,7 @@ def backbone_name(name: str):
     return BACKBONE_PREFIX + ".".join(parts)
 
 
-def load_backbone(network, path, params=None):
+def load_backbone(network, path: str, params: Optional[dict] = None) -> tuple:
     """Load an ImageNet-style ResNet-34 checkpoint into the detector's backbone.
 
     Returns (loaded names, {checkpoint name: why skipped}); raises CheckpointError when nothing
@@ -65,12 +66,12 @@ def load_backbone(network, path, params=None):
     return sorted(wanted), skipped
 
 
-def is_backbone_checkpoint(params):
+def is_backbone_checkpoint(params: dict) -> bool:
     """Whether checkpoint parameters are a classification backbone rather than a detector."""
     return not any("multi_box" in n or "feature_extractor" in n for n in params)
 
 
-def load_pretrained(config, network, say=print):
+def load_pretrained(config, network, say: Callable = print) -> None:
     """--pre_trained: a detector checkpoint (heads dropped with --filter_weight) or an
     ImageNet-style ResNet-34 backbone checkpoint; prints what was loaded and skipped."""
     path = config.pre_trained

@@ -5,14 +5,14 @@ import time
 from tqdm import tqdm
 
 
-def format_duration(seconds):
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def format_fields(fields):
+def format_fields(fields: dict) -> str:
     return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in fields.items())
 
@@ -24,7 +24,8 @@ class Progress:
     ``line_seconds``), 'off', or 'auto' (bar if ``stream`` is a terminal, else lines).
     """
 
-    def __init__(self, total, desc, mode="auto", stream=None, line_seconds=60.0):
+    def __init__(self, total: int, desc: str, mode: str = "auto", stream=None,
+                 line_seconds: float = 60.0):
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"
@@ -35,7 +36,7 @@ class Progress:
         self.bar = tqdm(total=total, desc=desc, file=self.stream, dynamic_ncols=True,
                         leave=True) if mode == "bar" else None
 
-    def update(self, n=1, **fields):
+    def update(self, n: int = 1, **fields) -> None:
         self.count += n
         if self.bar is not None:
             self.bar.set_postfix_str(format_fields(fields), refresh=False)
@@ -51,6 +52,6 @@ class Progress:
                       file=self.stream, flush=True)
                 self.last_line = now
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -7,8 +7,8 @@ import math
 import os
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor
 
 from src.box_coder import BoxCoder
@@ -17,15 +17,21 @@ from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, save_run_config, start_run
-from src.engine.checkpoint import (Position, checkpoint_name, find_resume_checkpoint,
-                                   prune_checkpoints, restore, save_checkpoint, state_entries)
+from src.engine.checkpoint import (
+    Position,
+    checkpoint_name,
+    find_resume_checkpoint,
+    prune_checkpoints,
+    restore,
+    save_checkpoint,
+    state_entries,
+)
 from src.engine.evaluation import Evaluation
 from src.engine.pretrained import load_pretrained
 from src.engine.progress import Progress, format_duration
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.signals import StopRequest
-from src.engine.train_step import (TrainStep, create_optimizer, resolve_loss_scale,
-                                   resolve_precision)
+from src.engine.train_step import TrainStep, create_optimizer, resolve_loss_scale, resolve_precision
 from src.loss import SSDWithLossCell
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm

@@ -1,8 +1,8 @@
 // Training-mode BatchNorm over NCHW float32 with its activation (and a residual input) fused in,
 // as MindSpore Custom AOT ops for the CPU, with its backward op.
 //
-// MindSpore's CPU BatchNorm runs oneDNN's plain-layout kernels (its backward is about 3.5x
-// slower than PyTorch's on the same shapes), and ReLU, its gradient and the residual add are
+// MindSpore's CPU BatchNorm runs oneDNN's plain-layout kernels (its backward is several times
+// slower than PyTorch's on the same shapes: docs/performance.md), and ReLU, its gradient and the residual add are
 // three more passes over the activations. Here, per channel (all of a channel's values fit
 // in the L2 cache at this model's sizes), forward is: mean, variance (two-pass), then
 //   y = act(gamma (x - mean) / sqrt(var + eps) + beta [+ residual]),

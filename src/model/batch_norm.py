@@ -4,9 +4,9 @@
 checkpoints move freely) that also applies the add and activation. When the network is built
 with our CPU kernels (``src.model.layers.Layers`` 'onednn'), it runs all of
 it as one Custom op with its own backward op (``src/kernels/batch_norm.cc``), in every mode:
-MindSpore's CPU BatchNorm backward is about 3.5x slower than PyTorch's on this model's shapes,
-the ReLU, its gradient and the add are three more passes over the activations, and ours reads
-and writes oneDNN's blocked layout (``src.model.layout``). Otherwise (GPU, Ascend, MindSpore's
+MindSpore's CPU BatchNorm backward is several times slower than PyTorch's on this model's
+shapes (docs/performance.md), the ReLU, its gradient and the add are three more passes over the
+activations, and ours reads and writes oneDNN's blocked layout (``src.model.layout``). Otherwise (GPU, Ascend, MindSpore's
 convolutions) it is MindSpore's BatchNorm, add and activation ops.
 """
 import mindspore as ms

@@ -1,8 +1,8 @@
 """Max pooling with TensorFlow's "same" padding (``nn.MaxPool2d(pad_mode='same')``), computed
 by our kernel (``src/kernels/max_pool.cc``) on the blocked activation layout, so the stem's
 pooling runs vectorised and inside the blocked region instead of on NCHW."""
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn
 
 from src.device import kernel_op

@@ -9,17 +9,16 @@ stride 1 with an odd kernel (all the model needs). Built by ``make`` (``src/kern
 import itertools
 from typing import NamedTuple
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
-from src.device import KERNEL_LIBRARY as LIBRARY
-from src.device import kernel_op as _custom
-from src.device import kernel_library_status
 from src.cpu import cpu_info
+from src.device import KERNEL_LIBRARY as LIBRARY
+from src.device import kernel_library_status
+from src.device import kernel_op as _custom
 from src.model.layout import PLAIN, check_blockable
-
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # index = the kernel's compute_bf16 flag
 ACTIVATIONS = (None, "relu", "relu6")      # index = the kernel's activation code

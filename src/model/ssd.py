@@ -8,8 +8,8 @@ follow the reference (``feature_extractor.module``, ``feature_extractor.addition
 """
 from typing import Optional, Sequence
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
