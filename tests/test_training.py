@@ -56,6 +56,10 @@ def test_eval_during_training_keeps_best_checkpoint(uninterrupted):
     assert f"eval epoch {best['epoch']}: mAP" in result.stdout
     state = weights(out / "best.ckpt")
     assert int(state["train_state.epoch"]) == best["epoch"]
+    # eval.py's scoring and files: the report printed, the last evaluation's results written
+    results = json.load(open(out / "eval" / "eval_results.json"))
+    assert results["epoch"] == 2 and results["mAP"] == evals[-1]["mAP"]
+    assert (out / "eval" / "detections.json").exists() and result.stdout.count("mAP: ") == 2
 
 
 def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):

@@ -6,8 +6,9 @@ with our CPU kernels (``src.model.layers.Layers`` 'onednn'), it runs all of
 it as one Custom op with its own backward op (``src/kernels/batch_norm.cc``), in every mode:
 MindSpore's CPU BatchNorm backward is several times slower than PyTorch's on this model's
 shapes (docs/performance.md), the ReLU, its gradient and the add are three more passes over the
-activations, and ours reads and writes oneDNN's blocked layout (``src.model.layout``). Otherwise (GPU, Ascend, MindSpore's
-convolutions) it is MindSpore's BatchNorm, add and activation ops.
+activations, and ours reads and writes oneDNN's blocked layout (``src.model.layout``).
+Otherwise (GPU, Ascend, MindSpore's convolutions) it is MindSpore's BatchNorm, add and
+activation ops.
 """
 import mindspore as ms
 from mindspore import Tensor, nn, ops
