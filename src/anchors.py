@@ -13,6 +13,7 @@ the default so its published results apply.
 """
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -24,11 +25,11 @@ class DefaultBoxes:
     cyxhw: np.ndarray
     yxyx: np.ndarray
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.cyxhw)
 
 
-def box_sizes(scale, next_scale, ratios):
+def box_sizes(scale: float, next_scale: float, ratios: Sequence[float]) -> list:
     """(w, h) of the boxes of one cell: square, (wide, tall) per ratio, then the in-between
     square."""
     sizes = [(scale, scale)]
@@ -41,9 +42,13 @@ def box_sizes(scale, next_scale, ratios):
     return sizes
 
 
-def generate_default_boxes(img_size=300, feature_size=(38, 19, 10, 5, 3, 1),
-                           steps=(7, 15, 30, 60, 100, 300), min_scale=0.2, max_scale=0.95,
-                           aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))):
+def generate_default_boxes(img_size: int = 300,
+                           feature_size: Sequence[int] = (38, 19, 10, 5, 3, 1),
+                           steps: Sequence[float] = (7, 15, 30, 60, 100, 300),
+                           min_scale: float = 0.2, max_scale: float = 0.95,
+                           aspect_ratios: Sequence[Sequence[float]] = ((2,), (2, 3), (2, 3),
+                                                                       (2, 3), (2,), (2,))
+                           ) -> DefaultBoxes:
     """Generate SSD default boxes (no clipping to [0, 1], as the reference).
 
     Args:
@@ -76,8 +81,9 @@ def generate_default_boxes(img_size=300, feature_size=(38, 19, 10, 5, 3, 1),
     return DefaultBoxes(cyxhw=cyxhw, yxyx=yxyx)
 
 
-def default_boxes_from_config(config):
-    """The default boxes a Config describes; checks their count against ``num_ssd_boxes``."""
+def default_boxes_from_config(config) -> DefaultBoxes:
+    """The default boxes a Config describes; checks the generator's count against the one the
+    config derives (``num_ssd_boxes``: the heads are built for that many)."""
     boxes = generate_default_boxes(config.img_shape[0], config.feature_size, config.steps,
                                    config.min_scale, config.max_scale, config.aspect_ratios)
     if len(boxes) != config.num_ssd_boxes:

@@ -16,7 +16,9 @@ import yaml
 
 from src.files import write_atomic
 
-# Keys of the reference's config that had no effect there (spec section 13, defect 4).
+# Keys of the reference's config that are not used here (spec section 13): no effect there
+# (defect 4), a broken loading path (feature_extractor_base_param, defect 6), or a file this
+# repository writes itself (voc_json, spec section 7.2).
 RETIRED_KEYS = {
     "global_step": "the step is stored in every checkpoint and restored from it",
     "extras_in_channels": "the extra blocks' inputs follow from extras_out_channels",

@@ -395,13 +395,13 @@ def test_winograd_runs_where_the_config_says(graph_cpu):
 
 
 def test_the_geometry_fields_are_the_kernels_in_its_order():
-    """ConvGeometry (Python) and GeometryTensor (C++) name the same int32 fields in the same
-    order: a field added to one side only would shift every later value."""
+    """ConvGeometry (Python) and Geometry (C++) name the same int32 fields in the same order: a
+    field added to one side only would shift every later value."""
     import re
 
     from src.model.onednn_conv import ConvGeometry
 
     source = open(os.path.join(ROOT, "src", "kernels", "onednn_conv.cc")).read()
-    body = re.search(r"struct GeometryTensor \{\s*int32_t ([^;]+);", source).group(1)
+    body = re.search(r"struct Geometry \{\s*int32_t ([^;]+);", source).group(1)
     assert [name.strip() for name in body.split(",")] == list(ConvGeometry._fields)
-    assert f"sizeof(GeometryTensor) == {len(ConvGeometry._fields)} * sizeof(int32_t)" in source
+    assert f"sizeof(Geometry) == {len(ConvGeometry._fields)} * sizeof(int32_t)" in source

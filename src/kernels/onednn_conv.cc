@@ -72,45 +72,23 @@ tag LayoutTag(int64_t block) {
   return block == 16 ? tag::aBcd16b : block == 8 ? tag::aBcd8b : tag::nchw;
 }
 
-// The int32 geometry tensor as it arrives, field by field (the order of the list at the top;
-// src/model/onednn_conv.py's ConvGeometry names the same fields in the same order, and a test
+// The int32 geometry tensor, field by field in the order of the list at the top
+// (src/model/onednn_conv.py's ConvGeometry names the same fields in the same order, and a test
 // compares the two lists).
-struct GeometryTensor {
-  int32_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
-      src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc, winograd;
-};
-static_assert(sizeof(GeometryTensor) == 17 * sizeof(int32_t), "no padding between the fields");
-
 struct Geometry {
-  int64_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
+  int32_t stride_h, stride_w, pad_t, pad_l, pad_b, pad_r, groups, has_bias, bf16, no_input_grad,
       src_block, dst_block, activation, constant_weights_id, residual_sum, dst_nhwc, winograd;
   dt compute() const { return bf16 ? dt::bf16 : dt::f32; }
   // MindSpore's layout of x / y (and of their gradients): NCHW, or blocked.
   tag src_tag() const { return LayoutTag(src_block); }
   tag dst_tag() const { return dst_nhwc ? tag::acdb : LayoutTag(dst_block); }
 };
+static_assert(sizeof(Geometry) == 17 * sizeof(int32_t), "the tensor's values, nothing else");
 
 Geometry ReadGeometry(const void *data) {
-  GeometryTensor t;
-  std::memcpy(&t, data, sizeof t);
   Geometry g;
-  g.stride_h = t.stride_h;
-  g.stride_w = t.stride_w;
-  g.pad_t = t.pad_t;
-  g.pad_l = t.pad_l;
-  g.pad_b = t.pad_b;
-  g.pad_r = t.pad_r;
-  g.groups = t.groups < 1 ? 1 : t.groups;
-  g.has_bias = t.has_bias;
-  g.bf16 = t.bf16;
-  g.no_input_grad = t.no_input_grad;
-  g.src_block = t.src_block;
-  g.dst_block = t.dst_block;
-  g.activation = t.activation;
-  g.constant_weights_id = t.constant_weights_id;
-  g.residual_sum = t.residual_sum;
-  g.dst_nhwc = t.dst_nhwc;
-  g.winograd = t.winograd;
+  std::memcpy(&g, data, sizeof g);
+  if (g.groups < 1) g.groups = 1;
   return g;
 }
 

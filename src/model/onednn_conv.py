@@ -37,7 +37,7 @@ def library_path():
 
 class ConvGeometry(NamedTuple):
     """What a convolution kernel call is told besides its tensors: the int32 geometry tensor
-    of ``src/kernels/onednn_conv.cc`` (its ``GeometryTensor``: the same fields in the same
+    of ``src/kernels/onednn_conv.cc`` (its ``Geometry``: the same fields in the same
     order; codes as there, see the file's top)."""
 
     stride_h: int
