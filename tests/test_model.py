@@ -47,18 +47,6 @@ def test_initialisation(network):
     assert big.std() == pytest.approx(0.02 * 0.8796, rel=0.02)
 
 
-def test_output_shapes_in_eval_mode(network):
-    import mindspore as ms
-
-    image = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 300, 300)).astype(np.float32))
-    network.set_train(False)
-    loc, scores = network(image)
-    assert loc.shape == (2, 8732, 4) and scores.shape == (2, 8732, 81)
-    assert loc.dtype == ms.float32 and scores.dtype == ms.float32
-    values = scores.asnumpy()
-    assert values.min() >= 0 and values.max() <= 1
-
-
 def forward_in_training_mode(network, image):
     """(loc, logits) of a training-mode forward; the BatchNorm statistics it moves are put back
     and eval mode restored (the network is shared by this module's tests)."""
@@ -77,35 +65,39 @@ def forward_in_training_mode(network, image):
     return loc, logits
 
 
-def test_output_shapes_in_training_mode(network):
+def random_images(batch, seed=0):
+    import mindspore as ms
+
+    return ms.Tensor(np.random.default_rng(seed).normal(size=(batch, 3, 300, 300)).astype(
+        np.float32))
+
+
+# 32: the reference's batch (spec 17: train batch (32, 3, 300, 300))
+@pytest.mark.parametrize("batch", [2, 32])
+def test_output_shapes_in_eval_mode(network, batch):
+    """loc (B, 8732, 4) and sigmoid scores (B, 8732, 81) in [0, 1], float32."""
+    import mindspore as ms
+
+    network.set_train(False)
+    loc, scores = network(random_images(batch))
+    assert loc.shape == (batch, 8732, 4) and scores.shape == (batch, 8732, 81)
+    assert loc.dtype == ms.float32 and scores.dtype == ms.float32
+    values = scores.asnumpy()
+    assert values.min() >= 0 and values.max() <= 1
+
+
+@pytest.mark.parametrize("batch", [2, 32])
+def test_output_shapes_in_training_mode(network, batch):
     """Training mode: the same shapes, but raw class logits (no sigmoid in the graph), so the
     scores are not confined to [0, 1]."""
     import mindspore as ms
 
-    image = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 300, 300)).astype(np.float32))
-    loc, logits = forward_in_training_mode(network, image)
-    assert loc.shape == (2, 8732, 4) and logits.shape == (2, 8732, 81)
+    loc, logits = forward_in_training_mode(network, random_images(batch))
+    assert loc.shape == (batch, 8732, 4) and logits.shape == (batch, 8732, 81)
     assert loc.dtype == ms.float32 and logits.dtype == ms.float32
     values = logits.asnumpy()
     assert np.isfinite(values).all()
     assert values.min() < 0 and values.max() > 0      # logits, not probabilities
-
-
-def test_output_shapes_at_batch_32_in_eval_and_training_mode(network):
-    """The reference's batch (spec 17: train batch (32, 3, 300, 300)): loc (32, 8732, 4),
-    scores (32, 8732, 81) in [0, 1] in eval mode, logits of that shape in training mode."""
-    import mindspore as ms
-
-    image = ms.Tensor(np.random.default_rng(2).normal(size=(32, 3, 300, 300)).astype(np.float32))
-    network.set_train(False)
-    loc, scores = network(image)
-    assert loc.shape == (32, 8732, 4) and scores.shape == (32, 8732, 81)
-    assert loc.dtype == ms.float32 and scores.dtype == ms.float32
-    values = scores.asnumpy()
-    assert values.min() >= 0 and values.max() <= 1
-    loc, logits = forward_in_training_mode(network, image)
-    assert loc.shape == (32, 8732, 4) and logits.shape == (32, 8732, 81)
-    assert logits.dtype == ms.float32 and logits.asnumpy().min() < 0
 
 
 def test_weight_decay_groups_of_the_real_detector(network):
