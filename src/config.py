@@ -67,6 +67,13 @@ def _fraction(value):
     return 0.0 <= value <= 1.0
 
 
+def _finite(value):
+    """Whether a number, or every number of a (nested) tuple, is finite (not inf or nan)."""
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or (value == value and abs(value) != float("inf"))
+
+
 @dataclass
 class Config:
     """Every setting of the project. Defaults reproduce the reference (spec sections 1-8, 13)."""
@@ -183,6 +190,10 @@ class Config:
                            section="train")
     resume: str = _key("", "continue a run: 'auto' (newest checkpoint in --output_dir) or a "
                            "checkpoint path", section="train")
+    overwrite: bool = _key(False, "start a new run in an --output_dir that holds one: its files "
+                                  "are moved into <output_dir>/previous-<time>/ first (without "
+                                  "it, or --resume, such a folder is refused)",
+                           section="train")
     eval_interval: int = _key(0, "evaluate every N epochs during training and keep best.ckpt "
                                  "(0: never)", check=_non_negative, section="train")
     eval_start_epoch: int = _key(1, "first epoch that may be evaluated", check=_positive,
@@ -251,6 +262,10 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             choices, check = f.metadata["choices"], f.metadata["check"]
+            if not _finite(value):
+                shown = "holds a value that is" if isinstance(value, tuple) else "is"
+                raise ConfigError(f"{f.name}: {_plain(value)} {shown} not a finite number "
+                                  f"({f.metadata['help']})")
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
             if check and not check(value):
@@ -358,7 +373,7 @@ def _coerce(name, value, default):
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             number = kind(float(value)) if kind is int else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # OverflowError: int(float("inf"))
             noun = "an integer" if kind is int else "a number"
             raise ConfigError(f"{name}: expected {noun}, got {value!r}") from None
         return number

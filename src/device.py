@@ -176,14 +176,17 @@ class Run:
         return self.rank == 0
 
 
-def start_run(config, default_output_dir, distribute=False):
+def start_run(config, default_output_dir: str, distribute: bool = False,
+              save: bool = True) -> Run:
     """Device set-up (and joining a distributed job), plus the run's output folder with its
-    resolved ``config.yaml`` written by the main process."""
+    resolved ``config.yaml`` written by the main process (unless ``save`` is False: the caller
+    writes it with ``save_run_config`` once it knows the folder may take it)."""
     output_dir = config.output_dir or default_output_dir
     platform = init_device(config.run_platform, config.device_id, config.seed)
     rank, world = init_distributed() if distribute else (0, 1)
     run = Run(output_dir, platform, rank, world)
-    save_run_config(config, run)
+    if save:
+        save_run_config(config, run)
     return run
 
 

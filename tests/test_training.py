@@ -109,20 +109,29 @@ def test_resume_auto_ignores_unfinished_writes(tmp_path):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, graph_cpu, monkeypatch):
+    """A write that fails (a full disk) leaves no file under a checkpoint's name, no temporary
+    file, the earlier checkpoints as they were, and an error naming the file."""
+    import errno
+
     import mindspore as ms
     from mindspore import nn
 
     cell = nn.Dense(2, 2)
-    target = tmp_path / "ssd-1_1.ckpt"
+    earlier = tmp_path / "ssd-1_1.ckpt"
+    save_checkpoint(cell, str(earlier))
+    before = earlier.read_bytes()
+    target = tmp_path / "ssd-2_1.ckpt"
 
     def crash(*args, **kwargs):
         open(args[1], "wb").write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ms, "save_checkpoint", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*ssd-2_1\.ckpt .*No "
+                                              r"space left.*already written are kept"):
         save_checkpoint(cell, str(target))
-    assert not target.exists() and list_checkpoints(tmp_path) == []
+    assert not target.exists() and list_checkpoints(tmp_path) == [str(earlier)]
+    assert os.listdir(tmp_path) == ["ssd-1_1.ckpt"] and earlier.read_bytes() == before
 
 
 TORCH_BACKBONE = (

@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 
 from src.files import atomic_path
-from src.model.weights import CheckpointError, read_checkpoint
+from src.model.weights import CheckpointError, listed, read_checkpoint
 
 CHECKPOINT_PREFIX = "ssd"
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)_(\d+)\.ckpt$")
@@ -39,8 +39,12 @@ def save_checkpoint(cell, path: str, extra: Optional[dict] = None) -> str:
     The file is first written under a hidden temporary name in the same folder and renamed once
     complete, so a crash never leaves a truncated file under a checkpoint's name.
     """
-    with atomic_path(path) as tmp:
-        ms.save_checkpoint(cell, tmp, append_dict=dict(extra or {}))
+    try:
+        with atomic_path(path) as tmp:
+            ms.save_checkpoint(cell, tmp, append_dict=dict(extra or {}))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot write checkpoint {path} ({exc}); a full disk? The "
+                              "checkpoints already written are kept as they were") from exc
     return path
 
 
@@ -155,9 +159,19 @@ def restore(train_step, path: str, steps_per_epoch: int) -> "Position":
         raise CheckpointError(f"{path} was written with {state['steps_per_epoch']} steps per "
                               f"epoch, this run has {steps_per_epoch}: same data and batch size "
                               "are needed to resume")
-    missing, _ = ms.load_param_into_net(train_step, params, strict_load=True)
+    own = {p.name: p for p in train_step.get_parameters()}
+    missing = sorted(name for name in own if name not in params)
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} tensors of this model and optimizer "
-                              f"(e.g. {missing[0]}): it is not a training checkpoint of this "
+                              f"({listed(missing)}): it is not a training checkpoint of this "
                               "configuration")
+    wrong = [f"{name} {tuple(params[name].shape)} (this run: {tuple(p.shape)})"
+             for name, p in own.items() if tuple(params[name].shape) != tuple(p.shape)]
+    if wrong:
+        raise CheckpointError(f"{path} does not fit this run's model: {len(wrong)} tensors have "
+                              f"other shapes, {listed(wrong, 3)}; another class count or model "
+                              "settings? Resume with the settings it was trained with, or start "
+                              "from its weights with --pre_trained (--filter_weight true for "
+                              "another class count)")
+    ms.load_param_into_net(train_step, {name: params[name] for name in own}, strict_load=True)
     return Position(state["epoch"], state["step_in_epoch"], state["global_step"])

@@ -29,6 +29,7 @@ from src.engine.checkpoint import (
 from src.engine.evaluation import Evaluation
 from src.engine.pretrained import load_pretrained
 from src.engine.progress import Progress, format_duration
+from src.engine.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER, claim_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.signals import StopRequest
 from src.engine.train_step import TrainStep, create_optimizer, resolve_loss_scale, resolve_precision
@@ -39,9 +40,6 @@ from src.model.weights import copy_weights
 from src.visualize import plot_training_curves
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
-CURVE_NAME = "loss_curve.png"
-BEST_NAME = "best.ckpt"
-EVAL_FOLDER = "eval"   # evaluation during training writes eval.py's files here
 
 
 class TrainingError(RuntimeError):
@@ -307,7 +305,13 @@ class Trainer:
 
 def train(config) -> dict:
     """train.py: check or convert the data, or train as configured; returns a summary dict."""
-    run = start_run(config, DEFAULT_OUTPUT_DIR, distribute=config.distribute)
+    run = start_run(config, DEFAULT_OUTPUT_DIR, distribute=config.distribute, save=False)
+    if not (config.check_dataset or config.only_create_dataset):
+        aside = claim_run_folder(run.output_dir, config.resume, config.overwrite,
+                                 move=run.is_main)
+        if aside:
+            print(f"--overwrite: the earlier run's files are in {aside}", flush=True)
+    save_run_config(config, run)
     if config.device_num and config.device_num != run.world:
         raise ValueError(f"--device_num {config.device_num} but MindSpore reports {run.world} "
                          "processes in this job; leave --device_num out")

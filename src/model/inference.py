@@ -47,7 +47,7 @@ def build_inference_network(config, checkpoint_path: Optional[str] = None,
     """
     network = build_ssd(config, layers)
     if checkpoint_path:
-        load_weights(network, checkpoint_path)
+        load_weights(network, checkpoint_path, complete=True)
     net = SsdInferWithDecoder(network, default_boxes_from_config(config).cyxhw,
                               config.prior_scaling)
     net.set_train(False)

@@ -5,6 +5,7 @@ Names follow the reference (``feature_extractor.module.layer1.0.conv1.weight``,
 ``multi_box.multi_cls_layers.0.3.bias`` ...), so its checkpoints load too.
 """
 import os
+from typing import Optional
 
 import mindspore as ms
 
@@ -35,17 +36,27 @@ def strip_wrappers(name: str) -> str:
     return name
 
 
-def load_weights(network, path, drop_heads=False, params=None):
+def listed(names: list, limit: int = 5) -> str:
+    """'a, b, c' for a few names, '... and N more' after ``limit``."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_weights(network: ms.nn.Cell, path: str, drop_heads: bool = False,
+                 params: Optional[dict] = None, complete: bool = False) -> tuple:
     """Load a checkpoint's weights into a detector (bare or inside wrappers).
 
     Names are compared without wrapper prefixes (``network.``), so a training checkpoint loads
     into an inference network and back; optimizer state is ignored.
     With ``drop_heads`` the class and box heads are not loaded (training another class count).
+    With ``complete`` every parameter of the network must be in the checkpoint (inference,
+    export: a network partly at its random initialisation would give wrong answers silently).
 
     Returns:
         (number of loaded tensors, names of the network's parameters left at their init).
     Raises:
-        CheckpointError if nothing matched or a shape differs (with the parameter named).
+        CheckpointError if nothing matched, a shape differs (with the parameter named), or with
+        ``complete`` some parameter is not in the checkpoint (listed).
     """
     params = read_checkpoint(path) if params is None else params
     own = {strip_wrappers(p.name): p for p in network.get_parameters()}
@@ -67,8 +78,14 @@ def load_weights(network, path, drop_heads=False, params=None):
     if not wanted:
         raise CheckpointError(f"checkpoint {path}: none of its {len(params)} tensors matches a "
                               "parameter of SSD-ResNet34")
-    ms.load_param_into_net(network, wanted, strict_load=True)
     missing = sorted(p.name for p in own.values() if p.name not in wanted)
+    if complete and missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {len(missing)} of the network's {len(own)} tensors "
+            f"({listed([strip_wrappers(n) for n in missing])}): it is not a complete detector "
+            "checkpoint of this configuration (a backbone checkpoint only trains, with "
+            "--pre_trained)")
+    ms.load_param_into_net(network, wanted, strict_load=True)
     return len(wanted), missing
 
 
