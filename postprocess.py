@@ -2,17 +2,21 @@
 python postprocess.py --result_path result_Files --img_path IMAGES --anno_file GT.json [--drop]
 
 Reads <stem>_0.bin (boxes) and <stem>_1.bin (scores) for every image of --img_path listed in
---anno_file (matched by file name, so any names work), runs eval.py's post-processing and
-COCOeval. --drop scores only images without crowd boxes and with at least one box (the
-reference's protocol; same as --drop_crowd). Outputs go to --output_dir (outputs/postprocess).
+--anno_file (matched by file name, so any names work; <stem> is the file name without its last
+extension: shot.1.jpg -> shot.1_0.bin, as the C++ program writes them), runs eval.py's
+post-processing and COCOeval. Two images that would share result files (a.jpg and a.png) are
+refused; annotated images absent from --img_path are counted and named, not scored. --drop
+scores only images without crowd boxes and with at least one box (the reference's protocol;
+same as --drop_crowd). Outputs go to --output_dir (outputs/postprocess).
 """
 import argparse
 import sys
+from typing import Optional
 
 from src.cli import run
 
 
-def main(argv=None):
+def main(argv: Optional[list] = None) -> int:
     helping = "-h" in sys.argv or "--help" in sys.argv
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("--result_path", "--img_path", "--anno_file"):

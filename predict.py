@@ -1,17 +1,20 @@
 """Draw detections on images: python predict.py --checkpoint_path CKPT --image FILE_OR_FOLDER
 [--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5] [--num_classes N --classes ...]
 
-Writes each image with boxes, class names and scores drawn (<stem>.jpg) and detections.json
-(COCO result records, boxes as [x, y, w, h] in pixels, with file_name and class) into
---output_dir (default outputs/predict).
+Writes each image with boxes, class names and scores drawn (<name>.jpg: the input's whole file
+name plus .jpg, so a.jpg and a.png give a.jpg.jpg and a.png.jpg) and detections.json (COCO
+result records, boxes as [x, y, w, h] in pixels, with file_name and class) into --output_dir
+(default outputs/predict), which must not be the folder of the inputs. Pixels are taken as
+stored: EXIF orientation is ignored, as in training and evaluation.
 """
 import argparse
 import sys
+from typing import Optional
 
 from src.cli import run
 
 
-def main(argv=None):
+def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--image", required="-h" not in sys.argv and "--help" not in sys.argv)
     parser.add_argument("--draw_threshold", type=float, default=0.5)

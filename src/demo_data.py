@@ -28,12 +28,35 @@ Conventions:
 
 Every image is rendered from ``numpy.random.default_rng([seed, split_index, image_index])``, so
 the output depends only on the arguments, never on generation order.
+
+Ownership of ``DIR``: the generator writes ``DIR/.ssd_demo_data.json`` (``MARKER_NAME``), which
+lists every file it wrote (paths relative to ``DIR``, ``/``-separated), and it only ever
+replaces or deletes files that list names. ``DIR`` may be:
+
+* missing or empty (no files in it, at any depth): it is created / filled;
+* a folder with the marker: its listed files are replaced, listed files the new set does not
+  need are deleted, everything else is left alone; a file the new set needs that the marker
+  does not list (someone else's) stops the run before anything is changed;
+* a folder without the marker written by an older version of this module: accepted (and
+  marked) only if every file in it is one of the demo's names (``annotations/instances_
+  {train2017,val2017}.json``, ``{train2017,val2017}/<12 digits>.jpg``), both annotation files
+  are there and carry the demo's ``info`` (``description`` "Synthetic shapes detection data
+  (<split>, seed <n>), src.demo_data", ``contributor`` "src.demo_data") and categories, and
+  every image is one its split's annotation file lists;
+* anything else (a real COCO folder, a folder with other files): refused with a ``ValueError``
+  naming the folder and the first file that does not belong; nothing is touched.
+
+The marker is written before the first image (listing the old and the new files, ``complete``
+false) and again at the end (the new files only, ``complete`` true), so an interrupted run
+leaves a folder the next run still recognises as its own.
 """
 import argparse
+import json
 import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -67,6 +90,10 @@ PLACEMENT_ATTEMPTS = 40
 DRAW_SHIFT = 4
 ELLIPSE_VERTICES = 64
 IMAGE_FILE_PATTERN = re.compile(r"^\d{12}\.jpg$")
+MARKER_NAME = ".ssd_demo_data.json"
+MARKER_WRITER = "src.demo_data"
+DESCRIPTION_PATTERN = re.compile(
+    r"^Synthetic shapes detection data \((?P<split>\w+), seed \d+\), src\.demo_data$")
 
 
 @dataclass
@@ -353,16 +380,10 @@ def coco_document(images, annotations, seed, split):
     }
 
 
-def remove_stale_images(image_dir, keep):
-    """Delete COCO-named JPEGs in ``image_dir`` that are not in ``keep`` (a previous, larger
-    run)."""
-    for name in os.listdir(image_dir):
-        if IMAGE_FILE_PATTERN.match(name) and name not in keep:
-            os.remove(os.path.join(image_dir, name))
-
-
 def write_split(out_dir, split_index, first_image_id, count, seed, options):
-    """Render and write one split's JPEGs; returns (images, annotations, empty image count)."""
+    """Render and write one split's JPEGs; returns (images, annotations, empty image count).
+
+    Writes over files of the same names without asking: ``generate`` checks ownership first."""
     split = SPLITS[split_index]
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -381,7 +402,6 @@ def write_split(out_dir, split_index, first_image_id, count, seed, options):
         )
         annotations += annotation_entries(sample.objects, image_id, len(annotations) + 1)
         empty += not sample.objects
-    remove_stale_images(image_dir, {img["file_name"] for img in images})
     return images, annotations, empty
 
 
@@ -410,17 +430,148 @@ def validate(num_train, num_val, seed, options):
             raise ValueError(message)
 
 
-def generate(out_dir, num_train, num_val, seed, **options):
+def annotation_file(split: str) -> str:
+    """Path of ``split``'s annotation file relative to the data set folder."""
+    return f"annotations/instances_{split}.json"
+
+
+def is_demo_file(relative: str) -> bool:
+    """True for a relative ``/``-separated path this module writes (annotation file or image)."""
+    parts = relative.split("/")
+    if relative in [annotation_file(split) for split in SPLITS]:
+        return True
+    return len(parts) == 2 and parts[0] in SPLITS and bool(IMAGE_FILE_PATTERN.match(parts[1]))
+
+
+def planned_files(num_train: int, num_val: int) -> list:
+    """Relative paths of every file ``generate`` writes for these counts (marker excluded)."""
+    files = [annotation_file(split) for split in SPLITS]
+    files += [f"{SPLITS[0]}/{image_file_name(i)}" for i in range(1, num_train + 1)]
+    files += [f"{SPLITS[1]}/{image_file_name(i)}"
+              for i in range(num_train + 1, num_train + num_val + 1)]
+    return files
+
+
+def files_under(out_dir: str) -> list:
+    """Relative ``/``-separated paths of every non-folder entry under ``out_dir``, sorted."""
+    found = []
+    for folder, dirs, names in os.walk(out_dir):
+        dirs.sort()
+        base = os.path.relpath(folder, out_dir)
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            found.append(name if base == "." else f"{base}/{name}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def refusal(out_dir: str, reason: str) -> ValueError:
+    """The ValueError for a folder that src.demo_data does not own."""
+    return ValueError(
+        f"--out {out_dir}: the folder is not empty and was not written by src.demo_data "
+        f"({reason}); nothing was changed. Pass a new or empty folder, or delete {out_dir} "
+        f"yourself if nothing in it is needed")
+
+
+def read_marker(out_dir: str) -> set:
+    """The set of files ``out_dir``'s marker lists; ValueError naming the marker if it is not
+    one this module wrote."""
+    path = os.path.join(out_dir, MARKER_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot be read as src.demo_data's marker ({exc}); delete "
+                         f"{out_dir} yourself if nothing in it is needed") from None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if (not isinstance(marker, dict) or marker.get("written_by") != MARKER_WRITER
+            or not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
+        raise ValueError(f"{path}: not src.demo_data's marker (needs 'written_by': "
+                         f"'{MARKER_WRITER}' and a 'files' list); delete {out_dir} yourself "
+                         f"if nothing in it is needed")
+    foreign = [f for f in files if not is_demo_file(f)]
+    if foreign:
+        raise ValueError(f"{path}: lists '{foreign[0]}', which src.demo_data never writes; "
+                         f"delete {out_dir} yourself if nothing in it is needed")
+    return set(files)
+
+
+def legacy_demo_files(out_dir: str, files: list) -> set:
+    """``files`` (all of ``out_dir``) if they are exactly a data set an older version of this
+    module wrote (no marker; see the module's docstring), else a ``refusal``."""
+    for relative in files:
+        if not is_demo_file(relative):
+            raise refusal(out_dir, f"no {MARKER_NAME}, and {relative} is not a file it writes")
+    listed = {}
+    for split in SPLITS:
+        relative = annotation_file(split)
+        if relative not in files:
+            raise refusal(out_dir, f"no {MARKER_NAME}, and {relative} is missing")
+        try:
+            with open(os.path.join(out_dir, relative), encoding="utf-8") as f:
+                document = json.load(f)
+            info = document["info"]
+            description = DESCRIPTION_PATTERN.match(str(info.get("description")))
+            names = {image["file_name"] for image in document["images"]}
+            ours = (description is not None and description["split"] == split
+                    and info.get("contributor") == MARKER_WRITER
+                    and document.get("categories") == category_list())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            ours, info, names = False, {}, set()
+        if not ours:
+            description = info.get("description") if isinstance(info, dict) else None
+            raise refusal(out_dir, f"no {MARKER_NAME}, and {relative} is not the demo's "
+                                   f"(info.description {description!r})")
+        listed[split] = names
+    for relative in files:
+        split, _, name = relative.partition("/")
+        if split in SPLITS and name not in listed[split]:
+            raise refusal(out_dir, f"no {MARKER_NAME}, and {relative} is not listed in "
+                                   f"{annotation_file(split)}")
+    return set(files)
+
+
+def owned_files(out_dir: str) -> set:
+    """The files under ``out_dir`` that ``generate`` may replace or delete (see the module's
+    docstring); raises ValueError, touching nothing, for a folder it does not own."""
+    if not os.path.exists(out_dir):
+        return set()
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    if os.path.lexists(os.path.join(out_dir, MARKER_NAME)):
+        return read_marker(out_dir)
+    files = files_under(out_dir)
+    return legacy_demo_files(out_dir, files) if files else set()
+
+
+def write_marker(out_dir: str, files, complete: bool, seed: int, counts: tuple,
+                 options: dict) -> None:
+    """``out_dir``'s marker: the files this module wrote (or is writing, ``complete`` false)."""
+    write_json({"written_by": MARKER_WRITER, "complete": complete, "seed": seed,
+                "num_train": counts[0], "num_val": counts[1], "options": options,
+                "files": sorted(files)}, os.path.join(out_dir, MARKER_NAME), indent=1)
+
+
+def generate(out_dir: str, num_train: int, num_val: int, seed: int, **options) -> dict:
     """Write the data set under ``out_dir`` and return a summary dict.
 
     ``options``: ``min_size``/``max_size`` (image side range in pixels), ``max_objects``,
     ``empty_fraction`` (train only), ``quality`` (JPEG), ``image_size`` ((width, height) for
-    every image instead of random sides). An existing data set in ``out_dir`` is
-    replaced: old annotation files are removed first, images are rewritten, stale images deleted,
-    and the JSON files are written last, atomically.
+    every image instead of random sides). ``out_dir`` must be missing, empty, or this
+    module's own (the module's docstring): otherwise ValueError and nothing is touched. In its
+    own folder the old annotation files are removed first, images are rewritten, its stale
+    images deleted, and the JSON files are written last, atomically.
     """
     options = {**DEFAULT_OPTIONS, **options}
     validate(num_train, num_val, seed, options)
+    owned = owned_files(out_dir)
+    planned = planned_files(num_train, num_val)
+    for relative in planned:
+        if relative not in owned and os.path.lexists(os.path.join(out_dir, relative)):
+            raise ValueError(f"--out {out_dir}: {relative} is in the way and {MARKER_NAME} does "
+                             f"not list it as src.demo_data's own; nothing was changed. Move it "
+                             f"away or pass another folder")
+    counts = (num_train, num_val)
+    os.makedirs(out_dir, exist_ok=True)
+    write_marker(out_dir, owned | set(planned), False, seed, counts, options)
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     ann_paths = [os.path.join(ann_dir, f"instances_{split}.json") for split in SPLITS]
@@ -442,8 +593,13 @@ def generate(out_dir, num_train, num_val, seed, **options):
             "image_dir": os.path.abspath(os.path.join(out_dir, SPLITS[split_index])),
             "annotation_file": os.path.abspath(ann_paths[split_index]),
         }
+    for relative in sorted(owned - set(planned)):
+        path = os.path.join(out_dir, relative)
+        if os.path.lexists(path):
+            os.remove(path)
     for document, path in zip(documents, ann_paths):
         write_json(document, path)
+    write_marker(out_dir, planned, True, seed, counts, options)
     return summary
 
 
@@ -497,15 +653,21 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    """Parse ``argv``, generate the data set and print a one-line summary; returns 0."""
+def main(argv: Optional[list] = None) -> int:
+    """Parse ``argv``, generate the data set and print a one-line summary; returns 0, or 1
+    with ``error: <message>`` on stderr when the folder or the arguments are refused."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.min_size > args.max_size:
         parser.error(f"--min_size ({args.min_size}) must not exceed --max_size ({args.max_size})")
-    summary = generate(args.out, args.num_train, args.num_val, args.seed, min_size=args.min_size,
-                       max_size=args.max_size, max_objects=args.max_objects,
-                       empty_fraction=args.empty_fraction, quality=args.quality)
+    try:
+        summary = generate(args.out, args.num_train, args.num_val, args.seed,
+                           min_size=args.min_size, max_size=args.max_size,
+                           max_objects=args.max_objects, empty_fraction=args.empty_fraction,
+                           quality=args.quality)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(summary_line(summary))
     return 0
 

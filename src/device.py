@@ -108,6 +108,19 @@ def hardware_problem(config):
     return None
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now, MB (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def detect_platform():
     """Best available device without importing MindSpore: Ascend, then GPU, then CPU."""
     if glob.glob("/dev/davinci[0-9]*"):

@@ -5,7 +5,6 @@ the machine's other load is not controlled here, so run benchmarks on a quiet ma
 """
 import json
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -13,18 +12,9 @@ import time
 import numpy as np
 
 from src.cpu import cpu_info
-from src.device import init_device
+from src.device import current_rss_mb, init_device, peak_rss_mb
 
 MODES = ("data", "train", "infer", "eval", "postprocess")
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def environment(config, platform):

@@ -136,3 +136,34 @@ def test_every_setting_is_in_the_resolved_config(tmp_path):
 def test_pre_trained_epoch_size_needs_a_pre_trained_checkpoint():
     with pytest.raises(ConfigError, match="pre_trained_epoch_size 5 .* none is given"):
         load_config(pre_trained_epoch_size=5)
+
+
+FLOAT_KEYS = [f.name for f in Config.__dataclass_fields__.values() if isinstance(f.default, float)]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e400"])
+def test_non_finite_floats_are_refused_with_the_key_named(value, capsys, tmp_path):
+    assert {"lr", "warmup_epochs", "momentum", "min_score"} <= set(FLOAT_KEYS)
+    for key in FLOAT_KEYS:
+        with pytest.raises(SystemExit) as stop:
+            parse_config([f"--{key}={value}"])
+        assert stop.value.code == 2
+        assert f"{key}: " in capsys.readouterr().err
+        with pytest.raises(ConfigError, match=f"^{key}: .* not a finite number"):
+            load_config(**{key: value})
+    path = tmp_path / "bad.yaml"
+    path.write_text("warmup_epochs: .inf\n")
+    with pytest.raises(ConfigError, match="warmup_epochs: inf is not a finite number"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match=r"prior_scaling: \[0.1, nan\] holds a value that is "
+                                          "not a finite number"):
+        load_config(prior_scaling=(0.1, float("nan")))
+    with pytest.raises(ConfigError, match="--batch_size: expected an integer, got 'inf'"):
+        config_from_values({"batch_size": "inf"})
+
+
+def test_lr_inf_on_the_command_line_exits_2_without_a_traceback():
+    result = run_script(["train.py", "--lr", "inf", "--check_dataset"])
+    assert result.returncode == 2, result.stderr
+    assert "lr: inf is not a finite number" in result.stderr
+    assert "Traceback" not in result.stderr

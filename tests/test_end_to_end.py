@@ -320,10 +320,122 @@ def test_predict_draws_boxes(trained, demo_root, tmp_path):
     assert found and {r["file_name"] for r in found} == {os.path.basename(image)}
     assert found[0]["class"] in ("circle", "square", "triangle") and found[0]["image_id"] == 1
     assert set(found[0]) == {"image_id", "category_id", "bbox", "score", "file_name", "class"}
-    before, after = cv2.imread(image), cv2.imread(str(tmp_path / os.path.basename(image)))
+    before = cv2.imread(image)
+    after = cv2.imread(str(tmp_path / f"{os.path.basename(image)}.jpg"))    # <name>.jpg
     assert before.shape == after.shape
     x, y, w, h = (int(round(v)) for v in found[0]["bbox"])
     edge = after[min(y + h // 2, after.shape[0] - 1), max(x, 0)].astype(int)
     assert np.abs(edge - before[min(y + h // 2, before.shape[0] - 1), max(x, 0)]).sum() > 30
     far = np.abs(after.astype(int) - before.astype(int)).sum(axis=2) > 0
     assert far.any() and not far.all()
+
+
+def exif_turned_copies(source, folder):
+    """``plain.jpg`` and ``turned.jpg``: the same JPEG data of ``source``'s pixels, the second
+    with EXIF orientation 6 (turn 90 degrees to show); returns the stored (height, width)."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        pixels = image.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels.save(folder / "plain.jpg", quality=90)
+    pixels.save(folder / "turned.jpg", quality=90, exif=exif)
+    return pixels.height, pixels.width
+
+
+def test_predict_keeps_a_jpg_and_a_png_apart_and_draws_pixels_as_stored(trained, demo_root,
+                                                                         tmp_path):
+    import cv2
+    import numpy as np
+    from mindspore.dataset import vision
+
+    out, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    names = sorted(os.listdir(os.path.join(demo_root, "val2017")))
+    first = cv2.imread(os.path.join(demo_root, "val2017", names[0]))
+    cv2.imwrite(str(images / "a.jpg"), first)
+    cv2.imwrite(str(images / "a.png"), cv2.imread(os.path.join(demo_root, "val2017", names[1])))
+    stored = exif_turned_copies(os.path.join(demo_root, "val2017", names[2]), images)
+    os.remove(images / "plain.jpg")
+    assert stored[0] != stored[1]
+    before = {n: (images / n).read_bytes() for n in os.listdir(images)}
+    result = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--num_classes", "4", "--image", str(images), "--output_dir",
+                         str(tmp_path / "out"), "--draw_threshold", "0", "--run_platform", "CPU"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {n: (images / n).read_bytes() for n in os.listdir(images)} == before
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "a.jpg.jpg", "a.png.jpg", "config.yaml", "detections.json", "turned.jpg.jpg"]
+    assert cv2.imread(str(tmp_path / "out" / "a.jpg.jpg")).shape == first.shape
+    # The turned JPEG is drawn as stored, the size MindSpore's Decode (training, eval) gives it.
+    decoded = vision.Decode()(np.fromfile(images / "turned.jpg", np.uint8))
+    drawn = cv2.imread(str(tmp_path / "out" / "turned.jpg.jpg"))
+    assert drawn.shape == decoded.shape == (*stored, 3)
+    assert cv2.imread(str(images / "turned.jpg")).shape[:2] == stored[::-1]   # OpenCV's default
+    found = json.load(open(tmp_path / "out" / "detections.json"))
+    assert {r["file_name"] for r in found} == {"a.jpg", "a.png", "turned.jpg"}
+    for record in found:
+        if record["file_name"] == "turned.jpg":
+            x, y, w, h = record["bbox"]
+            assert x + w <= stored[1] + 1e-3 and y + h <= stored[0] + 1e-3
+
+
+def test_cpp_program_names_results_by_the_whole_stem_and_ignores_orientation(
+        trained, exported, demo_root, tmp_path):
+    """shot.1.png and shot.2.png get shot.1_*.bin and shot.2_*.bin (not one shot_*.bin), which
+    postprocess.py finds; a JPEG with EXIF orientation 6 gives the results of its pixels as
+    stored; a.jpg next to a.png is refused before any work."""
+    import cv2
+    import numpy as np
+
+    build = subprocess.run(["bash", "ascend310_infer/build.sh"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+
+    def infer(folder, results):
+        return subprocess.run(
+            [os.path.join(ROOT, "ascend310_infer", "out", "main"), "--model_path",
+             exported["OPENCV"], "--dataset_path", str(folder), "--batch_size", "2",
+             "--result_dir", str(results), "--time_dir", str(tmp_path / "time")],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = json.load(open(os.path.join(demo_root, "annotations", "instances_val2017.json")))
+    for image, name in zip(data["images"], ("shot.1.png", "shot.2.png")):
+        cv2.imwrite(str(images / name),
+                    cv2.imread(os.path.join(demo_root, "val2017", image["file_name"])))
+        image["file_name"] = name
+    exif_turned_copies(os.path.join(demo_root, "val2017", data["images"][2]["file_name"]),
+                       images)
+    data["images"] = data["images"][:2]
+    data["annotations"] = [a for a in data["annotations"]
+                           if a["image_id"] in {i["id"] for i in data["images"]}]
+    anno = tmp_path / "gt.json"
+    anno.write_text(json.dumps(data))
+    run = infer(images, tmp_path / "results")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    results = tmp_path / "results"
+    assert sorted(os.listdir(results)) == [f"{stem}_{k}.bin" for stem in (
+        "plain", "shot.1", "shot.2", "turned") for k in (0, 1)]
+    for k in (0, 1):
+        turned, plain = (results / f"{stem}_{k}.bin" for stem in ("turned", "plain"))
+        assert turned.read_bytes() == plain.read_bytes()
+    assert (results / "shot.1_1.bin").read_bytes() != (results / "shot.2_1.bin").read_bytes()
+    scored = run_script(["postprocess.py", "--result_path", str(results), "--img_path",
+                         str(images), "--anno_file", str(anno), "--output_dir",
+                         str(tmp_path / "post")])
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert f"Scored all 2 images of {anno}" in scored.stdout
+    assert "2 file(s) of" in scored.stdout and "mAP: " in scored.stdout   # plain, turned: unlisted
+
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("a.jpg", "a.png"):
+        cv2.imwrite(str(clash / name), np.zeros((64, 64, 3), np.uint8))
+    run = infer(clash, tmp_path / "clash_results")
+    assert run.returncode == 1
+    assert f"{clash}/a.jpg and {clash}/a.png would both write a_0.bin and a_1.bin" in run.stderr
+    assert not os.path.exists(tmp_path / "clash_results")

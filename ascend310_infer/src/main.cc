@@ -7,9 +7,13 @@
 //   * MindSpore's C++ API on a MINDIR export, built with -DWITH_MINDSPORE=ON where that SDK
 //     exists (MindSpore Lite / Ascend toolkits); not available from pip.
 //
-// Preprocessing is evaluation's: decode, BGR -> RGB, bilinear resize to HxW, ImageNet mean/std,
-// HWC -> CHW. Outputs are the exported graph's: boxes (8732, 4) normalised (ymin, xmin, ymax,
-// xmax), scores (8732, C) sigmoid, both float32, written raw (row-major).
+// Result files are named by the image's file name without its last extension (shot.1.jpg ->
+// shot.1_0.bin); two images of one stem (a.jpg, a.png) are refused before any work.
+//
+// Preprocessing is evaluation's: decode (pixels as stored, EXIF orientation ignored), BGR ->
+// RGB, bilinear resize to HxW, ImageNet mean/std, HWC -> CHW. Outputs are the exported graph's:
+// boxes (8732, 4) normalised (ymin, xmin, ymax, xmax), scores (8732, C) sigmoid, both float32,
+// written raw (row-major).
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -143,14 +147,32 @@ std::vector<std::string> ListImages(const std::string &folder) {
   return files;
 }
 
+// The result files' stem: the file name without its last extension (shot.1.jpg -> shot.1), as
+// postprocess.py reads them (os.path.splitext).
 std::string Stem(const std::string &path) {
   std::string base = path.substr(path.find_last_of('/') + 1);
-  return base.substr(0, base.find('.'));
+  return base.substr(0, base.find_last_of('.'));
 }
 
-// Writes one image's CHW float input into `out` (3 * height * width floats).
+// Two images whose results would share a stem (a.jpg and a.png): names both, true if any.
+bool SharedStem(const std::vector<std::string> &files) {
+  std::map<std::string, std::string> seen;
+  for (const auto &file : files) {
+    auto found = seen.emplace(Stem(file), file);
+    if (!found.second) {
+      std::cerr << "error: " << found.first->second << " and " << file
+                << " would both write " << found.first->first << "_0.bin and "
+                << found.first->first << "_1.bin; rename one of them\n";
+      return true;
+    }
+  }
+  return false;
+}
+
+// Writes one image's CHW float input into `out` (3 * height * width floats). Pixels as stored:
+// EXIF orientation is ignored, as MindSpore's Decode in evaluation and predict.py do.
 bool Preprocess(const std::string &path, const Options &options, float *out) {
-  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
+  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
   if (bgr.empty()) return false;
   cv::Mat rgb, resized;
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
@@ -276,6 +298,7 @@ int main(int argc, char **argv) {
     std::cerr << "error: no .jpg/.jpeg/.png/.bmp images in " << options.dataset_path << "\n";
     return 1;
   }
+  if (SharedStem(files)) return 1;
   Engine engine;
   if (!engine.Load(options)) {
     std::cerr << "error: cannot load the model " << options.model_path << "\n";

@@ -80,8 +80,12 @@ class DatasetReport:
 
 
 def inspect_image(path, decode=True):
-    """(height, width, problem text or '') of an image file; decoding catches truncation."""
-    from PIL import Image, UnidentifiedImageError
+    """(height, width, problem text or '') of an image file; decoding catches truncation.
+
+    Whatever PIL raises on a file is that file's problem, never the check's end: an image far
+    larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (DecompressionBombError) is one, and so are
+    the assorted errors PIL's parsers raise on malformed headers."""
+    from PIL import Image
 
     if not os.path.isfile(path):
         return 0, 0, "image file not found"
@@ -93,8 +97,10 @@ def inspect_image(path, decode=True):
             if decode:
                 image.load()
             return image.height, image.width, ""
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return 0, 0, f"cannot be decoded: {exc}"
+    except Image.DecompressionBombError as exc:
+        return 0, 0, f"too large to decode safely: {exc}"
+    except Exception as exc:  # noqa: BLE001  (a bad file, whatever PIL makes of it)
+        return 0, 0, f"cannot be decoded: {exc or type(exc).__name__}"
 
 
 def clip_boxes(record, problems, sample):

@@ -20,6 +20,22 @@ from src.data.records import (
     file_fingerprint,
 )
 
+MAX_IMAGE_ID = 2 ** 63 - 1     # MindRecord's int64 img_id
+
+
+def image_id(value) -> int:
+    """A COCO image id as an int; ValueError unless it is an integer in 0 .. 2^63-1 (a float
+    with an integer value, as some tools write ids, is taken as that integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    if value > MAX_IMAGE_ID:
+        raise ValueError(f"{value} is above 2^63-1, the largest id a MindRecord set stores")
+    return value
+
 
 def annotation_path(root, split, instances_pattern="annotations/instances_{}.json"):
     return os.path.join(root, instances_pattern.format(split))
@@ -64,44 +80,62 @@ def read_coco(root, split, instances_pattern="annotations/instances_{}.json"):
 
     images = {}
     for k, image in enumerate(data["images"]):
+        name = image.get("file_name") if isinstance(image, dict) else None
+        where = f"images[{k}]" + (f" ({name})" if isinstance(name, str) else "")
         try:
-            image_id = int(image["id"])
-            if image_id in images:
-                problems.append(Problem(ERROR, path, f"images[{k}]", f"repeats image id "
-                                        f"{image_id}", images[image_id]["sample"]))
+            img_id = image_id(image["id"])
+        except (KeyError, TypeError) as exc:
+            problems.append(Problem(ERROR, path, where, f"lacks a valid {exc}"))
+            continue
+        except ValueError as exc:
+            problems.append(Problem(ERROR, path, where, f"image id {exc} (image ids must be "
+                                    "integers 0..2^63-1)"))
+            continue
+        try:
+            if img_id in images:
+                problems.append(Problem(ERROR, path, where, f"repeats image id {img_id}",
+                                        images[img_id]["sample"]))
                 continue
-            images[image_id] = {"height": int(image.get("height", 0)),
-                                "width": int(image.get("width", 0)),
-                                "file_name": str(image["file_name"]), "rows": [],
-                                "sample": len(images)}
+            images[img_id] = {"height": int(image.get("height", 0)),
+                              "width": int(image.get("width", 0)),
+                              "file_name": str(image["file_name"]), "rows": [],
+                              "sample": len(images)}
         except (KeyError, TypeError, ValueError) as exc:
-            problems.append(Problem(ERROR, path, f"images[{k}]", f"lacks a valid {exc}"))
+            problems.append(Problem(ERROR, path, where, f"lacks a valid {exc}"))
     for k, ann in enumerate(data["annotations"]):
         where = f"annotations[{k}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
         try:
-            image_id, category = int(ann["image_id"]), int(ann["category_id"])
+            target = ann["image_id"]
+            category = int(ann["category_id"])
             x, y, w, h = (float(v) for v in ann["bbox"])
         except (KeyError, TypeError, ValueError) as exc:
-            image = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+            target = ann.get("image_id") if isinstance(ann, dict) else None
+            image = images.get(target) if isinstance(target, int) else None
             problems.append(Problem(ERROR, path, where, f"lacks a valid {exc} (needs image_id, "
                                     "category_id and bbox [x, y, w, h])",
                                     image["sample"] if image else -1))
             continue
-        if image_id not in images:
-            problems.append(Problem(ERROR, path, where, f"refers to image_id {image_id}, which "
+        try:
+            img_id = image_id(target)
+        except ValueError as exc:
+            problems.append(Problem(ERROR, path, where, f"image_id {exc} (image ids must be "
+                                    "integers 0..2^63-1)"))
+            continue
+        if img_id not in images:
+            problems.append(Problem(ERROR, path, where, f"refers to image_id {img_id}, which "
                                     "is not in 'images'"))
             continue
         if category not in index_of_category:
             problems.append(Problem(ERROR, path, where, f"has category_id {category}, which is "
-                                    "not in 'categories'", images[image_id]["sample"]))
+                                    "not in 'categories'", images[img_id]["sample"]))
             continue
         crowd = bool(ann.get("iscrowd", 0))
-        images[image_id]["rows"].append((y, x, y + h, x + w, index_of_category[category], crowd))
+        images[img_id]["rows"].append((y, x, y + h, x + w, index_of_category[category], crowd))
 
     records = []
-    for image_id, image in images.items():
+    for img_id, image in images.items():
         rows = np.array([r[:5] for r in image["rows"]], np.float32).reshape(-1, 5)
-        record = ImageRecord(image_id, os.path.join(image_dir, image["file_name"]),
+        record = ImageRecord(img_id, os.path.join(image_dir, image["file_name"]),
                              image["height"], image["width"], rows[:, :4], rows[:, 4],
                              [r[5] for r in image["rows"]], file_name=image["file_name"])
         records.append(record)

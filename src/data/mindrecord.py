@@ -1,6 +1,7 @@
 """Sharded MindRecord sets that are either complete and current, or absent.
 
-Schema ``ssd_json`` (spec 7.4, with float boxes): ``img_id`` int32 [1], ``image`` bytes (the
+Schema ``ssd_json`` (spec 7.4, with float boxes and 64-bit ids): ``img_id`` int64 [1] (any id
+0 .. 2^63-1 a COCO file holds; the reference's int32 wrapped ids >= 2^31), ``image`` bytes (the
 encoded file as stored on disk), ``annotation`` float32 [-1, 5] pixel rows
 ``(ymin, xmin, ymax, xmax, label)``, label negated for ignore regions.
 
@@ -10,12 +11,20 @@ input files' fingerprint and the settings) and the size of every file. A set is 
 when its manifest matches and every file still has its size; anything else is rewritten.
 Conversion holds a lock file, so when several processes (the ranks of a distributed job) reach
 the same set, one converts and the others wait, then reuse it.
+
+The temporary folder is ``.<prefix>.partial-<pid>``. SIGINT, SIGTERM and SIGHUP during a
+conversion stop it after removing that folder (exit status 130, 143 and 129 through
+``src.cli.run``); what a process killed outright (SIGKILL, a crash) leaves behind is removed by
+the next process that takes the set's lock, for every pid that is no longer running.
 """
 import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,12 +34,12 @@ from src.data.records import DatasetError
 from src.files import write_json
 
 SCHEMA = {
-    "img_id": {"type": "int32", "shape": [1]},
+    "img_id": {"type": "int64", "shape": [1]},
     "image": {"type": "bytes"},
     "annotation": {"type": "float32", "shape": [-1, 5]},
 }
 SCHEMA_NAME = "ssd_json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3     # 3: img_id int64 (2 stored int32): older sets are rebuilt
 WRITE_CHUNK = 64
 
 
@@ -66,16 +75,110 @@ def current_set(directory, prefix, description):
     return manifest
 
 
+def staging_name(prefix: str, pid: int) -> str:
+    """The hidden folder a process writes a set into before moving it into place."""
+    return f".{prefix}.partial-{pid}"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_staging(directory: str, prefix: str) -> list:
+    """Remove the staging folders of a set that processes no longer running left behind
+    (killed during a conversion); returns their names. Call it holding the set's lock."""
+    start = staging_name(prefix, "")
+    swept = []
+    for name in sorted(os.listdir(directory)):
+        pid = name[len(start):]
+        if not name.startswith(start) or not pid.isdigit() or int(pid) <= 0:
+            continue
+        if int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        swept.append(name)
+    return swept
+
+
 @contextlib.contextmanager
-def conversion_lock(directory, prefix):
-    """Exclusive lock on a set while it is checked or written (blocks other processes)."""
+def conversion_lock(directory: str, prefix: str):
+    """Exclusive lock on a set while it is checked or written (blocks other processes).
+
+    Once it holds the lock it removes what conversions of killed processes left behind
+    (``sweep_staging``), and yields the names of those folders."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, f".{prefix}.lock"), "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield sweep_staging(directory, prefix)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class _StopSignals:
+    """While a set is written: SIGINT, SIGTERM and SIGHUP raise (KeyboardInterrupt, or
+    SystemExit with status 128 + the signal's number) in the main thread, so that the writer's
+    ``finally`` removes its staging folder; SIGTERM and SIGHUP would otherwise end the process
+    without it. After ``cleaning()`` a signal waits until the cleanup is done, and any signal
+    after the first is ignored, so that nothing interrupts the removal. Signals that were
+    ignored (SIG_IGN) stay ignored; the previous handlers come back on exit.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self.previous = {}
+        self.received = None
+        self.deferred = False
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self          # handlers can only be set there
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None or signal.getsignal(number) in (signal.SIG_IGN, None):
+                continue
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, _frame):
+        if self.received is not None:
+            return
+        self.received = number
+        if not self.deferred:
+            raise self._exception()
+
+    def cleaning(self) -> None:
+        """From now on a signal is acted on only once the cleanup is done."""
+        self.deferred = True
+
+    def _exception(self) -> BaseException:
+        if self.received == signal.SIGINT:
+            return KeyboardInterrupt()
+        return SystemExit(128 + self.received)
+
+    def __exit__(self, exc_type, exc, _tb):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        if self.received is None:
+            return False
+        print(f"\n{signal.Signals(self.received).name} received: the conversion into "
+              f"{self.what} stopped; its partial files are removed", file=sys.stderr,
+              flush=True)
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return False
+        # none yet (the signal came during the cleanup), or another one: code that the
+        # signal interrupted may have turned it into its own error (e.g. an extension's import)
+        raise self._exception() from exc
 
 
 def _read_bytes(record):
@@ -92,47 +195,64 @@ def write_set(records, directory, prefix, shards, description, extra_files=None,
     """Convert records into a new complete set; returns the manifest.
 
     ``extra_files`` ({name: json-able object}) are written into the set (e.g. its ground truth)
-    and covered by the manifest like the shards.
+    and covered by the manifest like the shards. A stop signal while it writes removes the
+    staging folder before the process stops (see ``_StopSignals``).
     """
-    from mindspore.mindrecord import FileWriter
+    # imported before stop signals raise: one raised inside an extension's import would come
+    # out as that import's error
+    import mindspore.mindrecord  # noqa: F401
 
     if not records:
         raise DatasetError(f"nothing to convert into {os.path.join(directory, prefix)}")
     shards = max(1, min(int(shards), len(records)))
     os.makedirs(directory, exist_ok=True)
-    staging = os.path.join(directory, f".{prefix}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    staging = os.path.join(directory, staging_name(prefix, os.getpid()))
+    with _StopSignals(os.path.join(directory, prefix)) as stop:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.makedirs(staging)
+            manifest = _write_staged(records, directory, prefix, shards, description, staging,
+                                     extra_files, manifest_fields, progress)
+        finally:
+            stop.cleaning()
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _write_staged(records, directory, prefix, shards, description, staging, extra_files,
+                  manifest_fields, progress):
+    """write_set's work: the shards into ``staging``, then into place, then the manifest."""
+    from mindspore.mindrecord import FileWriter
+
+    writer = FileWriter(os.path.join(staging, prefix), shards, overwrite=True)
+    writer.add_schema(SCHEMA, SCHEMA_NAME)
+    pool = ThreadPoolExecutor(4)
     try:
-        writer = FileWriter(os.path.join(staging, prefix), shards, overwrite=True)
-        writer.add_schema(SCHEMA, SCHEMA_NAME)
-        with ThreadPoolExecutor(4) as pool, tqdm(total=len(records), desc=f"MindRecord {prefix}",
-                                                 unit="img", disable=not progress,
-                                                 dynamic_ncols=True) as bar:
+        with tqdm(total=len(records), desc=f"MindRecord {prefix}", unit="img",
+                  disable=not progress, dynamic_ncols=True) as bar:
             for start in range(0, len(records), WRITE_CHUNK):
                 chunk = records[start:start + WRITE_CHUNK]
                 images = pool.map(_read_bytes, chunk)
                 writer.write_raw_data([
-                    {"img_id": np.array([r.img_id], np.int32), "image": image,
+                    {"img_id": np.array([r.img_id], np.int64), "image": image,
                      "annotation": r.annotation()} for r, image in zip(chunk, images)],
                     parallel_writer=False)  # True fills some shards and leaves others empty
                 bar.update(len(chunk))
-        writer.commit()
-        for name, content in (extra_files or {}).items():
-            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
-                json.dump(content, f)
-        remove_set(directory, prefix)
-        sizes = {}
-        for name in sorted(os.listdir(staging)):
-            sizes[name] = os.path.getsize(os.path.join(staging, name))
-            os.replace(os.path.join(staging, name), os.path.join(directory, name))
-        manifest = {"description": {"format_version": FORMAT_VERSION, **description},
-                    "files": [os.path.basename(f) for f in shard_files(directory, prefix,
-                                                                        shards)],
-                    "records": len(records), "file_sizes": sizes, **(manifest_fields or {})}
-        write_json(manifest, manifest_path(directory, prefix), indent=1)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        pool.shutdown(wait=True, cancel_futures=True)   # on a stop: only the reads under way
+    writer.commit()
+    for name, content in (extra_files or {}).items():
+        with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+            json.dump(content, f)
+    remove_set(directory, prefix)
+    sizes = {}
+    for name in sorted(os.listdir(staging)):
+        sizes[name] = os.path.getsize(os.path.join(staging, name))
+        os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    manifest = {"description": {"format_version": FORMAT_VERSION, **description},
+                "files": [os.path.basename(f) for f in shard_files(directory, prefix, shards)],
+                "records": len(records), "file_sizes": sizes, **(manifest_fields or {})}
+    write_json(manifest, manifest_path(directory, prefix), indent=1)
     return manifest
 
 

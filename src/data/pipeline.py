@@ -1,16 +1,33 @@
 """MindSpore data pipelines over a MindRecord set (spec 7.5 and 7.6).
 
 Training batches: image (B, 3, H, W) float32, box (B, A, 4) float32 offsets, label (B, A) int32,
-num_match (B, 1) int32, img_id (B, 1) int32. Evaluation batches: img_id (B, 1) int32, image
+num_match (B, 1) int32, img_id (B, 1) int64. Evaluation batches: img_id (B, 1) int64, image
 (B, 3, H, W) float32, image_shape (B, 2) float32 original (height, width).
+
+An image that MindSpore cannot decode (possible when the set was converted with
+``--check_images false``, which reads only image headers) stops the iteration with a
+DatasetError that names it: the pipelines' iterators turn MindSpore's RuntimeError, which names
+only the shard file, into that error after finding the image (``undecodable_images``). Such
+images are not skipped inside the pipeline: every shard of a distributed run must yield the same
+number of batches, and an epoch's length and order must not depend on what fails to decode, so
+that resume and replay stay exact. The check at conversion leaves them out instead
+(``--check_images true --skip_bad_samples true``).
 """
+import json
+import os
+import re
+
 import mindspore.dataset as ds
 from mindspore.dataset import vision
 
+from src.data.records import DatasetError
 from src.data.transforms import MEAN_RGB, STD_RGB, EvalTransform, TrainTransform
 
 TRAIN_COLUMNS = ["image", "box", "label", "num_match", "img_id"]
 EVAL_COLUMNS = ["img_id", "image", "image_shape"]
+DECODE_FAILED = "map operation: [Decode] failed"
+GROUND_TRUTH_SUFFIX = ".ground_truth.json"     # as src.data.sources writes it
+MAX_NAMED = 10
 
 
 def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
@@ -35,7 +52,7 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
     data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
                     input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(TRAIN_COLUMNS)
-    return data.batch(batch_size, drop_remainder=True)
+    return naming_bad_images(data.batch(batch_size, drop_remainder=True), files)
 
 
 def create_eval_dataset(files, batch_size, img_shape=(300, 300), num_workers=2):
@@ -50,4 +67,151 @@ def create_eval_dataset(files, batch_size, img_shape=(300, 300), num_workers=2):
     data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
                     input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(EVAL_COLUMNS)
-    return data.batch(batch_size, drop_remainder=False)
+    return naming_bad_images(data.batch(batch_size, drop_remainder=False), files)
+
+
+def undecodable_images(files) -> list:
+    """Ids of the images of MindRecord ``files`` that MindSpore's Decode refuses, in file order.
+
+    Every image is decoded by the same C++ op as in training, with MindSpore's error-samples
+    mode set to SKIP for this one pass (the previous mode is restored): the ids missing from
+    the output are the ones that failed.
+    """
+    columns = {"columns_list": ["img_id"], "shuffle": False}
+    every = [int(row["img_id"][0]) for row in ds.MindDataset(files, **columns)
+             .create_dict_iterator(num_epochs=1, output_numpy=True)]
+    previous = ds.config.get_error_samples_mode()
+    ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
+    try:
+        data = ds.MindDataset(files, columns_list=["img_id", "image"], shuffle=False)
+        data = data.map(operations=vision.Decode(), input_columns=["image"]).project(["img_id"])
+        decoded = {int(row["img_id"][0]) for row in data.create_dict_iterator(
+            num_epochs=1, output_numpy=True)}
+    finally:
+        ds.config.set_error_samples_mode(previous)
+    return [img_id for img_id in every if img_id not in decoded]
+
+
+def _manifest_of(shard):
+    """(prefix, manifest) of the set that holds the MindRecord file ``shard``, or (None, {})."""
+    directory, name = os.path.split(shard)
+    try:
+        candidates = sorted(n for n in os.listdir(directory) if n.endswith(".manifest.json"))
+    except OSError:
+        return None, {}
+    for candidate in candidates:
+        try:
+            with open(os.path.join(directory, candidate), encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and name in manifest.get("files", ()):
+            return candidate[:-len(".manifest.json")], manifest
+    return None, {}
+
+
+def _file_names(directory, prefix, ids):
+    """{id: file name} from the ground truth a VOC or TXT set holds; {} for COCO sets."""
+    path = os.path.join(directory, f"{prefix}{GROUND_TRUTH_SUFFIX}")
+    if not prefix or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            images = json.load(f).get("images", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    wanted = set(ids)
+    return {image["id"]: image.get("file_name", "") for image in images
+            if isinstance(image, dict) and image.get("id") in wanted}
+
+
+def decode_error(message: str, files) -> DatasetError:
+    """The DatasetError for MindSpore's Decode failure ``message`` in a pipeline over
+    ``files``: the images that fail, found in the shard the message names (else in all files),
+    and what to do about them."""
+    files = list(files)
+    named = re.search(r"The corresponding data file is: (.+?)\. ", message)
+    shard = named.group(1) if named and named.group(1) in files else None
+    scope = [shard] if shard else files
+    bad = undecodable_images(scope)
+    if not bad and shard:
+        scope, bad = files, undecodable_images(files)
+    cause = re.search(r"Error raised by (.+?)(?: Dump the abnormal image|\n|$)", message)
+    cause = f" (MindSpore: Error raised by {cause.group(1).strip()})" if cause else ""
+    prefix, manifest = _manifest_of(scope[0])
+    where = os.path.join(os.path.dirname(scope[0]), prefix or os.path.basename(scope[0]))
+    if not bad:
+        return DatasetError(f"MindRecord set {where}: an image cannot be decoded{cause}, but a "
+                            "second pass decoded every image of it; the file system may have "
+                            "failed: run again")
+    names = _file_names(os.path.dirname(scope[0]), prefix, bad[:MAX_NAMED])
+    listed = ", ".join(f"image id {i}" + (f" ({names[i]})" if names.get(i) else "")
+                       for i in bad[:MAX_NAMED])
+    more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    settings = manifest.get("description", {}).get("settings", {})
+    if settings.get("check_images", False) is False:
+        advice = ("the set was converted with --check_images false, which reads only the "
+                  "image headers: convert it again with --check_images true, which decodes "
+                  "every image and reports those that fail, and with --skip_bad_samples true "
+                  "to leave them out")
+    else:
+        advice = ("the check at conversion decoded it without error (with PIL), MindSpore's "
+                  "decoder does not: re-encode or remove it from the dataset")
+    return DatasetError(f"MindRecord set {where}: {listed}{more} cannot be decoded{cause}; "
+                        f"{advice}")
+
+
+class _Iterator:
+    """A MindSpore iterator whose Decode failures become ``decode_error``'s DatasetError."""
+
+    def __init__(self, inner, files):
+        self._inner, self._files = inner, files
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._inner)
+        except RuntimeError as exc:
+            if DECODE_FAILED not in str(exc):
+                raise
+            error = decode_error(str(exc), self._files)
+        raise error
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _NamesBadImages:
+    """Mixed into a pipeline's dataset class (``naming_bad_images``): its tuple and dict
+    iterators are ``_Iterator``s, also after ``skip`` and ``take``."""
+
+    def create_tuple_iterator(self, *args, **kwargs):
+        return _Iterator(super().create_tuple_iterator(*args, **kwargs), self.mindrecord_files)
+
+    def create_dict_iterator(self, *args, **kwargs):
+        return _Iterator(super().create_dict_iterator(*args, **kwargs), self.mindrecord_files)
+
+    def skip(self, count):
+        return naming_bad_images(super().skip(count), self.mindrecord_files)
+
+    def take(self, count=-1):
+        return naming_bad_images(super().take(count), self.mindrecord_files)
+
+
+_NAMING_CLASSES = {}
+
+
+def naming_bad_images(data, files):
+    """``data`` (a MindSpore dataset over MindRecord ``files``), its iterators reporting an
+    image that cannot be decoded as a DatasetError naming it (see ``decode_error``). The object
+    stays an instance of its MindSpore class."""
+    base = type(data)
+    if not issubclass(base, _NamesBadImages):
+        if base not in _NAMING_CLASSES:
+            _NAMING_CLASSES[base] = type(base.__name__, (_NamesBadImages, base),
+                                         {"__module__": base.__module__})
+        data.__class__ = _NAMING_CLASSES[base]
+    data.mindrecord_files = tuple(files)
+    return data

@@ -74,7 +74,10 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
     prefix = MINDRECORD_PREFIX[split]
     description = {"inputs": source.fingerprint, "settings": conversion_settings(config, source)}
     own_truth = config.dataset != "coco"
-    with conversion_lock(directory, prefix):
+    with conversion_lock(directory, prefix) as swept:
+        if swept:
+            log(f"Removed {len(swept)} folder(s) that interrupted conversions left in "
+                f"{directory}: {', '.join(swept)}")
         manifest = None if disagrees else current_set(directory, prefix, description)
         if manifest:
             log(f"Reusing MindRecord set {os.path.join(directory, prefix)}* "

@@ -45,29 +45,53 @@ def evaluate(config) -> dict:
 def evaluate_result_files(config, result_path: str, img_path: str, anno_file: str) -> dict:
     """postprocess.py: COCO mAP of the C++ program's <stem>_0.bin / <stem>_1.bin files.
 
-    Images are the files of ``img_path`` that the annotation file lists (matched by
-    ``file_name``, so any names work); sizes are read from the images. The same
-    post-processing as eval.py runs on the stored boxes and scores.
+    Images are the files of ``img_path`` that the annotation file lists (matched by the base
+    name of ``file_name``, so any names work); an image's results are ``<stem>_0.bin`` and
+    ``<stem>_1.bin`` with ``<stem>`` its file name without the last extension
+    (``os.path.splitext``: ``shot.1.jpg`` -> ``shot.1_0.bin``, as the C++ program names them).
+    Two files that would share result files (``a.jpg`` and ``a.png``), or two annotation
+    records of the same base name, are refused, naming both.
+    Sizes are read from the images as stored (PIL; EXIF orientation ignored, as evaluation
+    does). It prints how many annotated images were scored and names those absent from
+    ``img_path`` (they are left out of the score). The same post-processing as eval.py runs on
+    the stored boxes and scores.
     """
     from PIL import Image
 
+    cpp_image_suffixes = (".jpg", ".jpeg", ".png", ".bmp")   # what ascend310_infer/ reads
     output_dir = config.output_dir or os.path.join("outputs", "postprocess")
     os.makedirs(output_dir, exist_ok=True)
     ground_truth = load_coco_ground_truth(anno_file)
-    by_name = {os.path.basename(image["file_name"]): image["id"]
-               for image in ground_truth.dataset["images"]}
+    by_name, records = {}, {}
+    for image in ground_truth.dataset["images"]:
+        name = os.path.basename(image["file_name"])
+        if name in by_name:
+            raise ValueError(f"{anno_file}: images {by_name[name]} ({records[name]}) and "
+                             f"{image['id']} ({image['file_name']}) have the same file name "
+                             f"{name}: the files of one --img_path folder cannot tell them apart")
+        by_name[name], records[name] = image["id"], image["file_name"]
     category_ids = [0] + sorted(ground_truth.getCatIds())
     postprocessor = PostProcessor.from_config(config, category_ids)
     anchors = config.num_ssd_boxes
+    names = sorted(name for name in os.listdir(img_path)
+                   if not name.startswith(".") and os.path.isfile(os.path.join(img_path, name)))
+    by_stem = {}
+    for name in names:
+        if name in by_name or name.lower().endswith(cpp_image_suffixes):
+            stem = os.path.splitext(name)[0]
+            if stem in by_stem:
+                raise ValueError(
+                    f"{img_path}: {by_stem[stem]} and {name} would share the result files "
+                    f"{stem}_0.bin / {stem}_1.bin (named by the file name without its last "
+                    f"extension); rename one of them")
+            by_stem[stem] = name
     detections, img_ids, unknown = [], [], []
-    for name in sorted(os.listdir(img_path)):
+    for name in names:
         path = os.path.join(img_path, name)
-        if not os.path.isfile(path) or name.startswith("."):
-            continue
         if name not in by_name:
             unknown.append(name)
             continue
-        stem = name.split(".")[0]
+        stem = os.path.splitext(name)[0]
         files = [os.path.join(result_path, f"{stem}_{k}.bin") for k in (0, 1)]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
@@ -93,5 +117,14 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
               f"e.g. {unknown[0]}")
     if not img_ids:
         raise ValueError(f"none of the files in {img_path} is listed in {anno_file}")
+    present = set(names)
+    absent = sorted(records[name] for name in by_name if name not in present)
+    if absent:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        print(f"Scored {len(img_ids)} of the {len(by_name)} images of {anno_file}; "
+              f"{len(absent)} not in {img_path} are left out of the score: "
+              f"{', '.join(absent[:5])}{more}")
+    else:
+        print(f"Scored all {len(img_ids)} images of {anno_file}")
     return score_and_report(config, anno_file, detections, img_ids, output_dir,
                             {"result_path": os.path.abspath(result_path)})

@@ -1,8 +1,22 @@
-"""predict.py: detections drawn on images, plus a json of them, from a checkpoint."""
+"""predict.py: detections drawn on images, plus a json of them, from a checkpoint.
+
+Conventions:
+
+* Pixels as stored: images are decoded with their EXIF orientation ignored
+  (``cv2.IMREAD_IGNORE_ORIENTATION``), as MindSpore's ``vision.Decode`` in training and
+  evaluation, the sizes of the data check and postprocess.py (PIL), and COCO's own ``width`` and
+  ``height`` do. Boxes are in that frame and the pictures are drawn in it (a phone photo taken
+  upright may show turned on its side).
+* Output names: the picture of input ``<name>`` (its whole file name, extension included) is
+  ``<name>.jpg``, so ``a.jpg`` and ``a.png`` give ``a.jpg.jpg`` and ``a.png.jpg``.
+* Inputs are never written over: an output folder that is the folder of an input, or an output
+  file that is an input (a link), is refused before anything is written.
+"""
 import os
 
 import cv2
 import mindspore as ms
+import numpy as np
 
 from src.data.transforms import network_input
 from src.detections import PostProcessor
@@ -29,6 +43,41 @@ def list_images(path: str) -> list:
     return [path]
 
 
+def read_image(path: str) -> np.ndarray:
+    """The BGR ``uint8`` pixels of ``path`` as stored (EXIF orientation ignored: the module's
+    convention); ValueError naming the file if it does not decode."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ValueError(f"{path}: cannot be decoded as an image")
+    return image
+
+
+def picture_name(path: str) -> str:
+    """The output picture's file name for input ``path``: its whole file name plus ``.jpg``."""
+    return f"{os.path.basename(path)}.jpg"
+
+
+def check_outputs(files: list, output_dir: str) -> None:
+    """ValueError, before anything is written, if writing into ``output_dir`` could touch an
+    input: the folder holds inputs (the same folder, or a link to it), or one of its output
+    files (pictures, detections.json, config.yaml) already is an input file (a link)."""
+    folder = os.path.realpath(output_dir)
+    for path in files:
+        if os.path.realpath(os.path.dirname(os.path.abspath(path))) == folder:
+            raise ValueError(
+                f"--output_dir {output_dir} is the folder of the input {path}; predict.py "
+                f"never writes into its inputs' folder (pictures are <name>.jpg, plus "
+                f"detections.json and config.yaml): pass another --output_dir")
+    inputs = {os.path.realpath(path): path for path in files}
+    outputs = [picture_name(path) for path in files] + ["detections.json", "config.yaml"]
+    for name in outputs:
+        target = os.path.realpath(os.path.join(output_dir, name))
+        if target in inputs:
+            raise ValueError(f"--output_dir {output_dir}: {os.path.join(output_dir, name)} is "
+                             f"the input {inputs[target]} (a link) and would be overwritten: "
+                             f"pass another --output_dir")
+
+
 def class_names_for(config) -> list:
     """--classes, else the names stored in the checkpoint, else class_1, class_2 ..."""
     if config.classes:
@@ -40,7 +89,8 @@ def class_names_for(config) -> list:
 
 
 def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
-    """Detect objects in one image or a folder; writes <stem>.jpg pictures and detections.json.
+    """Detect objects in one image or a folder; writes ``<name>.jpg`` pictures and
+    detections.json (the module's conventions: pixels as stored, inputs never overwritten).
 
     Every detection above ``min_score`` (after NMS) goes into the json, as eval.py's COCO
     result records (``image_id`` = the image's position, 1-based; ``category_id`` = the class
@@ -50,6 +100,7 @@ def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
     files = list_images(image_path)
+    check_outputs(files, config.output_dir or DEFAULT_OUTPUT_DIR)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
     config = with_checkpoint_classes(config, config.checkpoint_path)
@@ -58,9 +109,7 @@ def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
     postprocessor = PostProcessor.from_config(config, list(range(config.num_classes)))
     results = {}
     for path in files:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{path}: cannot be decoded as an image")
+        image = read_image(path)
         batch = network_input(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), config.img_shape)[None]
         boxes, scores = net(ms.Tensor(batch))
         found, found_scores, classes = postprocessor.detect(boxes.asnumpy()[0],
@@ -68,8 +117,9 @@ def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
                                                             image.shape[:2])
         shown = found_scores > draw_threshold
         picture = draw_detections(image, found[shown], found_scores[shown], classes[shown], names)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        cv2.imwrite(os.path.join(output_dir, f"{stem}.jpg"), picture)
+        target = os.path.join(output_dir, picture_name(path))
+        if not cv2.imwrite(target, picture):
+            raise OSError(f"{target}: cannot be written (the picture of {path})")
         records = postprocessor.coco_records(len(results) + 1, found, found_scores, classes)
         results[os.path.basename(path)] = [
             {**record, "file_name": os.path.basename(path), "class": names[c]}

@@ -16,7 +16,7 @@ from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
-from src.device import Run, save_run_config, start_run
+from src.device import Run, current_rss_mb, save_run_config, start_run
 from src.engine.checkpoint import (
     Position,
     checkpoint_name,
@@ -250,7 +250,8 @@ class Trainer:
         mean_loss = float(np.mean(losses)) if losses else float("nan")
         self.epoch_losses.append(mean_loss)
         self.log.write("epoch", epoch=epoch, global_step=self.position.global_step,
-                       mean_loss=mean_loss, seconds=round(seconds, 2), skipped_steps=skipped)
+                       mean_loss=mean_loss, seconds=round(seconds, 2), skipped_steps=skipped,
+                       rss_mb=round(current_rss_mb(), 1))
         images = (len(losses) + skipped) * config.batch_size * self.run_info.world
         self.say(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
                  f"{seconds:.1f} s ({images / seconds:.2f} img/s)"
