@@ -285,7 +285,7 @@ def truncate(path):
 def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
         demo_root, tmp_path, graph_cpu):
     from src.cli import is_expected
-    from src.data.pipeline import create_eval_dataset, create_train_dataset
+    from src.data.pipeline import batches, create_eval_dataset, create_train_dataset
 
     root = copy_demo(demo_root, tmp_path)
     bad = {}
@@ -298,7 +298,7 @@ def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
     assert train.images == 12                              # only the headers were read
     data = create_train_dataset(train.files, BoxCoder(generate_default_boxes()), 2)
     with pytest.raises(DatasetError) as error:
-        for _ in data.skip(1).create_tuple_iterator(num_epochs=1):
+        for _ in batches(data.skip(1), train.files, num_epochs=1):
             pass
     message = str(error.value)
     assert f"image id {bad['train2017']} cannot be decoded" in message
@@ -306,7 +306,8 @@ def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
     assert str(tmp_path / "mr" / "ssd.mindrecord") in message and is_expected(error.value)
     evaluation = prepare_split(config, "eval", str(tmp_path), **QUIET)
     with pytest.raises(DatasetError, match=f"image id {bad['val2017']} cannot be decoded"):
-        list(create_eval_dataset(evaluation.files, 2).create_dict_iterator(num_epochs=1))
+        list(batches(create_eval_dataset(evaluation.files, 2), evaluation.files, dicts=True,
+                     num_epochs=1))
     checked = prepare_split(config.replace(check_images=True, skip_bad_samples=True), "train",
                             str(tmp_path), **QUIET)
     assert checked.images == 11 and checked.check["skipped_images"] == 1

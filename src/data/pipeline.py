@@ -7,7 +7,8 @@ num_match (B, 1) int32, img_id (B, 1) int64. Evaluation batches: img_id (B, 1) i
 An image that MindSpore cannot decode (possible when the set was converted with
 ``--check_images false``, which reads only image headers) stops the iteration with a
 DatasetError that names it: the pipelines' iterators turn MindSpore's RuntimeError, which names
-only the shard file, into that error after finding the image (``undecodable_images``). Such
+only the shard file, into that error after finding the image (``batches``,
+``undecodable_images``). Such
 images are not skipped inside the pipeline: every shard of a distributed run must yield the same
 number of batches, and an epoch's length and order must not depend on what fails to decode, so
 that resume and replay stay exact. The check at conversion leaves them out instead
@@ -52,7 +53,7 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
     data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
                     input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(TRAIN_COLUMNS)
-    return naming_bad_images(data.batch(batch_size, drop_remainder=True), files)
+    return data.batch(batch_size, drop_remainder=True)
 
 
 def create_eval_dataset(files, batch_size, img_shape=(300, 300), num_workers=2):
@@ -67,7 +68,7 @@ def create_eval_dataset(files, batch_size, img_shape=(300, 300), num_workers=2):
     data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
                     input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(EVAL_COLUMNS)
-    return naming_bad_images(data.batch(batch_size, drop_remainder=False), files)
+    return data.batch(batch_size, drop_remainder=False)
 
 
 def undecodable_images(files) -> list:
@@ -161,57 +162,19 @@ def decode_error(message: str, files) -> DatasetError:
                         f"{advice}")
 
 
-class _Iterator:
-    """A MindSpore iterator whose Decode failures become ``decode_error``'s DatasetError."""
-
-    def __init__(self, inner, files):
-        self._inner, self._files = inner, files
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
+def batches(data, files, dicts: bool = False, **iterator_options):
+    """The rows of pipeline ``data`` over MindRecord ``files`` (tuples, or dicts with
+    ``dicts``; ``iterator_options`` go to MindSpore's iterator), an image that cannot be decoded
+    raising ``decode_error``'s DatasetError that names it instead of MindSpore's RuntimeError."""
+    iterator = (data.create_dict_iterator(**iterator_options) if dicts
+                else data.create_tuple_iterator(**iterator_options))
+    while True:
         try:
-            return next(self._inner)
+            row = next(iterator)
+        except StopIteration:
+            return
         except RuntimeError as exc:
             if DECODE_FAILED not in str(exc):
                 raise
-            error = decode_error(str(exc), self._files)
-        raise error
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-class _NamesBadImages:
-    """Mixed into a pipeline's dataset class (``naming_bad_images``): its tuple and dict
-    iterators are ``_Iterator``s, also after ``skip`` and ``take``."""
-
-    def create_tuple_iterator(self, *args, **kwargs):
-        return _Iterator(super().create_tuple_iterator(*args, **kwargs), self.mindrecord_files)
-
-    def create_dict_iterator(self, *args, **kwargs):
-        return _Iterator(super().create_dict_iterator(*args, **kwargs), self.mindrecord_files)
-
-    def skip(self, count):
-        return naming_bad_images(super().skip(count), self.mindrecord_files)
-
-    def take(self, count=-1):
-        return naming_bad_images(super().take(count), self.mindrecord_files)
-
-
-_NAMING_CLASSES = {}
-
-
-def naming_bad_images(data, files):
-    """``data`` (a MindSpore dataset over MindRecord ``files``), its iterators reporting an
-    image that cannot be decoded as a DatasetError naming it (see ``decode_error``). The object
-    stays an instance of its MindSpore class."""
-    base = type(data)
-    if not issubclass(base, _NamesBadImages):
-        if base not in _NAMING_CLASSES:
-            _NAMING_CLASSES[base] = type(base.__name__, (_NamesBadImages, base),
-                                         {"__module__": base.__module__})
-        data.__class__ = _NAMING_CLASSES[base]
-    data.mindrecord_files = tuple(files)
-    return data
+            raise decode_error(str(exc), files) from None
+        yield row

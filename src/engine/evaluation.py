@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import mindspore as ms
 import numpy as np
 
-from src.data.pipeline import create_eval_dataset
+from src.data.pipeline import batches, create_eval_dataset
 from src.detections import PostProcessor
 from src.engine.progress import Progress
 from src.files import write_json
@@ -81,7 +81,8 @@ class Evaluation:
         batch_size = self.config.eval_batch_size
         detections, img_ids = [], []
         bar = Progress(self.dataset.get_dataset_size(), desc, self.config.progress)
-        for batch in self.dataset.create_dict_iterator(output_numpy=True, num_epochs=1):
+        for batch in batches(self.dataset, self.prepared.files, dicts=True, output_numpy=True,
+                             num_epochs=1):
             images, count = batch["image"], len(batch["image"])
             if count < batch_size:
                 padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)

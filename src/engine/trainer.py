@@ -13,7 +13,7 @@ from mindspore import Tensor
 
 from src.box_coder import BoxCoder
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.data.pipeline import create_train_dataset
+from src.data.pipeline import batches, create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, current_rss_mb, save_run_config, start_run
@@ -211,7 +211,8 @@ class Trainer:
                        f"epoch {epoch}/{self.config.epoch_size}", progress)
         losses, skipped, tick = [], 0, time.time()
         try:
-            for batch in self.epoch_data(epoch, first_batch).create_tuple_iterator(num_epochs=1):
+            for batch in batches(self.epoch_data(epoch, first_batch), self.prepared.files,
+                                 num_epochs=1):
                 loss, tick = self.step(batch, epoch, bar, tick)
                 if loss is None:
                     skipped += 1
