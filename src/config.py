@@ -254,6 +254,10 @@ class Config:
                                "for training, outputs/eval for evaluation)",
                            flags=("--train_url",), section="run")
     checkpoint_path: str = _key("", "checkpoint to evaluate", section="run")
+    malloc_arenas: int = _key(0, "glibc malloc arenas of the process (0: one per core): bounds "
+                                 "the memory that each epoch's new data-pipeline threads would "
+                                 "otherwise add (glibc's default allows 8 per core)",
+                              check=_non_negative, section="run")
     progress: str = _key("auto", "auto: a progress bar on a terminal, periodic lines otherwise",
                          choices=("auto", "bar", "lines", "off"), section="run")
 

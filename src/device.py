@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_LIBRARY = os.path.join(ROOT, "build", "kernels", "libssd_cpu_kernels.so")
 KERNEL_SOURCES = os.path.join(ROOT, "src", "kernels")
 KERNEL_THREADS_VARIABLE = "SSD_CONV_THREADS"  # how conv_threads reaches src/kernels/threads.h
+M_ARENA_MAX = -8   # glibc's mallopt parameter (malloc.h)
 
 
 def kernel_sources_digest(sources=KERNEL_SOURCES):
@@ -87,12 +88,34 @@ def cap_onednn_isa(config):
     return "AVX2"
 
 
+def limit_malloc_arenas(arenas: int) -> int:
+    """Cap glibc's malloc arenas (0: one per core); returns the cap set, 0 where the C library
+    has no ``mallopt`` (not glibc).
+
+    Why: every epoch builds a new data pipeline whose threads allocate numpy arrays; glibc gives
+    new threads new arenas up to 8 per core, and memory freed in them is kept, so a long run's
+    resident memory grew a few MB an epoch (docs/performance.md). Arenas made later obey the
+    cap, so this runs before MindSpore starts its threads."""
+    import ctypes
+    import ctypes.util
+
+    arenas = arenas or os.cpu_count() or 1
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return 0
+    return arenas if mallopt(M_ARENA_MAX, arenas) == 1 else 0
+
+
 def prepare_process(config):
     """What must be settled before MindSpore loads, from the config alone: the oneDNN cap
-    (``cap_onednn_isa``) and the thread count of our kernels (``conv_threads``, read by the
-    kernel library from ``KERNEL_THREADS_VARIABLE`` when it loads; 0 lets it take every core).
-    Every entry point calls it right after parsing the config (``src.cli``)."""
+    (``cap_onednn_isa``), the thread count of our kernels (``conv_threads``, read by the kernel
+    library from ``KERNEL_THREADS_VARIABLE`` when it loads; 0 lets it take every core) and the
+    malloc arenas (``limit_malloc_arenas``). Every entry point calls it right after parsing the
+    config (``src.cli``)."""
     os.environ[KERNEL_THREADS_VARIABLE] = str(config.conv_threads)
+    limit_malloc_arenas(config.malloc_arenas)
     return cap_onednn_isa(config)
 
 

@@ -52,9 +52,10 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
     from src.data.sources import prepare_split
     from src.demo_data import generate
 
-    if not config.coco_root:
+    if not config.coco_root:   # one epoch holds every batch timed (an epoch's end stops it)
         root = os.path.join(workdir, "data")
-        generate(root, images, 1, seed=0, image_size=size)
+        generate(root, max(images, (batches + warmup) * config.batch_size), 1, seed=0,
+                 image_size=size)
         config = config.replace(coco_root=root, num_classes=4)
     files = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "mr")), "train",
                           workdir, progress=False, log=lambda m: None).files

@@ -56,3 +56,16 @@ def test_platform_names():
     assert resolve_platform("auto") in ("CPU", "GPU", "Ascend")
     with pytest.raises(ValueError, match="TPU"):
         resolve_platform("TPU")
+
+
+def test_malloc_arenas_are_capped_in_a_glibc_process():
+    """limit_malloc_arenas reports the cap glibc accepted (0 where mallopt is missing); the
+    30-epoch measurement behind it is in docs/performance.md."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"not a glibc system ({platform.libc_ver()}): no malloc arenas to cap")
+    code = ("import sys; sys.path.insert(0, {root!r}); from src.device import "
+            "limit_malloc_arenas as cap; print(cap(3), cap(0))").format(root=ROOT)
+    result = run_script(["-c", code], timeout=60)
+    assert result.stdout.split() == ["3", str(os.cpu_count())], result.stderr
