@@ -339,3 +339,124 @@ def test_a_decompression_bomb_is_reported_like_any_bad_image(tmp_path, monkeypat
         apply_policy(source, report)
     kept = apply_policy(source, report, skip_bad_samples=True)
     assert [r.img_id for r in kept.records] == [2] and report.skipped == 1
+
+
+# --- D. a set that a running job reads -----------------------------------------------------
+
+HOLD = """
+import sys
+sys.path.insert(0, {root!r})
+from src.config import Config
+from src.device import prepare_process
+prepare_process(Config())
+from src.data.sources import prepare_split
+
+prepared = prepare_split(Config(coco_root={data!r}, num_classes=4, mindrecord_dir={mr!r},
+                                mindrecord_shards=2), "train", {mr!r}, progress=False,
+                         log=lambda message: None)
+print("holding", prepared.images, flush=True)
+sys.stdin.read()                      # holds the set until the test closes this pipe
+"""
+
+
+def set_contents(directory):
+    """Every file of the sets in ``directory`` (not the hidden lock and hold files), as bytes."""
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if not name.startswith(".")}
+
+
+def with_one_box_moved(demo_root, tmp_path):
+    """A copy of the demo data with one training box moved: other data for the same set."""
+    root = copy_demo(demo_root, tmp_path)
+    path = os.path.join(root, "annotations", "instances_train2017.json")
+    data = json.load(open(path))
+    data["annotations"][0]["bbox"][0] += 1
+    json.dump(data, open(path, "w"))
+    return root
+
+
+def can_lock(path, kind):
+    """Whether a new open file could take ``kind`` (fcntl.LOCK_SH or LOCK_EX) on ``path``."""
+    import fcntl
+
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, kind | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def test_a_set_a_running_job_reads_is_replaced_only_after_it_ends(demo_root, tmp_path):
+    import fcntl
+    import gc
+    import select
+    import warnings
+
+    from src.cli import is_expected
+
+    mr = str(tmp_path / "mr")
+    other = with_one_box_moved(demo_root, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, data=demo_root,
+                                                                 mr=mr)],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 300)
+        line = holder.stdout.readline() if ready else ""
+        assert line == "holding 12\n", (line, holder.poll())
+        before = set_contents(mr)
+        held = mindrecord.hold_path(mr, "ssd.mindrecord", mindrecord.holder_id(holder.pid))
+        assert os.path.isfile(held) and not can_lock(held, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError) as refused:
+            prepare_split(coco_config(other, mr), "train", mr, **QUIET)
+        message = str(refused.value)
+        assert f"MindRecord set {os.path.join(mr, 'ssd.mindrecord')}* is in use" in message
+        assert f"pid {holder.pid} on" in message and "--mindrecord_url" in message
+        assert "nothing was changed" in message and is_expected(refused.value)
+        assert set_contents(mr) == before and not leftovers(mr, "ssd.mindrecord")
+        with pytest.raises(DatasetError) as mismatch:      # the data's own problem comes first
+            prepare_split(coco_config(demo_root, mr, num_classes=5), "train", mr, **QUIET)
+        assert "num_classes is 5" in str(mismatch.value)
+        assert "in use" not in str(mismatch.value)
+        messages = []
+        reader = prepare_split(coco_config(demo_root, mr), "train", mr, progress=False,
+                               log=messages.append)       # the same data: shared with the job
+        assert any("Reusing" in m for m in messages) and reader.images == 12
+        assert reader.hold.held and reader.hold.path != held
+        assert not can_lock(reader.hold.path, fcntl.LOCK_EX)
+        assert can_lock(reader.hold.path, fcntl.LOCK_SH) and set_contents(mr) == before
+    finally:
+        try:
+            _, err = holder.communicate("", timeout=120)    # closing its stdin ends it
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            _, err = holder.communicate()
+    assert holder.returncode == 0, err
+    assert os.path.isfile(held)                              # until the next one comes
+    again = prepare_split(coco_config(demo_root, mr), "train", mr, **QUIET)
+    assert not os.path.exists(held) and again.hold.path == reader.hold.path
+    messages = []
+    replaced = prepare_split(coco_config(other, mr), "train", mr, progress=False,
+                             log=messages.append)   # this process's own holds do not count
+    assert any("Writing" in m for m in messages) and set_contents(mr) != before
+    assert replaced.hold.path == reader.hold.path
+    reader.release()
+    reader.release()
+    assert not reader.hold.held and not can_lock(replaced.hold.path, fcntl.LOCK_EX)
+    again.release()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        del replaced                                      # the last hold: ends with its split
+        gc.collect()
+    assert can_lock(reader.hold.path, fcntl.LOCK_EX)
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], seen
+    untestable = [mindrecord.hold_path(mr, "ssd.mindrecord", name) for name in ("elsewhere-7",
+                                                                              "odd")]
+    for path in untestable:
+        os.makedirs(path)                                 # cannot be locked: taken as held
+    after = set_contents(mr)
+    with pytest.raises(DatasetError, match="in use: a running job reads it \\(pid 7 on "
+                                           "elsewhere, odd\\)"):
+        prepare_split(coco_config(demo_root, mr), "train", mr, **QUIET)
+    assert set_contents(mr) == after and all(os.path.isdir(path) for path in untestable)

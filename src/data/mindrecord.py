@@ -16,16 +16,25 @@ The temporary folder is ``.<prefix>.partial-<pid>``. SIGINT, SIGTERM and SIGHUP 
 conversion stop it after removing that folder (exit status 130, 143 and 129 through
 ``src.cli.run``); what a process killed outright (SIGKILL, a crash) leaves behind is removed by
 the next process that takes the set's lock, for every pid that is no longer running.
+
+A process that reads a set holds it (``SetHold``: a shared ``flock`` on its own hold file
+``.<prefix>.inuse-<host>-<pid>.lock``) from the moment it found the set current, taken under
+the conversion lock, until it ends or releases the hold. A conversion that would replace a set
+another process holds stops with a message instead (``refuse_if_held``); the process's own holds
+never stop it (see ``other_holders``).
 """
 import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -120,6 +129,107 @@ def conversion_lock(directory: str, prefix: str):
             yield sweep_staging(directory, prefix)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+HOLD_SUFFIX = ".lock"
+
+
+def holder_id(pid: Optional[int] = None) -> str:
+    """``<host>-<pid>`` of a process on this host (this one by default), as hold files name
+    their holder; the host keeps apart processes of other machines or containers that share
+    the folder and happen to have the same pid."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
+def hold_path(directory: str, prefix: str, holder: str) -> str:
+    """The hold file of one holder of a set."""
+    return os.path.join(directory, f".{prefix}.inuse-{holder}{HOLD_SUFFIX}")
+
+
+class SetHold:
+    """This process's hold on a set it reads: a shared ``flock`` on its hold file, kept until
+    ``release()``, until the object is collected, or until the process ends.
+
+    Every hold of a process uses the same file (``hold_path`` with ``holder_id()``), each on
+    its own open file: holds never block each other, and releasing one leaves the others.
+    Take it holding the set's conversion lock, the only time hold files are removed."""
+
+    def __init__(self, directory: str, prefix: str):
+        self.path = hold_path(directory, prefix, holder_id())
+        self._file = open(self.path, "a+", encoding="utf-8")  # readable and writable: on NFS
+        try:                                                  # flock works only like this
+            fcntl.flock(self._file, fcntl.LOCK_SH)
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        """Let go of the set (a second call does nothing)."""
+        if self._file is not None:
+            self._file.close()                 # closing the file ends its lock
+            self._file = None
+
+    def __del__(self):
+        self.release()
+
+
+def other_holders(directory: str, prefix: str) -> list:
+    """The processes other than this one that hold the set (their ``holder_id``); removes the
+    hold files nobody holds any more (processes that ended). Call it holding the set's lock.
+
+    Hold files are per process because a ``flock`` belongs to an open file, not to a
+    process: with one shared file, this process's own holds (an earlier split still
+    referenced) would be indistinguishable from another job's, and would stop its own
+    replacement of the set. This process's own file is never tested nor removed."""
+    start, own = f".{prefix}.inuse-", holder_id()
+    holders = []
+    for name in sorted(os.listdir(directory)):
+        holder = name[len(start):-len(HOLD_SUFFIX)]
+        if not (name.startswith(start) and name.endswith(HOLD_SUFFIX)) or holder == own:
+            continue
+        try:
+            descriptor = os.open(os.path.join(directory, name), os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        except OSError:                  # cannot be tested (another user's): taken as held
+            holders.append(holder)
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                  # BlockingIOError: held; any other: cannot tell
+            holders.append(holder)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+        finally:
+            os.close(descriptor)
+    return holders
+
+
+def _describe_holder(holder: str) -> str:
+    """``pid <pid> on <host>`` for a ``holder_id``; a name of another form as it is."""
+    host, _, pid = holder.rpartition("-")
+    return f"pid {pid} on {host}" if host and pid.isdigit() else holder
+
+
+def refuse_if_held(directory: str, prefix: str, holders: list) -> None:
+    """Raise DatasetError if another process holds the set (``holders``, from
+    ``other_holders``): a conversion would replace the files a running job reads. Call it
+    holding the set's lock, before changing anything. It stops at once rather than waiting:
+    the job may read the set until it ends."""
+    if not holders:
+        return
+    processes = ", ".join(_describe_holder(holder) for holder in holders)
+    raise DatasetError(
+        f"MindRecord set {os.path.join(directory, prefix)}* is in use: a running job reads it "
+        f"({processes}), and converting other data or settings would replace it under that job; "
+        "nothing was changed. Wait until that job has finished, or convert into another folder "
+        "(--mindrecord_url DIR)")
 
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")

@@ -2,13 +2,24 @@
 
 The check runs before any conversion and only when the split's set must be (re)written: a set
 that is complete and was made from the same files with the same settings is reused as it is.
+The returned split holds its set (``src.data.mindrecord.SetHold``): another process's
+conversion of other data into the same folder stops instead of replacing it.
 """
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from src.boxes import yxyx_to_xywh
 from src.data.check import apply_policy, check_source
-from src.data.mindrecord import conversion_lock, current_set, set_files, write_set
+from src.data.mindrecord import (
+    SetHold,
+    conversion_lock,
+    current_set,
+    other_holders,
+    refuse_if_held,
+    set_files,
+    write_set,
+)
 from src.data.readers import read_source
 from src.data.records import DatasetError
 
@@ -19,14 +30,21 @@ GROUND_TRUTH_SUFFIX = ".ground_truth.json"
 @dataclass
 class PreparedSplit:
     """A split ready to read: its source (names, category ids), MindRecord files, the COCO
-    ground-truth json to score against, the number of converted images and the check's
-    summary."""
+    ground-truth json to score against, the number of converted images, the check's summary,
+    and this process's hold on the set (``SetHold``), kept while the split is referenced, until
+    ``release()`` or the process's end."""
 
     source: object
     files: list
     ground_truth: str
     images: int
     check: dict
+    hold: Optional[SetHold] = None
+
+    def release(self) -> None:
+        """Let other processes replace the set (once nothing here reads it any more)."""
+        if self.hold is not None:
+            self.hold.release()
 
 
 def coco_ground_truth(source):
@@ -66,8 +84,13 @@ def with_data_classes(config, source, log=print):
 
 def prepare_split(config, split, output_dir, progress=True, log=print):
     """Read a split, and check and convert it unless a current set exists; returns a
-    PreparedSplit. Raises DatasetError (with the check's report) on unusable data; a
-    ``num_classes`` that disagrees with the data is one more problem of that report."""
+    PreparedSplit that holds the set. Raises DatasetError (with the check's report) on unusable
+    data; a ``num_classes`` that disagrees with the data is one more problem of that report.
+
+    A set that must be replaced while another process holds it (a running job reads it) is
+    left as it is, with a DatasetError saying so (``refuse_if_held``), before the check; this
+    process's own holds (e.g. an earlier split of the same set) do not count. The hold is
+    taken before the conversion lock is let go, so no conversion can come in between."""
     source = read_source(config, split)
     disagrees = bool(config.num_classes) and config.num_classes != source.num_classes
     directory = config.mindrecord_dir or os.path.join(output_dir, "mindrecord")
@@ -78,11 +101,14 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
         if swept:
             log(f"Removed {len(swept)} folder(s) that interrupted conversions left in "
                 f"{directory}: {', '.join(swept)}")
+        holders = other_holders(directory, prefix)     # also removes ended processes' files
         manifest = None if disagrees else current_set(directory, prefix, description)
         if manifest:
             log(f"Reusing MindRecord set {os.path.join(directory, prefix)}* "
                 f"({manifest['records']} images)")
         else:
+            if not disagrees:     # else the check below stops on num_classes, writing nothing
+                refuse_if_held(directory, prefix, holders)
             report = check_source(source, config.num_classes or None, config.check_images,
                                   config.num_parallel_workers, progress)
             usable = apply_policy(source, report, config.skip_bad_samples,
@@ -93,10 +119,11 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
             extra = {prefix + GROUND_TRUTH_SUFFIX: coco_ground_truth(usable)} if own_truth else {}
             manifest = write_set(usable.records, directory, prefix, config.mindrecord_shards,
                                  description, extra, {"check": report.summary()}, progress)
+        hold = SetHold(directory, prefix)
     ground_truth = (os.path.join(directory, prefix + GROUND_TRUTH_SUFFIX) if own_truth
                     else source.annotation_file)
     return PreparedSplit(source, set_files(directory, manifest), ground_truth,
-                         manifest["records"], manifest.get("check", {}))
+                         manifest["records"], manifest.get("check", {}), hold)
 
 
 def check_split(config, split):
