@@ -1,4 +1,6 @@
 """Measure speed and memory: python benchmark.py --mode train|infer|eval|data|postprocess|all
+(all: those five), or --mode epochs [--epochs 30]: resident memory across that many one-step
+epochs of the real training loop and its growth per epoch.
 
 --batch_size (default 8 here), --steps, --warmup and --device_target as usual; any config flag
 works (e.g. --data_url ROOT for the data and eval modes on your own COCO-layout data,
@@ -12,7 +14,7 @@ import os
 import sys
 
 from src.cli import parse_runnable_config
-from src.measure import MODES, run  # imports MindSpore only inside its functions
+from src.measure import ALL_MODES, MODES, run  # imports MindSpore only inside its functions
 
 
 def main(argv=None):
@@ -21,16 +23,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--eval_images", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--twin", default=None)
     parser.add_argument("--twin_python", default="python3")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.steps < 1 or args.warmup < 0 or args.eval_images < 1:
-        parser.error("--steps and --eval_images must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.eval_images < 1 or args.epochs < 2:
+        parser.error("--steps and --eval_images must be >= 1, --epochs >= 2, --warmup >= 0")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
-    run(config, MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
-        args.twin, args.twin_python, args.eval_images)
+    run(config, ALL_MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
+        args.twin, args.twin_python, args.eval_images, args.epochs)
     return 0
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from src.cpu import cpu_info
 from src.device import current_rss_mb, init_device, peak_rss_mb
 
-MODES = ("data", "train", "infer", "eval", "postprocess")
+MODES = ("data", "train", "infer", "eval", "postprocess", "epochs")
+ALL_MODES = MODES[:5]   # 'all': every mode but the long 'epochs' run
 
 
 def environment(config, platform):
@@ -237,6 +238,37 @@ def benchmark_postprocess(config, images, warmup, workdir):
             "rss_growth_mb": round(peak_rss_mb() - rss_before, 1)}
 
 
+def benchmark_epochs(config, workdir, epochs):
+    """Memory across epochs of the real training loop (train.py's): one step an epoch on
+    ``batch_size`` generated images, ``epochs`` epochs; resident memory after each epoch from
+    the training log, and its growth per epoch (a least-squares slope) after the first few."""
+    import contextlib
+    import io
+
+    from src.demo_data import generate
+    from src.engine.trainer import train
+
+    root = os.path.join(workdir, "epochs-data")
+    generate(root, config.batch_size, 1, seed=0, image_size=(640, 480))
+    out = os.path.join(workdir, "epochs-run")
+    run_config = config.replace(coco_root=root, num_classes=4, output_dir=out,
+                                mindrecord_dir=os.path.join(workdir, "epochs-mr"),
+                                epoch_size=epochs, save_checkpoint_epochs=epochs,
+                                eval_interval=0, progress="off", resume="", pre_trained="")
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(run_config)
+    with open(os.path.join(out, "train_log.jsonl"), encoding="utf-8") as log:
+        rows = [json.loads(line) for line in log]
+    rss = [row["rss_mb"] for row in rows if row.get("kind") == "epoch"]
+    settled = min(5, len(rss) // 3)
+    tail = np.arange(settled, len(rss))
+    growth = float(np.polyfit(tail, np.asarray(rss)[tail], 1)[0]) if len(tail) > 1 else 0.0
+    return {"mode": "epochs", "epochs": len(rss), "batch_size": config.batch_size,
+            "rss_after_first_epoch_mb": round(rss[0], 1), "rss_after_last_epoch_mb": round(
+                rss[-1], 1), "rss_growth_mb_per_epoch": round(growth, 2),
+            "growth_from_epoch": settled + 1, "malloc_arenas": config.malloc_arenas}
+
+
 def run_twin(script, python, config, steps, warmup):
     """The PyTorch twin's result dict (its last JSON line), run with our batch, steps and
     thread count (``../shared/bench/torch_twin.py``; it needs a Python with torch)."""
@@ -266,7 +298,8 @@ def compare_with_twin(ours, twin):
     return ratios
 
 
-def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40):
+def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
+        epochs=30):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
@@ -282,6 +315,8 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
                 result = benchmark_infer(config, steps, warmup)
             elif mode == "eval":
                 result = benchmark_eval(config, workdir, eval_images)
+            elif mode == "epochs":
+                result = benchmark_epochs(config, workdir, epochs)
             else:
                 result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
             result.update(environment(config, platform))

@@ -12,6 +12,7 @@ FIELDS = {
     "infer": {"infer_bs1_ms", "infer_bs8_img_per_s"},
     "eval": {"eval_peak_rss_mb", "eval_rss_growth_mb_per_100_images", "images"},
     "postprocess": {"postprocess_ms_per_image", "peak_rss_mb"},
+    "epochs": {"rss_after_first_epoch_mb", "rss_after_last_epoch_mb", "rss_growth_mb_per_epoch"},
 }
 
 
@@ -60,3 +61,13 @@ def test_missing_twin_script_is_refused():
 def test_bad_mode_is_refused():
     result = run_script(["benchmark.py", "--mode", "fast"], timeout=120)
     assert result.returncode == 2 and "--mode" in result.stderr
+
+
+def test_epochs_mode_reports_memory_across_epochs_of_the_training_loop():
+    result = run_script(["benchmark.py", "--mode", "epochs", "--epochs", "4", "--batch_size", "2",
+                         "--device_target", "CPU"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("{")))
+    assert line["mode"] == "epochs" and line["epochs"] == 4 and FIELDS["epochs"] <= set(line)
+    assert 200 < line["rss_after_first_epoch_mb"] <= line["rss_after_last_epoch_mb"] + 100
+    assert line["growth_from_epoch"] == 2
