@@ -5,12 +5,15 @@
 # Ascend with a rank table (the reference's form):
 #   bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]
 #   Starts one process per device of this server listed in the rank table (DEVICE_NUM, if set,
-#   takes the first DEVICE_NUM of them).
+#   takes the first DEVICE_NUM of them); a table that lists no device of this host, or a
+#   DEVICE_NUM outside 1 .. those devices, is refused before anything starts.
 # msrun (CPU, GPU, or Ascend without a rank table), one or several machines:
 #   bash scripts/run_distribute_train.sh --worker_num N [--local_worker_num M] [--master_addr HOST]
-#        [--master_port PORT] [--node_rank R] [--timeout SECONDS] DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]
+#        [--master_port PORT] [--node_rank R] [--timeout SECONDS] [--comm_timeout SECONDS] DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]
 #   N processes in all, M of them on this machine (default N); run the same command on every
-#   machine with its --node_rank and the first machine's --master_addr.
+#   machine with its --node_rank and the first machine's --master_addr. --timeout: how long the
+#   processes wait for each other when the job starts; --comm_timeout: how long a CPU collective
+#   waits for a rank (MS_CPU_COMM_OP_TIMEOUT; default that variable, else train.py's 1800).
 # Logs: TRAIN_OUTPUT_PATH/logs/ (worker_<rank>.log, scheduler.log for msrun).
 # `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -18,9 +21,10 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 usage="Usage: bash $0 RANK_TABLE_FILE DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]
-   or: bash $0 --worker_num N [--local_worker_num M] [--master_addr HOST] [--master_port PORT] [--node_rank R] [--timeout S] DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]"
+   or: bash $0 --worker_num N [--local_worker_num M] [--master_addr HOST] [--master_port PORT] [--node_rank R] [--timeout S] [--comm_timeout S] DATASET DATASET_PATH MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]"
 
 WORKER_NUM="" LOCAL_WORKER_NUM="" MASTER_ADDR=127.0.0.1 MASTER_PORT=8118 NODE_RANK=-1 TIMEOUT=600
+COMM_TIMEOUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --worker_num) WORKER_NUM=${2:-}; shift 2 ;;
@@ -29,6 +33,7 @@ while [ $# -gt 0 ]; do
         --master_port) MASTER_PORT=${2:-}; shift 2 ;;
         --node_rank) NODE_RANK=${2:-}; shift 2 ;;
         --timeout) TIMEOUT=${2:-}; shift 2 ;;
+        --comm_timeout) COMM_TIMEOUT=${2:-}; shift 2 ;;
         *) break ;;
     esac
 done
@@ -36,11 +41,15 @@ split_args "$@"
 if [ -n "$WORKER_NUM" ]; then MODE=msrun; FIRST=0; else MODE=ranktable; FIRST=1; fi
 count=${#POSITIONAL[@]}
 if [ $count -lt $((FIRST + 4)) ] || [ $count -gt $((FIRST + 5)) ]; then echo "$usage" >&2; exit 2; fi
-for name in WORKER_NUM LOCAL_WORKER_NUM MASTER_PORT TIMEOUT; do
+for name in WORKER_NUM LOCAL_WORKER_NUM MASTER_PORT TIMEOUT COMM_TIMEOUT; do
     value=${!name}
     [ -z "$value" ] || [[ "$value" =~ ^[0-9]+$ ]] || die "--${name,,} must be a number, got '$value'"
 done
 [[ "$NODE_RANK" =~ ^-?[0-9]+$ ]] || die "--node_rank must be a number, got '$NODE_RANK'"
+[ -z "$COMM_TIMEOUT" ] || [ "$COMM_TIMEOUT" -gt 0 ] || die "--comm_timeout must be above 0 seconds"
+# The CPU collectives read it when the job starts (src.engine.agreement); unset, train.py sets
+# its default.
+[ -z "$COMM_TIMEOUT" ] || export MS_CPU_COMM_OP_TIMEOUT=$COMM_TIMEOUT
 
 DATASET=${POSITIONAL[$FIRST]}
 DATASET_PATH=$(absolute "${POSITIONAL[$((FIRST + 1))]}")
@@ -48,6 +57,58 @@ MINDRECORD_PATH=$(absolute "${POSITIONAL[$((FIRST + 2))]}")
 TRAIN_OUTPUT_PATH=$(absolute "${POSITIONAL[$((FIRST + 3))]}")
 need_dataset "$DATASET"
 need_dir DATASET_PATH "$DATASET_PATH"
+if [ "$MODE" = ranktable ]; then
+    # This host's devices in the table, checked before anything is created or started.
+    RANK_TABLE_FILE=$(absolute "${POSITIONAL[0]}")
+    need_file RANK_TABLE_FILE "$RANK_TABLE_FILE"
+    devices=$("$PYTHON" - "$RANK_TABLE_FILE" <<'PY'
+import json, os, socket, subprocess, sys
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+path = sys.argv[1]
+try:
+    with open(path) as handle:
+        table = json.load(handle)
+    servers = table["server_list"]
+    devices = {s["server_id"]: [(str(d["device_id"]), str(d["rank_id"])) for d in s["device"]]
+               for s in servers}
+except (OSError, ValueError, KeyError, TypeError) as exc:
+    fail(f"RANK_TABLE_FILE {path} is not a readable rank table (json with server_list, each "
+         f"server with server_id and device: device_id, rank_id): {exc!r}")
+host = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+for name in list(host):
+    try:
+        host.update(info[4][0] for info in socket.getaddrinfo(name, None))
+    except OSError:
+        pass
+try:
+    host.update(subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                               timeout=10).stdout.split())
+except (OSError, subprocess.SubprocessError):
+    pass
+local = [pair for server, pairs in devices.items() if server in host for pair in pairs]
+if not local:
+    fail(f"{path} lists no device of this host: its servers are "
+         f"{', '.join(map(str, devices)) or '(none)'}, this host is "
+         f"{', '.join(sorted(host))}. Run this on a server the table lists, or fix its "
+         "server_id (nothing was started)")
+wanted = os.environ.get("DEVICE_NUM", "")
+if wanted:
+    if not wanted.isdigit() or not 1 <= int(wanted) <= len(local):
+        fail(f"DEVICE_NUM={wanted}: this host has {len(local)} device(s) in {path}; set "
+             f"DEVICE_NUM to 1 .. {len(local)}, or unset it to use all of them (nothing was "
+             "started)")
+    local = local[:int(wanted)]
+print(" ".join(f"{device}:{rank}" for device, rank in local))
+print(sum(len(pairs) for pairs in devices.values()))
+PY
+) || exit 2
+    pairs=($(echo "$devices" | head -n 1))
+    RANK_SIZE=$(echo "$devices" | tail -n 1)
+fi
 mkdir -p "$MINDRECORD_PATH" "$TRAIN_OUTPUT_PATH/logs" || die "cannot create output folders"
 pretrained=()
 if [ $count -eq $((FIRST + 5)) ]; then
@@ -124,20 +185,6 @@ if [ "$MODE" = msrun ]; then
     exit 0
 fi
 
-RANK_TABLE_FILE=$(absolute "${POSITIONAL[0]}")
-need_file RANK_TABLE_FILE "$RANK_TABLE_FILE"
-devices=$("$PYTHON" -c "
-import json, socket, sys
-table = json.load(open(sys.argv[1]))
-servers = table.get('server_list', [])
-local = [s for s in servers if s.get('server_id') in (socket.gethostbyname(socket.gethostname()), socket.gethostname())] or servers[:1]
-print(' '.join(f\"{d['device_id']}:{d['rank_id']}\" for s in local for d in s.get('device', [])))
-print(sum(len(s.get('device', [])) for s in servers))
-" "$RANK_TABLE_FILE") || die "RANK_TABLE_FILE $RANK_TABLE_FILE is not a readable rank table (json with server_list)"
-pairs=($(echo "$devices" | head -n 1))
-RANK_SIZE=$(echo "$devices" | tail -n 1)
-[ ${#pairs[@]} -gt 0 ] || die "$RANK_TABLE_FILE lists no devices"
-if [ -n "${DEVICE_NUM:-}" ]; then pairs=("${pairs[@]:0:$DEVICE_NUM}"); fi
 export RANK_TABLE_FILE RANK_SIZE
 echo "rank table: ${#pairs[@]} processes here of $RANK_SIZE; logs in $LOGS"
 pids=() ranks=()

@@ -187,10 +187,15 @@ def init_distributed():
     rank table on Ascend) and switch to data parallel with averaged gradients.
 
     Returns (rank, world size), read from MindSpore, never from flags that could disagree.
+    The CPU collectives' timeout gets this project's default unless the environment sets it
+    (``src.engine.agreement.set_collective_timeout``; an unusable value is refused here).
     """
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
+    from src.engine.agreement import set_collective_timeout
+
+    set_collective_timeout(os.environ)
     init()
     rank, world = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,

@@ -1,12 +1,26 @@
-"""Pictures: training curves from the metrics log."""
+"""Pictures: training curves from the metrics log, precision/recall curves, boxes drawn.
 
-import matplotlib
+Figures are made with matplotlib's object API (``Figure`` + the Agg canvas), not pyplot's
+process-wide figure list, and collected as soon as they are written: a figure is a web of
+reference cycles that only the cyclic garbage collector frees, late, and a run that drew its
+curves after every epoch grew by 1.5-2 MB an epoch with them (docs/performance.md, "Memory
+across epochs").
+"""
+import gc
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from src.files import atomic_path
+
+
+def subplots(columns: int = 1, figsize=(7, 5.5)):
+    """(figure, axes) of a new Agg figure with ``columns`` axes in a row (one: an Axes)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, columns)
+    return fig, axes
 
 
 def style_axes(ax, xlabel, ylabel, title, legend=True, **legend_options):
@@ -21,11 +35,10 @@ def style_axes(ax, xlabel, ylabel, title, legend=True, **legend_options):
 def save_figure(fig, png_path):
     """Write a figure as PNG atomically (readers never see a half-written file)."""
     fig.tight_layout()
-    try:
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    fig.clear()
+    gc.collect()
     return png_path
 
 
@@ -42,7 +55,7 @@ def plot_training_curves(rows, png_path):
         return None
     x = np.array([r["global_step"] for r in steps])
     epochs = np.array([r["epoch"] for r in steps])
-    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(18 if evals else 12, 4.5))
+    fig, axes = subplots(3 if evals else 2, figsize=(18 if evals else 12, 4.5))
     ax_loss, ax_lr = axes[0], axes[1]
     for key, colour in (("loss", "C0"), ("cls_loss", "C1"), ("loc_loss", "C2")):
         values = np.array([r[key] for r in steps], float)
@@ -68,7 +81,7 @@ def plot_pr_curves(result, png_path, title="Precision / recall at IoU 0.5"):
     ``src.metrics.CocoResult``. Returns the path, or None without curves."""
     if result.recall is None or not result.precision50:
         return None
-    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fig, ax = subplots(figsize=(7, 5.5))
     curves = []
     for category, precision in sorted(result.precision50.items()):
         if np.all(np.isnan(precision)):

@@ -17,6 +17,12 @@ from src.data.pipeline import batches, create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, current_rss_mb, save_run_config, start_run
+from src.engine.agreement import (
+    check_ranks_agree,
+    collective_failures_named,
+    data_digest,
+    weights_digest,
+)
 from src.engine.checkpoint import (
     Position,
     checkpoint_name,
@@ -117,6 +123,13 @@ class Trainer:
                                self.loss_scale, prepared.images, self.steps_per_epoch,
                                self.output_dir, float(self.lr_table.max()), run.world,
                                classes_given), flush=True)
+        if run.world > 1:   # before anything is written or trained
+            check_ranks_agree({"steps_per_epoch": self.steps_per_epoch,
+                               "global_step": self.position.global_step,
+                               "resumed": int(bool(self.resumed_from)),
+                               "images": prepared.images, "data": data_digest(prepared),
+                               "weights": weights_digest(self.train_step)},
+                              run.rank, run.world)
         self.log = RunLog(os.path.join(self.output_dir, LOG_NAME),
                           keep_until_step=self.position.global_step if self.resumed_from
                           else None, enabled=self.main)
@@ -329,4 +342,5 @@ def train(config) -> dict:
         return {"mindrecord_files": prepared.files}
     eval_split = prepare_split(config, "eval", run.output_dir, progress=run.is_main,
                                log=say) if config.eval_interval else None
-    return Trainer(config, run, prepared, eval_split, classes_given).run()
+    with collective_failures_named(run.rank, run.world, run.platform, os.environ):
+        return Trainer(config, run, prepared, eval_split, classes_given).run()
