@@ -26,10 +26,17 @@ sys.exit(run(main, "", {argv!r}))
 
 
 def probe(argv, env=None, build=False):
+    """The probe's output words, run without this process's cap or thread count (a machine
+    whose tests run under ONEDNN_MAX_CPU_ISA must not decide the outcome)."""
+    import subprocess
+    import sys
+
     clean = {k: v for k, v in os.environ.items()
              if k not in ("ONEDNN_MAX_CPU_ISA", "SSD_CONV_THREADS")}
-    result = run_script(["-c", PROBE.format(root=ROOT, argv=argv, build=build)],
-                        env={**clean, **(env or {})}, timeout=240)
+    result = subprocess.run([sys.executable, "-c", PROBE.format(root=ROOT, argv=argv,
+                                                                  build=build)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env={**clean, **(env or {})})
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
