@@ -43,7 +43,7 @@ $(KERNEL): $(KERNEL_SOURCES) $(STAMP)
 
 demo: setup
 	$(PY) -m src.demo_data --out $(DEMO_DATA) --num_train 160 --num_val 40 --seed 0
-	$(PY) train.py --config configs/demo.yaml --data_url $(DEMO_DATA) --output_dir $(DEMO_OUT)/train
+	$(PY) train.py --config configs/demo.yaml --data_url $(DEMO_DATA) --output_dir $(DEMO_OUT)/train --overwrite true
 	$(PY) eval.py --config configs/demo.yaml --data_url $(DEMO_DATA) --output_dir $(DEMO_OUT)/eval \
 		--checkpoint_path $$(ls -t $(DEMO_OUT)/train/ssd-*.ckpt | head -n 1)
 	@echo
@@ -53,7 +53,7 @@ demo: setup
 
 demo-long: setup
 	$(PY) -m src.demo_data --out $(DEMO_DATA)-long --num_train 480 --num_val 80 --seed 1
-	$(PY) train.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/train
+	$(PY) train.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/train --overwrite true
 	$(PY) eval.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/eval \
 		--checkpoint_path $$(ls -t $(DEMO_LONG_OUT)/train/ssd-*.ckpt | head -n 1)
 

@@ -80,3 +80,16 @@ def test_src_imports_have_no_cycle_and_never_reach_up():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_make_demo_can_run_again_into_its_own_folders():
+    """A second `make demo` finds its earlier run in outputs/demo/train: train.py refuses a
+    run's folder unless told, so the demo targets pass --overwrite true (the old run moves to
+    previous-<time>/, nothing is deleted)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    for target in ("demo", "demo-long"):
+        dry = subprocess.run(["make", "--no-print-directory", "-n",
+                              target], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+        trains = [line for line in dry.stdout.splitlines() if " train.py " in line]
+        assert trains and all("--overwrite true" in line for line in trains), dry.stdout
