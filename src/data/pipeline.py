@@ -23,6 +23,7 @@ from mindspore.dataset import vision
 
 from src.data.records import DatasetError
 from src.data.transforms import MEAN_RGB, STD_RGB, EvalTransform, TrainTransform
+from src.text import listed
 
 TRAIN_COLUMNS = ["image", "box", "label", "num_match", "img_id"]
 EVAL_COLUMNS = ["img_id", "image", "image_shape"]
@@ -146,9 +147,8 @@ def decode_error(message: str, files) -> DatasetError:
                             "second pass decoded every image of it; the file system may have "
                             "failed: run again")
     names = _file_names(os.path.dirname(scope[0]), prefix, bad[:MAX_NAMED])
-    listed = ", ".join(f"image id {i}" + (f" ({names[i]})" if names.get(i) else "")
-                       for i in bad[:MAX_NAMED])
-    more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    named = listed([f"image id {i}" + (f" ({names[i]})" if names.get(i) else "") for i in bad],
+                   MAX_NAMED)
     settings = manifest.get("description", {}).get("settings", {})
     if settings.get("check_images", False) is False:
         advice = ("the set was converted with --check_images false, which reads only the "
@@ -158,7 +158,7 @@ def decode_error(message: str, files) -> DatasetError:
     else:
         advice = ("the check at conversion decoded it without error (with PIL), MindSpore's "
                   "decoder does not: re-encode or remove it from the dataset")
-    return DatasetError(f"MindRecord set {where}: {listed}{more} cannot be decoded{cause}; "
+    return DatasetError(f"MindRecord set {where}: {named} cannot be decoded{cause}; "
                         f"{advice}")
 
 

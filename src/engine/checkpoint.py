@@ -16,7 +16,8 @@ import mindspore as ms
 import numpy as np
 
 from src.files import atomic_path
-from src.model.weights import CheckpointError, listed, read_checkpoint
+from src.model.weights import CheckpointError, read_checkpoint
+from src.text import listed
 
 CHECKPOINT_PREFIX = "ssd"
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)_(\d+)\.ckpt$")

@@ -13,6 +13,7 @@ from src.device import save_run_config, start_run
 from src.engine.evaluation import Evaluation, score_and_report
 from src.metrics import load_coco_ground_truth
 from src.model import conv_description
+from src.text import listed
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
 
@@ -120,10 +121,8 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
     present = set(names)
     absent = sorted(records[name] for name in by_name if name not in present)
     if absent:
-        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
         print(f"Scored {len(img_ids)} of the {len(by_name)} images of {anno_file}; "
-              f"{len(absent)} not in {img_path} are left out of the score: "
-              f"{', '.join(absent[:5])}{more}")
+              f"{len(absent)} not in {img_path} are left out of the score: {listed(absent)}")
     else:
         print(f"Scored all {len(img_ids)} images of {anno_file}")
     return score_and_report(config, anno_file, detections, img_ids, output_dir,

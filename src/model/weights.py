@@ -9,6 +9,8 @@ from typing import Optional
 
 import mindspore as ms
 
+from src.text import listed
+
 HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
 WRAPPER_PREFIX = "network."
 
@@ -34,12 +36,6 @@ def strip_wrappers(name: str) -> str:
     while name.startswith(WRAPPER_PREFIX):
         name = name[len(WRAPPER_PREFIX):]
     return name
-
-
-def listed(names: list, limit: int = 5) -> str:
-    """'a, b, c' for a few names, '... and N more' after ``limit``."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" ... and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def load_weights(network: ms.nn.Cell, path: str, drop_heads: bool = False,
