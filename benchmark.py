@@ -5,7 +5,10 @@ epochs of the real training loop and its growth per epoch.
 --batch_size (default 8 here), --steps, --warmup and --device_target as usual; any config flag
 works (e.g. --data_url ROOT for the data and eval modes on your own COCO-layout data,
 --checkpoint_path for trained weights, --conv_dtype bfloat16). --eval_images N: generated val
-images for the eval mode's memory reading (default 40, the demo's val set).
+images for the eval mode's memory reading (default 40, the demo's val set); the eval mode also
+runs evaluation's worst case (an untrained 81-class model: 8,000 detections an image) at
+--stress_images N1,N2,... images (default 50,200; COCO val is 5000), one 'eval_stress' line
+each: post-processing, json and COCOeval time per image and peak memory.
 --twin PATH/torch_twin.py [--twin_python PY]: run the PyTorch twin right after, with the same
 batch, steps and threads, and print the ratios. Prints one JSON line per mode.
 """
@@ -24,16 +27,24 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--eval_images", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--stress_images", default="50,200")
     parser.add_argument("--twin", default=None)
     parser.add_argument("--twin_python", default="python3")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        stress = tuple(int(n) for n in args.stress_images.split(","))
+    except ValueError:
+        stress = ()
+    if not stress or min(stress) < 1:
+        parser.error(f"--stress_images {args.stress_images!r}: expected image counts >= 1, "
+                     "comma-separated (e.g. 50,200)")
     if args.steps < 1 or args.warmup < 0 or args.eval_images < 1 or args.epochs < 2:
         parser.error("--steps and --eval_images must be >= 1, --epochs >= 2, --warmup >= 0")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
     run(config, ALL_MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
-        args.twin, args.twin_python, args.eval_images, args.epochs)
+        args.twin, args.twin_python, args.eval_images, args.epochs, stress)
     return 0
 
 

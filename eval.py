@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with COCO mAP: python eval.py --data_url COCO_ROOT --checkpoint_path CKPT
 
-Prints pycocotools' 12-line summary and 'mAP: <value>'; writes detections.json and
-eval_results.json into --output_dir (default outputs/eval).
+Prints COCOeval's 12-line summary (--coco_evaluator) and 'mAP: <value>'; writes detections.json
+and eval_results.json into --output_dir (default outputs/eval).
 """
 import sys
 

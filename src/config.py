@@ -140,6 +140,10 @@ class Config:
     drop_crowd: bool = _key(False, "score only images without crowd boxes and with at least one "
                                    "box, the reference's protocol (spec defect 18)",
                             section="postprocess")
+    coco_evaluator: str = _key("ultrafast", "COCOeval used for mAP: ultrafast "
+                                            "(ultrafast-pycocotools, bit-identical to "
+                                            "pycocotools and ~40x faster) or pycocotools",
+                               choices=("ultrafast", "pycocotools"), section="postprocess")
     nms_plus_one: bool = _key(True, "IoU of pixel boxes with the '+1' convention, as the "
                                     "reference (spec defect 24)", section="postprocess")
     # --- optimisation (spec 8)

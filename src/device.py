@@ -132,7 +132,16 @@ def hardware_problem(config):
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MB."""
+    """This process's peak resident memory so far, MB: Linux's VmHWM, which starts afresh in
+    a new program (getrusage's maxrss keeps the parent's peak across fork and exec), else
+    getrusage."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -163,15 +163,16 @@ def benchmark_eval(config, workdir, images):
                             config.checkpoint_path or None)
     samples = []
     start = time.perf_counter()
-    detections, img_ids = evaluation.infer(
+    detections = evaluation.infer(
         on_batch=lambda done: samples.append((done, current_rss_mb())))
     seconds = time.perf_counter() - start
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluation.score(detections, img_ids, output_dir, {})
+        evaluation.score(detections, output_dir, {})
     (first_done, first_rss), (last_done, last_rss) = samples[0], samples[-1]
     growth = (last_rss - first_rss) / max(last_done - first_done, 1) * 100
-    return {"mode": "eval", "images": len(img_ids), "eval_batch_size": config.eval_batch_size,
-            "eval_img_per_s": round(len(img_ids) / seconds, 2),
+    return {"mode": "eval", "images": detections.image_count,
+            "eval_batch_size": config.eval_batch_size,
+            "eval_img_per_s": round(detections.image_count / seconds, 2),
             "eval_rss_after_first_batch_mb": round(first_rss),
             "eval_rss_after_last_batch_mb": round(last_rss),
             "eval_rss_growth_mb_per_100_images": round(growth, 1),
@@ -179,15 +180,109 @@ def benchmark_eval(config, workdir, images):
             "weights": "checkpoint" if config.checkpoint_path else "random"}
 
 
-def synthetic_outputs(config, rng):
-    """Decoded boxes and scores shaped like a trained detector's: anchors jittered a little,
-    class scores mostly near zero (Beta(0.5, 40)), so a few hundred pass score > 0.1."""
+# COCO's 80 category ids (1..90 with gaps): the stress case declares them like COCO val.
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91)
+                          if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
+
+def stress_ground_truth(path, images, rng):
+    """A COCO-val-like annotation file: ``images`` 640 x 480 images, COCO's 80 categories,
+    1-14 boxes an image (COCO val has 7.3 on average)."""
+    from src.files import write_json
+
+    annotations = []
+    for img_id in range(1, images + 1):
+        for _ in range(int(rng.integers(1, 15))):
+            x, y = rng.uniform(0, 600), rng.uniform(0, 440)
+            w, h = rng.uniform(4, 640 - x), rng.uniform(4, 480 - y)
+            annotations.append({"id": len(annotations) + 1, "image_id": img_id,
+                                "category_id": int(rng.choice(COCO_CATEGORY_IDS)),
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    write_json({"images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": 480, "width": 640}
+                           for i in range(1, images + 1)],
+                "annotations": annotations,
+                "categories": [{"id": c, "name": f"class_{c}"} for c in COCO_CATEGORY_IDS]}, path)
+
+
+def eval_stress(config, workdir, images, samples=4):
+    """Evaluation's worst case at ``images`` images (run in a process of its own, so that its
+    peak memory is its own): an untrained 81-class model's outputs (``samples`` of them,
+    reused image after image), post-processed (8,000 detections an image), written as
+    detections.json and scored by ``config.coco_evaluator``."""
+    from src.boxes import yxyx_to_xywh
+    from src.detections import PostProcessor
+    from src.metrics import coco_evaluate
+
+    rng = np.random.default_rng(0)
+    truth = os.path.join(workdir, f"stress-{images}.json")
+    stress_ground_truth(truth, images, rng)
+    post = PostProcessor.from_config(config, (0, *COCO_CATEGORY_IDS))
+    outputs = [synthetic_outputs(config, rng, True, len(COCO_CATEGORY_IDS) + 1)
+               for _ in range(samples)]
+    found, seconds = [], []
+    for boxes, scores in outputs:
+        start = time.perf_counter()
+        found.append(post.detect(boxes, scores, (480.0, 640.0)))
+        seconds.append(time.perf_counter() - start)
+    store = post.new_store()
+    start = time.perf_counter()
+    for img_id in range(1, images + 1):
+        boxes, scores, classes = found[img_id % samples]
+        store.add(img_id, yxyx_to_xywh(boxes), scores, classes)
+    add_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    store.write_json(os.path.join(workdir, f"stress-{images}-detections.json"))
+    json_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    result = coco_evaluate(truth, store, store.image_ids, library=config.coco_evaluator)
+    score_seconds = time.perf_counter() - start
+    per_image = 1000 / images
+    return {"mode": "eval_stress", "images": images, "classes": len(COCO_CATEGORY_IDS) + 1,
+            "detections_per_image": round(len(store) / images),
+            "coco_evaluator": config.coco_evaluator,
+            "nms": "kernel" if post.kernel is not None else "numpy",
+            "postprocess_ms_per_image": round(statistics.median(seconds) * 1000, 2),
+            "store_ms_per_image": round(add_seconds * per_image, 3),
+            "json_ms_per_image": round(json_seconds * per_image, 2),
+            "score_ms_per_image": round(score_seconds * per_image, 2),
+            "store_mb": round(store.nbytes / 2 ** 20, 1),
+            "mAP": round(float(result.stats[0]), 6),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def benchmark_eval_stress(config, workdir, sizes):
+    """``eval_stress`` at each size, each in a fresh process; adds how the time and memory per
+    image grow from the smallest size to each larger one."""
+    import multiprocessing
+
+    results = []
+    context = multiprocessing.get_context("spawn")
+    for images in sizes:
+        with context.Pool(1) as pool:
+            results.append(pool.apply(eval_stress, (config, workdir, images)))
+    first = results[0]
+    for result in results[1:]:
+        extra = result["images"] - first["images"]
+        result["peak_rss_growth_mb_per_1000_images"] = round(
+            (result["peak_rss_mb"] - first["peak_rss_mb"]) / max(extra, 1) * 1000, 1)
+    return results
+
+
+def synthetic_outputs(config, rng, untrained=False, classes=None):
+    """Decoded boxes (anchors jittered a little) and class scores: a trained detector's, mostly
+    near zero (Beta(0.5, 40)) so that a few hundred pass score > 0.1; or with ``untrained``
+    an untrained model's sigmoid scores, near 0.5 for every class, so that all
+    ``num_ssd_boxes x (classes - 1)`` candidates pass (evaluation's worst case)."""
     from src.box_coder import BoxCoder
 
     coder = BoxCoder.from_config(config)
+    classes = classes or config.class_count
     boxes = coder.decode(rng.normal(0, 0.5, (config.num_ssd_boxes, 4)).astype(np.float32))
-    scores = rng.beta(0.5, 40, (config.num_ssd_boxes, config.class_count)).astype(np.float32)
-    return boxes, scores
+    if untrained:
+        scores = 1 / (1 + np.exp(-rng.normal(0, 0.2, (config.num_ssd_boxes, classes))))
+    else:
+        scores = rng.beta(0.5, 40, (config.num_ssd_boxes, classes))
+    return boxes, scores.astype(np.float32)
 
 
 def network_outputs(config, workdir, count=4):
@@ -228,7 +323,7 @@ def benchmark_postprocess(config, images, warmup, workdir):
 
     def one():
         boxes, scores = samples[next(counter) % len(samples)]
-        post.process_batch([1], boxes[None], scores[None], [(480.0, 640.0)])
+        post.process_batch([1], boxes[None], scores[None], [(480.0, 640.0)], post.new_store())
 
     seconds = timed(one, images, warmup)
     return {"mode": "postprocess", "postprocess_ms_per_image":
@@ -299,7 +394,7 @@ def compare_with_twin(ours, twin):
 
 
 def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
-        epochs=30):
+        epochs=30, stress_images=(50, 200)):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
@@ -319,9 +414,12 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
                 result = benchmark_epochs(config, workdir, epochs)
             else:
                 result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
-            result.update(environment(config, platform))
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            lines = [result] + (benchmark_eval_stress(config, workdir, stress_images)
+                                if mode == "eval" else [])
+            for line in lines:
+                line.update(environment(config, platform))
+                print(json.dumps(line), flush=True)
+                results.append(line)
     if twin:
         ours = {k: v for r in results for k, v in r.items()}
         twin_result = run_twin(twin, twin_python, config, steps, warmup)

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from src.cpu import cpu_info
 from tests.conftest import run_script
 
@@ -11,6 +13,8 @@ FIELDS = {
               "params"},
     "infer": {"infer_bs1_ms", "infer_bs8_img_per_s"},
     "eval": {"eval_peak_rss_mb", "eval_rss_growth_mb_per_100_images", "images"},
+    "eval_stress": {"postprocess_ms_per_image", "json_ms_per_image", "score_ms_per_image",
+                    "peak_rss_mb", "detections_per_image", "store_mb"},
     "postprocess": {"postprocess_ms_per_image", "peak_rss_mb"},
     "epochs": {"rss_after_first_epoch_mb", "rss_after_last_epoch_mb", "rss_growth_mb_per_epoch"},
 }
@@ -19,10 +23,11 @@ FIELDS = {
 def test_all_modes_print_their_fields():
     result = run_script(["benchmark.py", "--mode", "all", "--batch_size", "2", "--steps", "1",
                          "--warmup", "0", "--device_target", "CPU", "--eval_images", "12",
-                         "--eval_batch_size", "2"])
+                         "--eval_batch_size", "2", "--stress_images", "4,12"])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [line["mode"] for line in lines] == ["data", "train", "infer", "eval", "postprocess"]
+    assert [line["mode"] for line in lines] == [
+        "data", "train", "infer", "eval", "eval_stress", "eval_stress", "postprocess"]
     for line in lines:
         assert FIELDS[line["mode"]] <= set(line), line
         assert line["mindspore"] == "2.10.0" and line["device"] == "CPU"
@@ -33,7 +38,15 @@ def test_all_modes_print_their_fields():
             cpu.model_name, cpu.effective_isa, cpu.block)
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
-    assert lines[0]["data_img_per_s"] > 0 and lines[4]["postprocess_ms_per_image"] > 0
+    assert lines[0]["data_img_per_s"] > 0 and lines[6]["postprocess_ms_per_image"] > 0
+    # The worst case: an untrained 81-class model keeps 100 boxes per class, all scored.
+    small, large = lines[4], lines[5]
+    assert (small["images"], large["images"]) == (4, 12)
+    assert small["detections_per_image"] == large["detections_per_image"] == 8000
+    assert small["nms"] == "kernel" and small["coco_evaluator"] == "ultrafast"
+    assert large["store_mb"] == pytest.approx(12 * 8000 * 22 / 2 ** 20, abs=0.1)
+    assert 0 < large["score_ms_per_image"] and "peak_rss_growth_mb_per_1000_images" in large
+    assert 50 < small["peak_rss_mb"] < 1000        # its own process: no MindSpore, no model
     evaluation = lines[3]
     assert evaluation["images"] == 12
     # Eval streams its batches: resident memory after the last of six batches stays within
@@ -71,3 +84,9 @@ def test_epochs_mode_reports_memory_across_epochs_of_the_training_loop():
     assert line["mode"] == "epochs" and line["epochs"] == 4 and FIELDS["epochs"] <= set(line)
     assert 200 < line["rss_after_first_epoch_mb"] <= line["rss_after_last_epoch_mb"] + 100
     assert line["growth_from_epoch"] == 2
+
+
+def test_bad_stress_sizes_are_refused():
+    result = run_script(["benchmark.py", "--mode", "eval", "--stress_images", "10,x"],
+                        timeout=120)
+    assert result.returncode == 2 and "--stress_images '10,x'" in result.stderr

@@ -1,4 +1,5 @@
-"""The one post-processing path: thresholds, class-aware greedy NMS, caps, COCO records."""
+"""The one post-processing path: thresholds, class-aware greedy NMS (numpy and the kernel
+library's, equal), caps, COCO records."""
 import numpy as np
 import pytest
 
@@ -33,7 +34,9 @@ def test_hand_checked_image():
                        [0.9, 0.2, 0.1]], np.float32)  # column 0 (background) never counts
     post = PostProcessor(category_ids=[0, 7, 9], min_score=0.1, nms_threshold=0.6,
                          max_per_class=100, plus_one=True)
-    records = post.process_batch([42], boxes[None], scores[None], [[200.0, 100.0]])
+    store = post.new_store()
+    assert post.process_batch([42], boxes[None], scores[None], [[200.0, 100.0]], store) == 3
+    records = store.records()
     assert [(r["category_id"], r["score"]) for r in records] == [(7, 0.9), (9, 0.3), (7, 0.2)]
     assert records[0]["bbox"] == [0.0, 0.0, 50.0, 100.0]
     assert records[1]["bbox"] == [0.0, 0.0, 45.0, 100.0]
@@ -77,9 +80,10 @@ def test_caps_and_thresholds():
 
 def test_nothing_above_threshold():
     post = PostProcessor([0, 1])
-    records = post.process_batch([1], np.zeros((1, 8, 4), np.float32),
-                                 np.full((1, 8, 2), 0.05, np.float32), [[10, 10]])
-    assert records == []
+    store = post.new_store()
+    post.process_batch([1], np.zeros((1, 8, 4), np.float32),
+                       np.full((1, 8, 2), 0.05, np.float32), [[10, 10]], store)
+    assert store.records() == [] and store.image_ids == [1]
 
 
 def test_nms_without_plus_one_uses_plain_pixel_areas():
@@ -111,3 +115,48 @@ def test_nms_plus_one_false_in_the_config_keeps_what_plus_one_suppresses():
     np.testing.assert_allclose(found, [[0, 0, 5, 3.5], [0, 1, 5, 4.5]], atol=1e-4)
     found, found_scores, _ = reference.detect(boxes, scores, (100, 100))
     assert found_scores.tolist() == pytest.approx([0.9])
+
+
+def network_like_outputs(rng, anchors, classes, scores="uniform"):
+    """Decoded-looking boxes (clipped corners) and scores of a kind: uniform, sigmoid of an
+    untrained model (all above 0.1), or a few values with ties, at and just above 0.1."""
+    centre = rng.uniform(0, 1, (anchors, 2))
+    size = rng.uniform(0.01, 0.6, (anchors, 2))
+    boxes = np.clip(np.concatenate([centre - size / 2, centre + size / 2], 1), 0, 1)
+    if scores == "untrained":
+        values = 1 / (1 + np.exp(-rng.normal(0, 0.2, (anchors, classes))))
+    elif scores == "ties":
+        threshold = np.float32(0.1)
+        values = rng.choice([threshold, np.nextafter(threshold, np.float32(1)), 0.3, 0.5],
+                            (anchors, classes))
+    else:
+        values = rng.uniform(0, 1, (anchors, classes))
+    return boxes.astype(np.float32), values.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "untrained", "ties"])
+def test_kernel_nms_equals_numpy_nms_bit_for_bit(kind):
+    rng = np.random.default_rng({"uniform": 1, "untrained": 2, "ties": 3}[kind])
+    for trial in range(12):
+        anchors, classes = int(rng.integers(1, 1500)), int(rng.integers(2, 12))
+        boxes, scores = network_like_outputs(rng, anchors, classes, kind)
+        settings = {"max_per_class": int(rng.integers(1, 120)),
+                    "nms_threshold": float(rng.choice([0.3, 0.6, 0.9])),
+                    "plus_one": bool(trial % 2), "max_per_image": int(rng.choice([0, 5]))}
+        kernel = PostProcessor(list(range(classes)), use_kernel=True, **settings)
+        plain = PostProcessor(list(range(classes)), use_kernel=False, **settings)
+        assert kernel.kernel is not None and plain.kernel is None
+        hw = (float(rng.integers(1, 1000)), float(rng.integers(1, 1000)))
+        got, want = kernel.detect(boxes, scores, hw), plain.detect(boxes, scores, hw)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and np.array_equal(a, b), (trial, settings)
+
+
+def test_kernel_nms_of_a_full_81_class_image_keeps_100_per_class_as_numpy():
+    """The worst case of evaluation: every anchor of every class above the threshold."""
+    rng = np.random.default_rng(4)
+    boxes, scores = network_like_outputs(rng, 8732, 81, "untrained")
+    got = PostProcessor(list(range(81)), use_kernel=True).detect(boxes, scores, (480., 640.))
+    want = PostProcessor(list(range(81)), use_kernel=False).detect(boxes, scores, (480., 640.))
+    assert len(got[0]) == 8000 and np.bincount(got[2]).tolist() == [0] + [100] * 80
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))

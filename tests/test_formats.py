@@ -114,6 +114,7 @@ def test_one_image_in_three_formats_gives_the_same_targets(tmp_path, graph_cpu):
 
 
 def test_coco_ids_round_trip_to_a_perfect_score(tmp_path):
+    from src.boxes import yxyx_to_xywh
     from src.detections import PostProcessor
     from src.metrics import coco_evaluate
 
@@ -122,9 +123,10 @@ def test_coco_ids_round_trip_to_a_perfect_score(tmp_path):
     assert source.category_ids == (0, 13, 90) and source.class_names == ("background", "b", "a")
     record = source.records[0]
     post = PostProcessor(source.category_ids)
-    detections = post.coco_records(record.img_id, record.boxes, np.ones(len(record.labels)),
-                                   record.labels)
-    assert sorted(d["category_id"] for d in detections) == [13, 90]
+    detections = post.new_store()
+    detections.add(record.img_id, yxyx_to_xywh(record.boxes), np.ones(len(record.labels)),
+                   record.labels)
+    assert sorted(d["category_id"] for d in detections.records()) == [13, 90]
     assert coco_evaluate(path, detections, [record.img_id]).stats[0] == pytest.approx(1.0)
 
 

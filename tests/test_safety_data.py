@@ -186,6 +186,7 @@ def test_sigterm_stops_a_conversion_process_cleanly_and_the_next_sweeps_dead_lef
 
 def test_image_ids_beyond_int32_round_trip_through_conversion_pipelines_and_scoring(
         demo_root, tmp_path, graph_cpu):
+    from src.boxes import yxyx_to_xywh
     from src.data.pipeline import create_eval_dataset, create_train_dataset
     from src.detections import PostProcessor
     from src.metrics import coco_evaluate
@@ -208,16 +209,18 @@ def test_image_ids_beyond_int32_round_trip_through_conversion_pipelines_and_scor
     assert sorted(ids) == sorted(r.img_id for r in records) and min(ids) > SHIFT
     assert LARGEST_ID in expected + ids
     post = PostProcessor(evaluation.source.category_ids)
-    detections = []
+    detections = post.new_store()
     for record in records:
-        found = post.coco_records(np.int64(record.img_id), record.boxes,
-                                  np.ones(len(record.labels)), record.labels)
-        assert all(type(d["image_id"]) is int and d["image_id"] == record.img_id
-                   for d in found)
-        detections.extend(found)
-    json.dumps(detections)
-    stats = coco_evaluate(evaluation.ground_truth, detections, ids).stats
-    assert stats[0] == pytest.approx(1.0)
+        detections.add(np.int64(record.img_id), yxyx_to_xywh(record.boxes),
+                       np.ones(len(record.labels)), record.labels)
+    found = detections.records()
+    assert {d["image_id"] for d in found} == {r.img_id for r in records if len(r.labels)}
+    assert all(type(d["image_id"]) is int for d in found)
+    detections.write_json(str(tmp_path / "detections.json"))
+    assert json.load(open(tmp_path / "detections.json")) == found
+    for library in ("ultrafast", "pycocotools"):
+        stats = coco_evaluate(evaluation.ground_truth, detections, ids, library=library).stats
+        assert stats[0] == pytest.approx(1.0), library
 
 
 def test_a_set_of_the_int32_format_is_rebuilt(demo_root, tmp_path, graph_cpu):

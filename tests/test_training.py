@@ -60,6 +60,9 @@ def test_eval_during_training_keeps_best_checkpoint(uninterrupted):
     results = json.load(open(out / "eval" / "eval_results.json"))
     assert results["epoch"] == 2 and results["mAP"] == evals[-1]["mAP"]
     assert (out / "eval" / "detections.json").exists() and result.stdout.count("mAP: ") == 2
+    # each evaluation says first how many images it scores (all of them are)
+    for epoch in (1, 2):
+        assert f"eval epoch {epoch}: scoring {results['images']} images of COCO" in result.stdout
 
 
 def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):

@@ -7,6 +7,7 @@ import mindspore as ms
 import numpy as np
 
 from src.data.pipeline import batches, create_eval_dataset
+from src.detection_store import DetectionStore
 from src.detections import PostProcessor
 from src.engine.progress import Progress
 from src.files import write_json
@@ -21,19 +22,21 @@ from src.model import build_inference_network
 from src.visualize import plot_pr_curves
 
 
-def score_and_report(config, ground_truth_path: str, detections: list, img_ids: list,
+def score_and_report(config, ground_truth_path: str, detections: DetectionStore,
                      output_dir: str, source_note: dict) -> dict:
-    """COCOeval of detections (on all images, or the reference's subset with --drop_crowd),
+    """COCOeval of detections (on the store's images, or the reference's subset with
+    --drop_crowd; COCOeval of ``config.coco_evaluator``),
     printed (12 lines, per-class table, 'mAP: <value>') and written to ``output_dir``:
     detections.json, eval_results.json, pr_curve.png. Returns the results dict."""
-    ground_truth = load_coco_ground_truth(ground_truth_path)
+    img_ids = detections.image_ids
     if config.drop_crowd:
+        ground_truth = load_coco_ground_truth(ground_truth_path)
         scored = reference_protocol_images(ground_truth, img_ids)
         print(f"--drop_crowd: scoring {len(scored)} of {len(img_ids)} images (those without "
               "crowd boxes and with at least one box), as the reference did")
         img_ids = scored
-    result = coco_evaluate(ground_truth, detections, img_ids,
-                           os.path.join(output_dir, "detections.json"))
+    result = coco_evaluate(ground_truth_path, detections, img_ids,
+                           os.path.join(output_dir, "detections.json"), config.coco_evaluator)
     print(result.summary, end="")
     if result.per_class:
         print(per_class_table(result))
@@ -71,15 +74,16 @@ class Evaluation:
         return self.prepared.images
 
     def infer(self, desc: str = "eval",
-              on_batch: Optional[Callable[[int], None]] = None) -> tuple:
-        """(detections as COCO records, image ids) of every image of the split.
+              on_batch: Optional[Callable[[int], None]] = None) -> DetectionStore:
+        """The detections of every image of the split.
 
-        Batches are streamed: only the detections are kept, never the raw 8732 x C scores. A
+        Batches are streamed: only the detections are kept (compact: ``DetectionStore``),
+        never the raw 8732 x C scores. A
         short last batch is padded to the batch size so one compiled graph serves every
         batch. ``on_batch(images_done)`` is called after each batch.
         """
         batch_size = self.config.eval_batch_size
-        detections, img_ids = [], []
+        detections = self.postprocessor.new_store()
         bar = Progress(self.dataset.get_dataset_size(), desc, self.config.progress)
         for batch in batches(self.dataset, self.prepared.files, dicts=True, output_numpy=True,
                              num_epochs=1):
@@ -88,23 +92,20 @@ class Evaluation:
                 padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
                 images = np.concatenate([images, padding])
             boxes, scores = self.net(ms.Tensor(images))
-            ids = batch["img_id"].ravel()
-            detections.extend(self.postprocessor.process_batch(
-                ids, boxes.asnumpy()[:count], scores.asnumpy()[:count], batch["image_shape"]))
-            img_ids.extend(int(i) for i in ids)
+            self.postprocessor.process_batch(batch["img_id"].ravel(), boxes.asnumpy()[:count],
+                                             scores.asnumpy()[:count], batch["image_shape"],
+                                             detections)
             bar.update(detections=len(detections))
             if on_batch:
-                on_batch(len(img_ids))
+                on_batch(detections.image_count)
         bar.close()
-        return detections, img_ids
+        return detections
 
-    def score(self, detections: list, img_ids: list, output_dir: str,
-              source_note: dict) -> dict:
+    def score(self, detections: DetectionStore, output_dir: str, source_note: dict) -> dict:
         """``score_and_report`` against the split's ground truth."""
-        return score_and_report(self.config, self.prepared.ground_truth, detections, img_ids,
+        return score_and_report(self.config, self.prepared.ground_truth, detections,
                                 output_dir, source_note)
 
     def __call__(self, output_dir: str, source_note: dict, desc: str = "eval") -> dict:
         """Infer, score, report; returns the results dict (``score_and_report``)."""
-        detections, img_ids = self.infer(desc)
-        return self.score(detections, img_ids, output_dir, source_note)
+        return self.score(self.infer(desc), output_dir, source_note)

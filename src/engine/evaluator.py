@@ -34,11 +34,11 @@ def evaluate(config) -> dict:
     if platform == "CPU":
         print(f"CPU: {cpu_info().describe()}", flush=True)
     start = time.time()
-    detections, img_ids = evaluation.infer()
+    detections = evaluation.infer()
     seconds = time.time() - start
-    print(f"{len(img_ids)} images in {seconds:.1f} s")
+    print(f"{detections.image_count} images in {seconds:.1f} s ({len(detections)} detections)")
     shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
-    return evaluation.score(detections, img_ids, output_dir,
+    return evaluation.score(detections, output_dir,
                             {"checkpoint": os.path.abspath(config.checkpoint_path),
                              "seconds": round(seconds, 2)})
 
@@ -86,7 +86,7 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
                     f"{stem}_0.bin / {stem}_1.bin (named by the file name without its last "
                     f"extension); rename one of them")
             by_stem[stem] = name
-    detections, img_ids, unknown = [], [], []
+    detections, unknown = postprocessor.new_store(), []
     for name in names:
         path = os.path.join(img_path, name)
         if name not in by_name:
@@ -109,21 +109,19 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
                              f"{len(category_ids) - 1} categories (+ background)")
         with Image.open(path) as image:
             size = (image.height, image.width)
-        img_id = by_name[name]
-        detections.extend(postprocessor.process_batch([img_id], boxes.reshape(1, anchors, 4),
-                                                      scores[None], [size]))
-        img_ids.append(img_id)
+        postprocessor.process_batch([by_name[name]], boxes.reshape(1, anchors, 4),
+                                    scores[None], [size], detections)
     if unknown:
         print(f"{len(unknown)} file(s) of {img_path} are not in {anno_file} and were left out, "
               f"e.g. {unknown[0]}")
-    if not img_ids:
+    if not detections.image_count:
         raise ValueError(f"none of the files in {img_path} is listed in {anno_file}")
     present = set(names)
     absent = sorted(records[name] for name in by_name if name not in present)
     if absent:
-        print(f"Scored {len(img_ids)} of the {len(by_name)} images of {anno_file}; "
+        print(f"Scored {detections.image_count} of the {len(by_name)} images of {anno_file}; "
               f"{len(absent)} not in {img_path} are left out of the score: {listed(absent)}")
     else:
-        print(f"Scored all {len(img_ids)} images of {anno_file}")
-    return score_and_report(config, anno_file, detections, img_ids, output_dir,
+        print(f"Scored all {detections.image_count} images of {anno_file}")
+    return score_and_report(config, anno_file, detections, output_dir,
                             {"result_path": os.path.abspath(result_path)})

@@ -18,6 +18,7 @@ import cv2
 import mindspore as ms
 import numpy as np
 
+from src.boxes import yxyx_to_xywh
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
@@ -120,7 +121,9 @@ def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
         target = os.path.join(output_dir, picture_name(path))
         if not cv2.imwrite(target, picture):
             raise OSError(f"{target}: cannot be written (the picture of {path})")
-        records = postprocessor.coco_records(len(results) + 1, found, found_scores, classes)
+        store = postprocessor.new_store()
+        store.add(len(results) + 1, yxyx_to_xywh(found), found_scores, classes)
+        records = store.records()
         results[os.path.basename(path)] = [
             {**record, "file_name": os.path.basename(path), "class": names[c]}
             for record, c in zip(records, classes)]

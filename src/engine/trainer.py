@@ -242,6 +242,8 @@ class Trainer:
         scoring and report (into <output_dir>/eval), the log's 'eval' row, best.ckpt on a new
         best mAP."""
         copy_weights(self.network, self.evaluation.net)
+        print(f"eval epoch {epoch}: scoring {self.evaluation.images} images of "
+              f"{self.evaluation.prepared.source.name}", flush=True)
         results = self.evaluation(os.path.join(self.output_dir, EVAL_FOLDER), {"epoch": epoch},
                                   desc=f"eval epoch {epoch}")
         self.log.write("eval", epoch=epoch, global_step=self.position.global_step,

@@ -31,6 +31,8 @@ for path in "$here"/*.cc; do
     extra=()
     # focal_loss: -ffast-math lets GCC call glibc's vector exp / log1p (see the file's top).
     [ "$source" = focal_loss ] && extra=(-ffast-math)
+    # nms: the same float64 results as the Python NMS, so no fused multiply-add.
+    [ "$source" = nms ] && extra=(-ffp-contract=off)
     g++ "${flags[@]}" "${extra[@]}" -c "$here/$source.cc" -o "$out/$source.o"
     objects+=("$out/$source.o")
 done
