@@ -1,6 +1,8 @@
 """Measure speed and memory: python benchmark.py --mode train|infer|eval|data|postprocess|all
 (all: those five), or --mode epochs [--epochs 30]: resident memory across that many one-step
-epochs of the real training loop and its growth per epoch.
+epochs of the real training loop and its growth per epoch, or --mode overfit
+[--overfit_steps 400]: from random weights, 8 generated images trained as one batch until AP50
+on them reaches 0.9 (overfit_ap50, overfit_ap, overfit_steps, overfit_seconds).
 
 --batch_size (default 8 here), --steps, --warmup and --device_target as usual; any config flag
 works (e.g. --data_url ROOT for the data and eval modes on your own COCO-layout data,
@@ -28,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--eval_images", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--stress_images", default="50,200")
+    parser.add_argument("--overfit_steps", type=int, default=400)
     parser.add_argument("--twin", default=None)
     parser.add_argument("--twin_python", default="python3")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -38,13 +41,15 @@ def main(argv=None):
     if not stress or min(stress) < 1:
         parser.error(f"--stress_images {args.stress_images!r}: expected image counts >= 1, "
                      "comma-separated (e.g. 50,200)")
-    if args.steps < 1 or args.warmup < 0 or args.eval_images < 1 or args.epochs < 2:
-        parser.error("--steps and --eval_images must be >= 1, --epochs >= 2, --warmup >= 0")
+    if (args.steps < 1 or args.warmup < 0 or args.eval_images < 1 or args.epochs < 2
+            or args.overfit_steps < 1):
+        parser.error("--steps, --eval_images and --overfit_steps must be >= 1, --epochs >= 2, "
+                     "--warmup >= 0")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
     run(config, ALL_MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
-        args.twin, args.twin_python, args.eval_images, args.epochs, stress)
+        args.twin, args.twin_python, args.eval_images, args.epochs, stress, args.overfit_steps)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Draw detections on images: python predict.py --checkpoint_path CKPT --image FILE_OR_FOLDER
-[--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5] [--num_classes N --classes ...]
+[MORE ...] [--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5]
+[--num_classes N --classes ...]
 
 Writes each image with boxes, class names and scores drawn (<name>.jpg: the input's whole file
 name plus .jpg, so a.jpg and a.png give a.jpg.jpg and a.png.jpg) and detections.json (COCO
@@ -16,7 +17,8 @@ from src.cli import run
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--image", required="-h" not in sys.argv and "--help" not in sys.argv)
+    parser.add_argument("--image", nargs="+",
+                        required="-h" not in sys.argv and "--help" not in sys.argv)
     parser.add_argument("--draw_threshold", type=float, default=0.5)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 0 <= args.draw_threshold <= 1:

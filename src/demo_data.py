@@ -75,6 +75,7 @@ DEFAULT_OPTIONS = {
     "empty_fraction": 0.05,
     "quality": 90,
     "image_size": None,
+    "min_shape_fraction": 0.1,
 }
 
 MIN_SHAPE_SIZE = 24
@@ -151,11 +152,11 @@ def make_background(rng, width, height):
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def sample_shape_size(rng, width, height):
-    """Nominal longest side of a shape, log-uniform in ``[0.1, 0.6] * min(width, height)``
-    (at least 24 pixels)."""
+def sample_shape_size(rng, width, height, min_fraction=MIN_SHAPE_FRACTION):
+    """Nominal longest side of a shape, log-uniform in ``[min_fraction, 0.6] *
+    min(width, height)`` (at least 24 pixels)."""
     side = min(width, height)
-    lower = max(MIN_SHAPE_SIZE, MIN_SHAPE_FRACTION * side)
+    lower = max(MIN_SHAPE_SIZE, min_fraction * side)
     upper = max(lower, MAX_SHAPE_FRACTION * side)
     return float(np.exp(rng.uniform(np.log(lower), np.log(upper))))
 
@@ -203,9 +204,10 @@ def rotate(points, angle):
     return points @ np.array([[c, s], [-s, c]])
 
 
-def propose_polygon(rng, category_id, width, height):
+def propose_polygon(rng, category_id, width, height, min_fraction=MIN_SHAPE_FRACTION):
     """Random outline of class ``category_id`` placed fully inside the image (drawing coords)."""
-    outline, radius = OUTLINES[category_id - 1](rng, sample_shape_size(rng, width, height))
+    outline, radius = OUTLINES[category_id - 1](
+        rng, sample_shape_size(rng, width, height, min_fraction))
     margin = radius + 1.0
     center = np.array([rng.uniform(margin, max(margin, width - 1 - margin)),
                        rng.uniform(margin, max(margin, height - 1 - margin))])
@@ -294,12 +296,12 @@ def polygon_to_coco(polygon, width, height):
     return [round(float(v), 2) for v in shifted.reshape(-1)]
 
 
-def place_shape(rng, canvas, objects):
+def place_shape(rng, canvas, objects, min_fraction=MIN_SHAPE_FRACTION):
     """Try to add one random shape to ``canvas`` (in place); returns the new object or None."""
     height, width = canvas.shape[:2]
     category_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
     for _ in range(PLACEMENT_ATTEMPTS):
-        polygon = propose_polygon(rng, category_id, width, height)
+        polygon = propose_polygon(rng, category_id, width, height, min_fraction)
         mask = rasterize(polygon, width, height)
         bbox = mask_bbox(mask)
         if not acceptable(bbox, mask, objects):
@@ -316,11 +318,11 @@ def place_shape(rng, canvas, objects):
 
 def render_sample(seed, split_index, image_index, min_size=DEFAULT_OPTIONS["min_size"],
                   max_size=DEFAULT_OPTIONS["max_size"], max_objects=DEFAULT_OPTIONS["max_objects"],
-                  empty_fraction=0.0, image_size=None):
+                  empty_fraction=0.0, image_size=None, min_shape_fraction=MIN_SHAPE_FRACTION):
     """Render image ``image_index`` of split ``split_index`` (0 train, 1 val) for ``seed``.
 
     ``image_size`` (width, height) fixes the size; otherwise each side is drawn from
-    ``[min_size, max_size]``.
+    ``[min_size, max_size]``. Shapes are at least ``min_shape_fraction`` of the shorter side.
 
     The image has no shapes with probability ``empty_fraction``, otherwise 1..``max_objects``
     (at least one is always placed on an empty image).
@@ -335,7 +337,7 @@ def render_sample(seed, split_index, image_index, min_size=DEFAULT_OPTIONS["min_
     empty = rng.random() < empty_fraction
     target = 0 if empty else int(rng.integers(1, max_objects + 1))
     for _ in range(target):
-        obj = place_shape(rng, canvas, objects)
+        obj = place_shape(rng, canvas, objects, min_shape_fraction)
         if obj is not None:
             objects.append(obj)
     return Sample(canvas, background, objects)
@@ -392,7 +394,8 @@ def write_split(out_dir, split_index, first_image_id, count, seed, options):
     for index in range(count):
         image_id = first_image_id + index
         sample = render_sample(seed, split_index, index, options["min_size"], options["max_size"],
-                               options["max_objects"], empty_fraction, options["image_size"])
+                               options["max_objects"], empty_fraction, options["image_size"],
+                               options["min_shape_fraction"])
         name = image_file_name(image_id)
         with open(os.path.join(image_dir, name), "wb") as f:
             f.write(encode_jpeg(sample.image, options["quality"]))
@@ -421,6 +424,9 @@ def validate(num_train, num_val, seed, options):
         (0.0 <= options["empty_fraction"] <= 1.0,
          f"empty_fraction must be in [0, 1], got {options['empty_fraction']}"),
         (1 <= options["quality"] <= 100, f"quality must be in [1, 100], got {options['quality']}"),
+        (MIN_SHAPE_SIZE / 4096 <= options["min_shape_fraction"] <= MAX_SHAPE_FRACTION,
+         f"min_shape_fraction must be within 0.006..{MAX_SHAPE_FRACTION}, got "
+         f"{options['min_shape_fraction']}"),
         (options["image_size"] is None or (len(options["image_size"]) == 2 and all(
             64 <= int(v) <= 4096 for v in options["image_size"])),
          f"image_size must be (width, height) within 64..4096, got {options['image_size']}"),
@@ -554,7 +560,8 @@ def generate(out_dir: str, num_train: int, num_val: int, seed: int, **options) -
     """Write the data set under ``out_dir`` and return a summary dict.
 
     ``options``: ``min_size``/``max_size`` (image side range in pixels), ``max_objects``,
-    ``empty_fraction`` (train only), ``quality`` (JPEG), ``image_size`` ((width, height) for
+    ``empty_fraction`` (train only), ``quality`` (JPEG), ``min_shape_fraction`` (shapes' smallest
+    size as a fraction of the shorter side, default 0.1), ``image_size`` ((width, height) for
     every image instead of random sides). ``out_dir`` must be missing, empty, or this
     module's own (the module's docstring): otherwise ValueError and nothing is touched. In its
     own folder the old annotation files are removed first, images are rewritten, its stale

@@ -6,6 +6,7 @@ the machine's other load is not controlled here, so run benchmarks on a quiet ma
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -14,8 +15,9 @@ import numpy as np
 from src.cpu import cpu_info
 from src.device import current_rss_mb, init_device, peak_rss_mb
 
-MODES = ("data", "train", "infer", "eval", "postprocess", "epochs")
-ALL_MODES = MODES[:5]   # 'all': every mode but the long 'epochs' run
+MODES = ("data", "train", "infer", "eval", "postprocess", "epochs", "overfit")
+ALL_MODES = MODES[:5]   # 'all': every mode but the long 'epochs' and 'overfit' runs
+OVERFIT_TARGET_AP50 = 0.9
 
 
 def environment(config, platform):
@@ -364,6 +366,87 @@ def benchmark_epochs(config, workdir, epochs):
             "growth_from_epoch": settled + 1, "malloc_arenas": config.malloc_arenas}
 
 
+def overfit_batch(config, prepared):
+    """Every image of a prepared split as one training batch, without augmentation: images as
+    evaluation feeds them (resize, normalise) and their boxes encoded by the real BoxCoder."""
+    from src.box_coder import BoxCoder
+    from src.data.transforms import network_input, normalize_boxes
+    from src.engine.predictor import read_image
+
+    coder = BoxCoder.from_config(config)
+    images, targets = [], []
+    for record in prepared.source.records:
+        image = read_image(record.path)[:, :, ::-1]
+        images.append(network_input(image, config.img_shape))
+        targets.append(coder.encode_targets(normalize_boxes(record.annotation(),
+                                                            *image.shape[:2])))
+    return (np.stack(images), *(np.stack([t[k] for t in targets]) for k in range(3)))
+
+
+def benchmark_overfit(config, workdir, steps, images=8, check_every=25):
+    """Proof that the whole chain learns: from random weights, ``images`` generated demo images
+    as one batch (no augmentation) trained for up to ``steps`` steps (warm-up and cosine decay
+    of --lr, default 0.02, over them), scored every ``check_every`` steps on the same images by
+    eval.py's path (decoder, NMS, COCOeval); stops when AP50 reaches OVERFIT_TARGET_AP50. A
+    swapped coordinate or a broken decode anywhere keeps AP50 low."""
+    import contextlib
+    import io
+
+    import mindspore as ms
+
+    from src.data.sources import prepare_split
+    from src.demo_data import generate
+    from src.engine.evaluation import Evaluation
+    from src.engine.train_step import TrainStep, create_optimizer
+    from src.loss import SSDWithLossCell
+    from src.lr_schedule import warmup_cosine_lr
+    from src.model import build_ssd
+    from src.model.weights import copy_weights
+
+    root = os.path.join(workdir, "overfit-data")
+    # Shapes of at least 0.2 of the shorter side: each then overlaps a default box with IoU
+    # >= 0.5 (smaller ones often do not, and would cap AP50 whatever the chain did).
+    generate(root, 1, images, seed=5, image_size=(640, 480), min_shape_fraction=0.2)
+    config = config.replace(coco_root=root, num_classes=4, progress="off",
+                            eval_batch_size=images)
+    output_dir = os.path.join(workdir, "overfit")
+    prepared = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "overfit-mr")),
+                             "eval", output_dir, progress=False, log=lambda m: None)
+    inputs = [ms.Tensor(x) for x in overfit_batch(config, prepared)]
+    peak = config.lr or 0.02
+    lr = warmup_cosine_lr(config.lr_init, peak, peak * config.lr_end_rate,
+                          max(1, steps // 20), steps, 1)
+    network = build_ssd(config)
+    ours = network.layers.ours
+    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha, fused_focal=ours),
+                     create_optimizer(network, lr, config.momentum, config.weight_decay),
+                     fused_finite=ours)
+    step.set_train(True)
+    evaluation = Evaluation(config, prepared, fold_bn=False)
+    history, done, loss = [], 0, float("nan")
+    start = time.perf_counter()
+    while done < steps:
+        loss = float(step(*inputs)[0].asnumpy())
+        done += 1
+        if done % check_every and done < steps:
+            continue
+        copy_weights(network, evaluation.net)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = evaluation(output_dir, {})
+        history.append({"step": done, "loss": round(loss, 4), "AP50": round(result["AP50"], 4),
+                        "AP": round(result["mAP"], 4)})
+        print(f"overfit step {done}: loss {loss:.4f}, AP50 {result['AP50']:.4f}, "
+              f"AP {result['mAP']:.4f}", file=sys.stderr, flush=True)
+        if result["AP50"] >= OVERFIT_TARGET_AP50:
+            break
+    last = history[-1]
+    return {"mode": "overfit", "images": len(prepared.source.records), "lr": peak,
+            "overfit_ap50": last["AP50"], "overfit_ap": last["AP"],
+            "overfit_steps": done, "reached": last["AP50"] >= OVERFIT_TARGET_AP50,
+            "overfit_seconds": round(time.perf_counter() - start, 1), "final_loss": last["loss"],
+            "history": history, "peak_rss_mb": round(peak_rss_mb())}
+
+
 def run_twin(script, python, config, steps, warmup):
     """The PyTorch twin's result dict (its last JSON line), run with our batch, steps and
     thread count (``../shared/bench/torch_twin.py``; it needs a Python with torch)."""
@@ -394,7 +477,7 @@ def compare_with_twin(ours, twin):
 
 
 def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
-        epochs=30, stress_images=(50, 200)):
+        epochs=30, stress_images=(50, 200), overfit_steps=400):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
@@ -412,6 +495,8 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
                 result = benchmark_eval(config, workdir, eval_images)
             elif mode == "epochs":
                 result = benchmark_epochs(config, workdir, epochs)
+            elif mode == "overfit":
+                result = benchmark_overfit(config, workdir, overfit_steps)
             else:
                 result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
             lines = [result] + (benchmark_eval_stress(config, workdir, stress_images)

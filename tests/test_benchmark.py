@@ -90,3 +90,16 @@ def test_bad_stress_sizes_are_refused():
     result = run_script(["benchmark.py", "--mode", "eval", "--stress_images", "10,x"],
                         timeout=120)
     assert result.returncode == 2 and "--stress_images '10,x'" in result.stderr
+
+
+def test_overfit_mode_trains_and_scores_the_same_images():
+    """Two steps only (the measured run is in README): the real batch, train step and
+    evaluation run, and the fields are there; the loss of a trained step is finite."""
+    result = run_script(["benchmark.py", "--mode", "overfit", "--overfit_steps", "2",
+                         "--device_target", "CPU"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("{")))
+    assert line["mode"] == "overfit" and line["images"] == 8 and line["overfit_steps"] == 2
+    assert {"overfit_ap50", "overfit_ap", "overfit_seconds", "reached"} <= set(line)
+    assert line["history"][-1]["step"] == 2 and 0 < line["final_loss"] < 1000
+    assert 0 <= line["overfit_ap"] <= line["overfit_ap50"] <= 1 and line["reached"] is False

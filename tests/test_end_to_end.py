@@ -380,6 +380,20 @@ def test_predict_keeps_a_jpg_and_a_png_apart_and_draws_pixels_as_stored(trained,
         if record["file_name"] == "turned.jpg":
             x, y, w, h = record["bbox"]
             assert x + w <= stored[1] + 1e-3 and y + h <= stored[0] + 1e-3
+    # Several --image arguments (make demo passes a few files); a file name twice is refused
+    # before anything is written.
+    picked = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--num_classes", "4", "--image", str(images / "a.jpg"),
+                         str(images / "a.png"), "--output_dir", str(tmp_path / "two"),
+                         "--run_platform", "CPU"])
+    assert picked.returncode == 0, picked.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "two")) == [
+        "a.jpg.jpg", "a.png.jpg", "config.yaml", "detections.json"]
+    twice = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                        "--num_classes", "4", "--image", str(images), str(images / "a.jpg"),
+                        "--output_dir", str(tmp_path / "twice"), "--run_platform", "CPU"])
+    assert twice.returncode == 1 and "a.jpg named more than once" in twice.stderr
+    assert not (tmp_path / "twice").exists()
 
 
 def test_cpp_program_names_results_by_the_whole_stem_and_ignores_orientation(

@@ -25,6 +25,7 @@ from src.device import start_run
 from src.engine.checkpoint import read_class_names, with_checkpoint_classes
 from src.files import write_json
 from src.model import build_inference_network
+from src.text import listed
 from src.visualize import draw_detections
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -89,8 +90,9 @@ def class_names_for(config) -> list:
     return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
 
 
-def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
-    """Detect objects in one image or a folder; writes ``<name>.jpg`` pictures and
+def predict(config, image_paths, draw_threshold: float = 0.5) -> dict:
+    """Detect objects in images (files or folders' images; no file name twice); writes
+    ``<name>.jpg`` pictures and
     detections.json (the module's conventions: pixels as stored, inputs never overwritten).
 
     Every detection above ``min_score`` (after NMS) goes into the json, as eval.py's COCO
@@ -100,7 +102,13 @@ def predict(config, image_path: str, draw_threshold: float = 0.5) -> dict:
     """
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
-    files = list_images(image_path)
+    paths = [image_paths] if isinstance(image_paths, str) else list(image_paths)
+    files = [f for path in paths for f in list_images(path)]
+    repeated = sorted({os.path.basename(f) for f in files
+                       if sum(os.path.basename(g) == os.path.basename(f) for g in files) > 1})
+    if repeated:
+        raise ValueError(f"--image: {listed(repeated)} named more than once (the pictures are "
+                         "named by the file name): give each image once")
     check_outputs(files, config.output_dir or DEFAULT_OUTPUT_DIR)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
