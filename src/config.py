@@ -88,6 +88,16 @@ class Config:
                               "categories, VOC object names, class_1.. for TXT)", section="model")
     extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
                                       "channels of the six feature maps", section="model")
+    cls_bias_prior: float = _key(0.0, "initial object probability p of the class head: "
+                                      "biases log(p/(1-p)) on every object class and "
+                                      "log((1-p)/p) on background (RetinaNet's prior, e.g. "
+                                      "0.01); 0: zero biases, as the reference, every score "
+                                      "starting at 0.5",
+                                 check=lambda v: 0.0 <= v < 0.5, section="model")
+    bn_momentum: float = _key(0.0, "momentum m of every BatchNorm's running statistics "
+                                   "(running = m * running + (1 - m) * batch); 0: the "
+                                   "reference's, 0.9 in the backbone and 0.97 in the heads",
+                              check=lambda v: 0.0 <= v < 1.0, section="model")
     conv_impl: str = _key("auto", "convolutions: auto (our oneDNN kernels on CPU when built, "
                                   "else MindSpore's), mindspore, or onednn",
                           choices=("auto", "mindspore", "onednn"), section="model")

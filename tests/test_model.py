@@ -47,6 +47,42 @@ def test_initialisation(network):
     assert big.std() == pytest.approx(0.02 * 0.8796, rel=0.02)
 
 
+def batch_norm_momenta(network) -> dict:
+    """name -> m of running = m * running + (1 - m) * batch (MindSpore keeps 1 - m)."""
+    from mindspore import nn
+
+    return {name: round(1.0 - cell.momentum, 6) for name, cell in network.cells_and_names()
+            if isinstance(cell, nn.BatchNorm2d)}
+
+
+def test_reference_batch_norm_momenta(network):
+    momenta = batch_norm_momenta(network)
+    heads = {name for name in momenta if name.startswith("multi_box.")}
+    backbone = 1 + 2 * (3 + 4 + 6) + 2  # stem, two per block, two shortcuts
+    assert len(heads) == 12 and len(momenta) == 12 + backbone
+    assert {momenta[name] for name in heads} == {0.97}
+    assert {momenta[name] for name in momenta if name not in heads} == {0.9}
+
+
+def test_class_prior_and_batch_norm_momentum_options(graph_cpu):
+    from src.model import build_ssd
+
+    prior, classes = 0.01, 4
+    network = build_ssd(Config(num_classes=classes, cls_bias_prior=prior, bn_momentum=0.99))
+    assert set(batch_norm_momenta(network).values()) == {0.99}
+    logit = np.log(prior / (1 - prior))
+    for k, head in enumerate(network.multi_box.multi_cls_layers):
+        bias = head[-1].bias.asnumpy()
+        assert bias.shape == ((4, 6, 6, 6, 4, 4)[k] * classes,)
+        # sigmoid(bias): background 1 - prior for every default box, each object class prior
+        scores = (1 / (1 + np.exp(-bias))).reshape(-1, classes)
+        np.testing.assert_allclose(scores[:, 0], 1 - prior, rtol=1e-6)
+        np.testing.assert_allclose(scores[:, 1:], prior, rtol=1e-5)
+        assert bias[1] == pytest.approx(logit)
+    for head in network.multi_box.multi_loc_layers:
+        assert not head[-1].bias.asnumpy().any()
+
+
 def forward_in_training_mode(network, image):
     """(loc, logits) of a training-mode forward; the BatchNorm statistics it moves are put back
     and eval mode restored (the network is shared by this module's tests)."""

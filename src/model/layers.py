@@ -73,6 +73,7 @@ class Layers:
     dtype: str = "float32"
     block: int = PLAIN
     algorithm: str = "direct"
+    bn_momentum: float = 0.0  # 0: each BatchNorm keeps the momentum its block gives it
 
     def __post_init__(self):
         if self.impl not in ("mindspore", "onednn"):
@@ -88,19 +89,20 @@ class Layers:
 
     @classmethod
     def create(cls, impl: str, dtype: str = "float32", blocked: bool = True,
-               block: Optional[int] = None, algorithm: str = "auto") -> "Layers":
+               block: Optional[int] = None, algorithm: str = "auto",
+               bn_momentum: float = 0.0) -> "Layers":
         """``impl``'s layers; with 'onednn' and ``blocked``, activations blocked by ``block``
         channels (None: the ISA's, see ``layout_block_for``), else NCHW."""
         if impl != "onednn" or not blocked:
             block = PLAIN
         elif block is None:
             block = layout_block_for("auto")
-        return cls(impl, dtype, block, algorithm)
+        return cls(impl, dtype, block, algorithm, bn_momentum)
 
     @classmethod
     def from_config(cls, config, platform: str) -> "Layers":
         """The layers ``config`` asks for on ``platform`` (conv_impl, conv_dtype, layout_block,
-        conv_algorithm)."""
+        conv_algorithm, bn_momentum)."""
         impl = resolve_conv_impl(config.conv_impl, platform)
         if (impl == "mindspore" and platform == "CPU" and ONEDNN_ISA_VARIABLE not in os.environ
                 and library_path()):
@@ -109,7 +111,7 @@ class Layers:
                           "src.device.prepare_process(config) before importing mindspore (the "
                           "entry scripts do)", stacklevel=2)
         return cls.create(impl, config.conv_dtype, block=layout_block_for(config.layout_block),
-                          algorithm=config.conv_algorithm)
+                          algorithm=config.conv_algorithm, bn_momentum=config.bn_momentum)
 
     @property
     def ours(self) -> bool:
@@ -139,7 +141,9 @@ class Layers:
                    activation: Optional[str] = None, blocked: bool = False,
                    residual: bool = False) -> BatchNormAct2d:
         """``act(bn(x) [+ residual])``: one fused op with our layers, MindSpore's ops otherwise;
-        in the blocked layout when marked ``blocked`` and this network keeps blocked layouts."""
+        in the blocked layout when marked ``blocked`` and this network keeps blocked layouts.
+        ``momentum`` gives way to ``self.bn_momentum`` when that is set."""
+        momentum = self.bn_momentum or momentum
         return BatchNormAct2d(channels, eps, momentum, activation, fused=self.ours,
                               block=self.block if blocked else PLAIN, residual=residual)
 

@@ -6,6 +6,7 @@ logits in training mode, sigmoid scores in eval mode (column 0 is background). A
 follow the reference (``feature_extractor.module``, ``feature_extractor.additional_blocks``,
 ``multi_box.multi_loc_layers`` / ``multi_cls_layers``) so the reference's checkpoints load.
 """
+import math
 from typing import Optional, Sequence
 
 import mindspore as ms
@@ -19,6 +20,7 @@ from src.model.resnet34 import ResNet34Backbone
 
 EXTRAS_MID_CHANNELS = (256, 256, 128, 128, 128)
 INIT_SIGMA = 0.02
+BACKGROUND_CLASS = 0  # class index of the class head's background column
 
 
 def layouts(layers: Layers, in_channels: int, out_channels: int) -> dict:
@@ -140,6 +142,21 @@ def init_weights(network, sigma=INIT_SIGMA):
                                        param.shape, param.dtype))
 
 
+def set_class_prior(network: "SsdResnet34", prior: float, num_classes: int) -> None:
+    """Start every anchor as background with probability ``1 - prior`` (RetinaNet's prior,
+    adapted to the background column of the reference's focal loss): class-head biases
+    ``log(prior / (1 - prior))`` on the object classes and the opposite on class 0. A prior of
+    0 leaves the reference's zero biases (every sigmoid score 0.5 at the start)."""
+    if not prior:
+        return
+    logit = math.log(prior / (1.0 - prior))
+    for head in network.multi_box.multi_cls_layers:
+        bias = head[-1].bias
+        values = np.full(bias.shape, logit, np.float32)
+        values[BACKGROUND_CLASS::num_classes] = -logit  # channel d * num_classes + class
+        bias.set_data(ms.Tensor(values))
+
+
 def freeze_batch_norm(network):
     """Make every BatchNorm normalise with its running statistics, in training too (and stop
     updating them); gamma and beta still train. Returns the number of layers changed."""
@@ -177,4 +194,5 @@ def build_ssd(config, layers: Optional[Layers] = None) -> SsdResnet34:
     network = SsdResnet34(config.class_count, config.extras_out_channels, config.extras_strides,
                           config.num_default, config.num_ssd_boxes, layers)
     init_weights(network)
+    set_class_prior(network, config.cls_bias_prior, config.class_count)
     return network
