@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from src.config import Config
 from src.engine.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
@@ -257,9 +258,14 @@ def test_filter_weight_loads_all_but_the_heads_which_keep_their_initial_values(
         np.testing.assert_allclose(state[name], coco[name], rtol=1e-6, atol=1e-12, err_msg=name)
     assert state["multi_box.multi_cls_layers.0.3.weight"].shape == (4 * 4, 256, 1, 1)
     assert coco["multi_box.multi_cls_layers.0.3.weight"].shape == (4 * 81, 256, 1, 1)
+    prior = yaml.safe_load(open(os.path.join(ROOT, "configs", "demo.yaml")))["cls_bias_prior"]
+    object_logit = np.log(prior / (1 - prior))
     for name in heads:                                          # the demo model's own init
         value = state[name]
-        if name.endswith((".bias", ".beta", ".moving_mean")):
+        if name.endswith(".bias") and "multi_cls_layers" in name:  # the class prior, 4 classes
+            expected = np.tile(np.float32([-object_logit] + [object_logit] * 3), len(value) // 4)
+            np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
+        elif name.endswith((".bias", ".beta", ".moving_mean")):
             assert np.abs(value).max() < 1e-20, name
         elif name.endswith((".gamma", ".moving_variance")):
             assert np.all(value == 1), name
