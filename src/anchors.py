@@ -11,11 +11,18 @@ The reference places centres at ``(i + 0.5) / (S / step_k)``; with its steps (7,
 (spec defect 1). Steps of (8, 16, 32, 64, 100, 300) cover the image; the reference's values stay
 the default so its published results apply.
 """
+import json
 import math
+import shlex
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+# The settings that place the default boxes and decode offsets against them: stored in every
+# training checkpoint, so that inference and resuming can refuse other boxes.
+BOX_KEYS = ("img_shape", "feature_size", "steps", "min_scale", "max_scale", "aspect_ratios",
+            "prior_scaling")
 
 
 @dataclass(frozen=True)
@@ -90,3 +97,26 @@ def default_boxes_from_config(config) -> DefaultBoxes:
         raise ValueError(f"the anchor settings give {len(boxes)} default boxes but num_ssd_boxes "
                          f"is {config.num_ssd_boxes}")
     return boxes
+
+
+def box_settings(config) -> dict:
+    """{key: value} of ``BOX_KEYS`` as JSON values (tuples become lists)."""
+    return json.loads(json.dumps({key: getattr(config, key) for key in BOX_KEYS}))
+
+
+def box_differences(stored: dict, config) -> list:
+    """``stored`` box settings (as ``box_settings`` writes them) against ``config``'s: one
+    ``(key, stored value, config's value)`` per key that differs; keys ``stored`` lacks are
+    not compared."""
+    own = box_settings(config)
+    return [(key, stored[key], own[key]) for key in BOX_KEYS
+            if key in stored and stored[key] != own[key]]
+
+
+def box_flags(settings: dict) -> str:
+    """Command-line flags that set these box settings: ``--min_scale 0.1 --steps 8,16,32``."""
+    def value(v):
+        if isinstance(v, list) and not any(isinstance(x, list) for x in v):
+            return ",".join(str(x) for x in v)
+        return shlex.quote(json.dumps(v).replace(" ", ""))
+    return " ".join(f"--{key} {value(v)}" for key, v in settings.items())

@@ -171,11 +171,17 @@ class Config:
     momentum: float = _key(0.9, "SGD momentum", check=_fraction, section="train")
     loss_scale: float = _key(1024.0, "loss scale (forced to 1 for fp32 on CPU)", check=_positive,
                              section="train")
-    loss_scale_mode: str = _key("static", "static: fixed --loss_scale; dynamic: backs off on "
-                                          "overflow and skips that step",
-                                choices=("static", "dynamic"), section="train")
+    loss_scale_mode: str = _key("auto", "static: fixed --loss_scale; dynamic: halves on an "
+                                        "overflowing step (skipped either way), doubles after "
+                                        "1000 good ones; auto: dynamic on GPU and Ascend, static "
+                                        "on CPU (the reference: static everywhere)",
+                                choices=("auto", "static", "dynamic"), section="train")
     precision: str = _key("auto", "auto: fp16 on GPU (as the reference), fp32 elsewhere",
                           choices=("auto", "fp32", "fp16"), section="train")
+    amp_level: str = _key("O2", "mixed precision of --precision fp16: O2 (MindSpore's "
+                                "auto_mixed_precision: BatchNorm and the loss in fp32) or O3 "
+                                "(the whole detector cast, as the reference on GPU)",
+                          choices=("O2", "O3"), section="train")
     epoch_size: int = _key(500, "epochs to train", check=_positive, section="train")
     batch_size: int = _key(32, "images per step per device", check=_positive, section="train")
     seed: int = _key(1, "random seed (weights, data order, augmentation)", check=_non_negative,
@@ -262,6 +268,13 @@ class Config:
     run_platform: str = _key("auto", "device: auto, CPU, GPU or Ascend",
                              flags=("--device_target",),
                              choices=("auto", "CPU", "GPU", "Ascend"), section="run")
+    ascend_precision_mode: str = _key(
+        "allow_fp32_to_fp16", "Ascend operator precision (CANN precision_mode), set explicitly: "
+        "allow_fp32_to_fp16 (the reference's on Ascend 910: matrix ops such as convolutions in "
+        "fp16, vector ops in fp32), must_keep_origin_dtype (fp32 throughout), force_fp16, "
+        "allow_mix_precision, force_fp32", choices=(
+            "allow_fp32_to_fp16", "must_keep_origin_dtype", "force_fp16", "allow_mix_precision",
+            "force_fp32"), section="run")
     device_id: int = _key(0, "device index (the DEVICE_ID environment variable if set)",
                           check=_non_negative, section="run")
     output_dir: str = _key("", "where checkpoints, logs and results go (default: outputs/train "

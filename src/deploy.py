@@ -21,7 +21,7 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     """Write ``<file_name>.<mindir|onnx|air>``; returns its path."""
     import mindspore as ms
 
-    from src.engine.checkpoint import with_checkpoint_classes
+    from src.engine.checkpoint import check_inference_boxes, with_checkpoint_classes
     from src.model import Layers, build_inference_network
 
     file_format = file_format.upper()
@@ -30,6 +30,7 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     if file_format == "AIR" and platform != "Ascend":
         raise ExportError("AIR export needs an Ascend device and its CANN toolkit "
                           "(--device_target Ascend); on CPU and GPU export MINDIR or ONNX")
+    check_inference_boxes(config, checkpoint_path)
     config = with_checkpoint_classes(config, checkpoint_path)
     # Exported graphs must not refer to our kernel library: MindSpore's own convolutions.
     net = build_inference_network(config, checkpoint_path, layers=Layers())

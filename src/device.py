@@ -172,8 +172,10 @@ def resolve_platform(name):
     raise ValueError(f"unknown platform {name!r}: expected auto, {', '.join(PLATFORMS)}")
 
 
-def init_device(platform, device_id=0, seed=1):
-    """Select the device, switch to GRAPH_MODE and seed MindSpore and numpy.
+def init_device(platform, device_id=0, seed=1, ascend_precision_mode="allow_fp32_to_fp16"):
+    """Select the device, switch to GRAPH_MODE and seed MindSpore and numpy. On Ascend the
+    operator precision mode is set explicitly (MindSpore 2.10's default differs between its
+    own documents and SoCs): the reference ran its convolutions in fp16 there.
 
     Returns the platform actually in use.
     """
@@ -185,6 +187,8 @@ def init_device(platform, device_id=0, seed=1):
         ms.set_device("CPU")
     else:
         ms.set_device(platform, int(device_id))
+    if platform == "Ascend":
+        ms.device_context.ascend.op_precision.precision_mode(ascend_precision_mode)
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(int(seed))
     np.random.seed(int(seed))
@@ -232,7 +236,8 @@ def start_run(config, default_output_dir: str, distribute: bool = False,
     resolved ``config.yaml`` written by the main process (unless ``save`` is False: the caller
     writes it with ``save_run_config`` once it knows the folder may take it)."""
     output_dir = config.output_dir or default_output_dir
-    platform = init_device(config.run_platform, config.device_id, config.seed)
+    platform = init_device(config.run_platform, config.device_id, config.seed,
+                           config.ascend_precision_mode)
     rank, world = init_distributed() if distribute else (0, 1)
     run = Run(output_dir, platform, rank, world)
     if save:

@@ -98,17 +98,12 @@ def benchmark_train(config, steps, warmup):
     """One full training step (forward, loss, backward, update) of the real model."""
     import mindspore as ms
 
-    from src.engine.train_step import TrainStep, create_optimizer
-    from src.loss import SSDWithLossCell
+    from src.engine.train_step import create_train_step
     from src.model import build_ssd, count_trainable_params
 
     network = build_ssd(config)
-    optimizer = create_optimizer(network, np.full(10, 1e-3, np.float32), config.momentum,
-                                 config.weight_decay)
-    ours = network.layers.ours
-    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha, fused_focal=ours),
-                     optimizer, fused_finite=ours)
-    step.set_train(True)
+    step, _ = create_train_step(config, network, np.full(10, 1e-3, np.float32),
+                                ms.get_context("device_target"))
     inputs = [ms.Tensor(x) for x in synthetic_batch(config, config.batch_size)]
     compile_start = time.perf_counter()
     step(*inputs)[0].asnumpy()
@@ -397,8 +392,7 @@ def benchmark_overfit(config, workdir, steps, images=8, check_every=25):
     from src.data.sources import prepare_split
     from src.demo_data import generate
     from src.engine.evaluation import Evaluation
-    from src.engine.train_step import TrainStep, create_optimizer
-    from src.loss import SSDWithLossCell
+    from src.engine.train_step import create_train_step
     from src.lr_schedule import warmup_cosine_lr
     from src.model import build_ssd
     from src.model.weights import copy_weights
@@ -417,11 +411,7 @@ def benchmark_overfit(config, workdir, steps, images=8, check_every=25):
     lr = warmup_cosine_lr(config.lr_init, peak, peak * config.lr_end_rate,
                           max(1, steps // 20), steps, 1)
     network = build_ssd(config)
-    ours = network.layers.ours
-    step = TrainStep(SSDWithLossCell(network, config.gamma, config.alpha, fused_focal=ours),
-                     create_optimizer(network, lr, config.momentum, config.weight_decay),
-                     fused_finite=ours)
-    step.set_train(True)
+    step, _ = create_train_step(config, network, lr, ms.get_context("device_target"))
     evaluation = Evaluation(config, prepared, fold_bn=False)
     history, done, loss = [], 0, float("nan")
     start = time.perf_counter()

@@ -5,9 +5,24 @@ import os
 import subprocess
 
 import pytest
+import yaml
 
 from src.cpu import cpu_info
 from tests.conftest import ROOT, run_script
+
+DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
+
+
+def demo_box_flags() -> list:
+    """Flags of configs/demo.yaml's default-box keys: the ``trained`` checkpoint stores its
+    boxes, and runs without --config need them."""
+    from src.anchors import BOX_KEYS
+
+    demo = yaml.safe_load(open(DEMO_CONFIG))
+    return [text for key in BOX_KEYS if key in demo for text in (f"--{key}", json.dumps(demo[key]))]
+
+
+BOX_FLAGS = demo_box_flags()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +105,7 @@ def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count_than_
     anno.write_text(f"val2017/{image} 10,10,120,120,1\n")
     result = run_script(["eval.py", "--dataset", "other", "--image_dir", demo_root,
                          "--anno_path", str(anno), "--output_dir", str(tmp_path / "eval"),
-                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"), *BOX_FLAGS,
                          "--run_platform", "CPU"])
     assert result.returncode == 1
     assert "num_classes 2: from the data" in result.stdout
@@ -143,7 +158,7 @@ def test_eval_on_txt_data_writes_its_ground_truth(trained, demo_root, tmp_path):
     anno.write_text("\n".join(lines) + "\n")
     result = run_script(["eval.py", "--dataset", "other", "--image_dir", demo_root,
                          "--anno_path", str(anno), "--num_classes", "4",
-                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"), *BOX_FLAGS,
                          "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",
                          "--eval_batch_size", "4", "--progress", "off"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -161,7 +176,7 @@ def exported(trained, tmp_path_factory):
     paths = {}
     for file_format in ("MINDIR", "ONNX"):
         result = run_script(["export.py", "--ckpt_file", str(out / "train" / "ssd-3_3.ckpt"),
-                             "--num_classes", "4", "--file_name", str(folder / "ssd"),
+                             *BOX_FLAGS, "--num_classes", "4", "--file_name", str(folder / "ssd"),
                              "--file_format", file_format, "--batch_size", "2",
                              "--device_target", "CPU",
                              *(["--opencv", "true"] if file_format == "ONNX" else [])])
@@ -174,12 +189,12 @@ def exported(trained, tmp_path_factory):
 def live_outputs(checkpoint, images):
     import mindspore as ms
 
-    from src.config import Config
+    from src.config import load_config
     from src.device import init_device
     from src.model import build_inference_network
 
     init_device("CPU")
-    net = build_inference_network(Config(num_classes=4), checkpoint)
+    net = build_inference_network(load_config(DEMO_CONFIG, num_classes=4), checkpoint)
     boxes, scores = net(ms.Tensor(images))
     return boxes.asnumpy(), scores.asnumpy()
 
@@ -210,6 +225,29 @@ def test_air_export_needs_ascend(trained, tmp_path):
                          "--num_classes", "4", "--file_name", str(tmp_path / "ssd"),
                          "--file_format", "AIR", "--device_target", "CPU"])
     assert result.returncode == 1 and "AIR export needs an Ascend" in result.stderr
+
+
+def test_a_checkpoint_is_not_decoded_against_other_default_boxes(trained, demo_root, tmp_path):
+    """The demo checkpoint without its box settings (the reference's defaults instead):
+    export.py and eval.py refuse before any work, naming the keys and the flags to give."""
+    from src.anchors import BOX_KEYS, box_flags
+
+    out, _ = trained
+    checkpoint = str(out / "train" / "ssd-3_3.ckpt")
+    export = run_script(["export.py", "--ckpt_file", checkpoint, "--num_classes", "4",
+                         "--file_name", str(tmp_path / "export" / "ssd"),
+                         "--device_target", "CPU"])
+    evaluation = run_script(["eval.py", "--data_url", demo_root, "--checkpoint_path",
+                             checkpoint, "--output_dir", str(tmp_path / "eval"),
+                             "--run_platform", "CPU"])
+    demo = yaml.safe_load(open(DEMO_CONFIG))
+    flags = box_flags({key: demo[key] for key in BOX_KEYS if key in demo})
+    for result in (export, evaluation):
+        error = result.stderr
+        assert result.returncode == 1 and "Traceback" not in error, error[-3000:]
+        assert f"{checkpoint} was trained with other default boxes than this run's" in error
+        assert f"min_scale {demo['min_scale']} (this run: 0.2)" in error and flags in error
+    assert not (tmp_path / "export").exists() and not (tmp_path / "eval").exists()
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +303,7 @@ def test_cpp_program_postprocess_and_eval_agree(trained, exported, png_dataset, 
                                scores[1].ravel(), atol=1e-4)
     cpp_map = float(result.stdout.split("mAP: ")[1].split()[0])
     evaluation = run_script(["eval.py", "--data_url", str(png_dataset), "--num_classes", "4",
-                             "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                             "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"), *BOX_FLAGS,
                              "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",
                              "--progress", "off"])
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -315,7 +353,8 @@ def test_predict_draws_boxes(trained, demo_root, tmp_path):
     out, _ = trained
     image = os.path.join(demo_root, "val2017", sorted(os.listdir(
         os.path.join(demo_root, "val2017")))[0])
-    result = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+    result = run_script(["predict.py", *BOX_FLAGS, "--checkpoint_path",
+                         str(out / "train" / "ssd-3_3.ckpt"),
                          "--num_classes", "4", "--image", image, "--output_dir",
                          str(tmp_path), "--draw_threshold", "0", "--run_platform", "CPU"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -364,7 +403,8 @@ def test_predict_keeps_a_jpg_and_a_png_apart_and_draws_pixels_as_stored(trained,
     os.remove(images / "plain.jpg")
     assert stored[0] != stored[1]
     before = {n: (images / n).read_bytes() for n in os.listdir(images)}
-    result = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+    result = run_script(["predict.py", *BOX_FLAGS, "--checkpoint_path",
+                         str(out / "train" / "ssd-3_3.ckpt"),
                          "--num_classes", "4", "--image", str(images), "--output_dir",
                          str(tmp_path / "out"), "--draw_threshold", "0", "--run_platform", "CPU"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -385,14 +425,16 @@ def test_predict_keeps_a_jpg_and_a_png_apart_and_draws_pixels_as_stored(trained,
             assert x + w <= stored[1] + 1e-3 and y + h <= stored[0] + 1e-3
     # Several --image arguments (make demo passes a few files); a file name twice is refused
     # before anything is written.
-    picked = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+    picked = run_script(["predict.py", *BOX_FLAGS, "--checkpoint_path",
+                         str(out / "train" / "ssd-3_3.ckpt"),
                          "--num_classes", "4", "--image", str(images / "a.jpg"),
                          str(images / "a.png"), "--output_dir", str(tmp_path / "two"),
                          "--run_platform", "CPU"])
     assert picked.returncode == 0, picked.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "two")) == [
         "a.jpg.jpg", "a.png.jpg", "config.yaml", "detections.json"]
-    twice = run_script(["predict.py", "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+    twice = run_script(["predict.py", *BOX_FLAGS, "--checkpoint_path",
+                        str(out / "train" / "ssd-3_3.ckpt"),
                         "--num_classes", "4", "--image", str(images), str(images / "a.jpg"),
                         "--output_dir", str(tmp_path / "twice"), "--run_platform", "CPU"])
     assert twice.returncode == 1 and "a.jpg named more than once" in twice.stderr

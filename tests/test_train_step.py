@@ -53,15 +53,17 @@ def test_weight_decay_groups(parts):
     assert decay["bn.gamma"] == 0 and decay["bn.beta"] == 0
 
 
-@pytest.mark.parametrize("fused_finite", [False, True], ids=["mindspore_check", "our_op"])
-def test_finite_step_updates_and_poisoned_step_is_skipped(parts, fused_finite):
+@pytest.mark.parametrize("finite_check", ["concat", "ours", "mindspore"])
+def test_finite_step_updates_and_poisoned_step_is_skipped(parts, finite_check):
+    """Each overflow check: 'mindspore' is ms.amp.all_finite, here on its CPU path (GPU and
+    Ascend take the same call)."""
     ms, tiny_cls = parts
     from src.engine.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1.0,
-                     fused_finite=fused_finite)
-    assert (step.finite_op is not None) == fused_finite
+                     finite_check=finite_check)
+    assert (step.finite_op is not None) == (finite_check == "ours")
     step.set_train(True)
     before = weights(net)
     loss, cls, loc, finite, scale = step(*inputs(ms))
@@ -136,3 +138,137 @@ def test_optimizer_reads_lr_at_global_step(parts):
     step(*inputs(ms))
     assert int(optimizer.global_step.asnumpy()[0]) == 6
     assert not np.array_equal(before["conv.weight"], weights(net)["conv.weight"])
+
+
+def platform_train_step(monkeypatch, platform, **changes):
+    """The detector's train step as train.py builds it on ``platform``, built (not run) on
+    this CPU: MindSpore reports ``platform`` as its device target while the cells are made."""
+    import mindspore as ms
+
+    from src.config import Config
+    from src.engine.train_step import create_train_step
+    from src.model import build_ssd
+
+    real = ms.get_context
+    monkeypatch.setattr(ms, "get_context",
+                        lambda key: platform if key == "device_target" else real(key))
+    config = Config(num_classes=4, **changes)
+    network = build_ssd(config)
+    step, plan = create_train_step(config, network, np.full(10, 0.1, np.float32), platform)
+    return network, step, plan
+
+
+def custom_ops(cell):
+    from mindspore import ops
+
+    found = []
+    for _, sub in cell.cells_and_names():
+        values = list(vars(sub).values()) + list(getattr(sub, "_primitives", {}).values())
+        found += [v for v in values if isinstance(v, ops.Custom)]
+    return found
+
+
+@pytest.mark.parametrize("platform", ["GPU", "Ascend"])
+def test_accelerator_train_steps_hold_only_mindspore_ops(graph_cpu, monkeypatch, platform):
+    """No oneDNN convolution, no Custom op, no blocked layout, no fused BatchNorm or focal
+    loss; MindSpore's overflow check; dynamic loss scale from 1024. GPU: fp16 through
+    MindSpore's O2 (BatchNorm in fp32, convolutions fp16); Ascend: fp32 graphs (its operator
+    precision mode decides the convolutions)."""
+    from mindspore import nn
+
+    from src.config import Config
+    from src.model import Layers, build_ssd
+    from src.model.batch_norm import BatchNormAct2d
+    from src.model.layers import PLAIN
+    from src.model.onednn_conv import OneDnnConv2d
+
+    network, step, plan = platform_train_step(monkeypatch, platform)
+    cells = [cell for _, cell in step.cells_and_names()]
+    assert not network.layers.ours and network.layers.block == PLAIN
+    assert not any(isinstance(c, OneDnnConv2d) for c in cells) and not custom_ops(step)
+    norms = [c for c in cells if isinstance(c, BatchNormAct2d)]
+    convs = [c for c in cells if isinstance(c, nn.Conv2d)]
+    assert len(norms) == 41 and len(convs) == 63 and not any(c.fused for c in norms)
+    assert not step.network.fused_focal and step.finite_op is None
+    assert (step.finite_check, step.dynamic, float(step.loss_scale.asnumpy())) == (
+        "mindspore", True, 1024.0)
+    if platform == "GPU":
+        assert (plan.precision, plan.amp_level) == ("fp16", "O2")
+        assert all(c.get_flags()["fp32"] and not c.get_flags()["fp16"] for c in norms)
+        assert all(c.get_flags()["fp16"] for c in convs)
+        assert plan.describe() == "fp16 (amp O2), loss scale 1024 (dynamic)"
+    else:
+        assert (plan.precision, plan.amp_level) == ("fp32", "O0")
+        assert not any(c.get_flags().get("fp16") for c in cells)
+    # The parameter names (and so checkpoints) are the same on every platform.
+    plain = build_ssd(Config(num_classes=4), Layers.create("mindspore"))
+    assert [p.name for p in step.network.get_parameters()] == [
+        "network." + p.name for p in plain.get_parameters()]
+
+
+def test_precision_plans_follow_the_flags(graph_cpu, monkeypatch):
+    """--amp_level O3 casts every cell (the reference's GPU cast), --loss_scale_mode static
+    keeps the scale fixed, --precision fp32 on GPU trains without amp at --loss_scale; on CPU
+    fp32 the scale is 1 and static, and the check is our op when our kernels run."""
+    from src.config import Config
+    from src.engine.precision import precision_plan
+
+    _, step, plan = platform_train_step(monkeypatch, "GPU", amp_level="O3",
+                                        loss_scale_mode="static")
+    assert (plan.amp_level, plan.dynamic) == ("O3", False) and not step.dynamic
+    detector = [c for _, c in step.network.network.cells_and_names()]
+    assert len(detector) > 200 and all(c.get_flags()["fp16"] for c in detector)
+    assert precision_plan(Config(precision="fp32"), "GPU").describe() == \
+        "fp32, loss scale 1024 (dynamic)"
+    cpu = precision_plan(Config(), "CPU", our_kernels=True)
+    assert (cpu.precision, cpu.loss_scale, cpu.dynamic, cpu.finite_check) == (
+        "fp32", 1.0, False, "ours")
+    assert precision_plan(Config(), "CPU").finite_check == "concat"
+    assert precision_plan(Config(loss_scale_mode="dynamic"), "CPU").dynamic
+
+
+def test_ascend_precision_mode_is_set_explicitly(monkeypatch):
+    """init_device on Ascend sets --ascend_precision_mode (the reference's fp16 convolutions
+    by default) before the graph is built; CPU and GPU leave it alone."""
+    import mindspore as ms
+
+    from src.config import Config
+    from src.device import init_device
+
+    calls = []
+    monkeypatch.setattr(ms, "set_device", lambda *args: calls.append(("device",) + args))
+    monkeypatch.setattr(ms.device_context.ascend.op_precision, "precision_mode",
+                        lambda mode: calls.append(("precision_mode", mode)))
+    assert init_device("Ascend", 3, 1, Config().ascend_precision_mode) == "Ascend"
+    assert calls == [("device", "Ascend", 3), ("precision_mode", "allow_fp32_to_fp16")]
+    calls.clear()
+    init_device("GPU", 0, 1, "force_fp16")
+    assert calls == [("device", "GPU", 0)]
+
+
+def test_the_gpu_plan_trains_here_in_fp16(parts):
+    """The GPU plan (O2, dynamic scale, ms.amp.all_finite) on a conv + BatchNorm piece runs on
+    this CPU (MindSpore's fp16 convolution): the parameters stay float32, a finite step
+    updates them, an overflowing one is skipped and halves the scale."""
+    ms, tiny_cls = parts
+    from src.config import Config
+    from src.engine.precision import apply_precision, precision_plan
+    from src.engine.train_step import TrainStep, create_optimizer
+
+    plan = precision_plan(Config(), "GPU")
+    net = tiny_cls()
+    apply_precision(net, plan)
+    assert net.conv.get_flags()["fp16"] and net.bn.get_flags()["fp32"]
+    step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), plan.loss_scale,
+                     dynamic=plan.dynamic, finite_check=plan.finite_check)
+    step.set_train(True)
+    before = weights(net)
+    loss, _, _, finite, scale = step(*inputs(ms))
+    assert bool(finite.asnumpy()) and np.isfinite(loss.asnumpy()) and float(scale.asnumpy()) == 1024
+    after = weights(net)
+    assert all(v.dtype == np.float32 for v in after.values())
+    assert not np.array_equal(before["conv.weight"], after["conv.weight"])
+    _, _, _, finite, _ = step(*inputs(ms, poison=True))
+    assert not bool(finite.asnumpy()) and float(step.loss_scale.asnumpy()) == 512.0
+    for name, value in weights(net).items():
+        np.testing.assert_array_equal(value, after[name])

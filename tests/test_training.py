@@ -158,6 +158,56 @@ TORCH_BACKBONE = (
        ("fc.bias", (1000,))])
 
 
+def test_checkpoints_store_their_default_boxes_and_refuse_others(tmp_path, graph_cpu):
+    """A training checkpoint stores its default-box keys. Inference's and resume's checks
+    refuse a config with other boxes, naming each key with both values and giving the flags
+    that set the checkpoint's (they parse back to its boxes); checkpoints that store no boxes
+    (the reference's) pass, damaged box settings are refused."""
+    import shlex
+
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.anchors import box_flags, box_settings
+    from src.config import load_config, parse_config
+    from src.engine.checkpoint import restore, state_entries
+    from src.model.inference import INFERENCE_ADVICE
+    from src.model.weights import DEFAULT_BOXES, check_default_boxes, read_checkpoint
+
+    demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
+    cell = nn.Dense(2, 2)
+    path = str(tmp_path / "ssd-1_3.ckpt")
+    save_checkpoint(cell, path, state_entries(demo, epoch=1, step_in_epoch=3, global_step=3,
+                                              seed=1, steps_per_epoch=3,
+                                              class_names=demo.classes))
+    params = read_checkpoint(path)
+    assert json.loads(params[DEFAULT_BOXES]) == box_settings(demo)
+    check_default_boxes(params, demo, path, INFERENCE_ADVICE)
+    with pytest.raises(CheckpointError) as refused:
+        check_default_boxes(params, Config(), path, INFERENCE_ADVICE)
+    message = str(refused.value)
+    assert f"{path} was trained with other default boxes than this run's" in message
+    assert "steps [8, 16, 32, 64, 100, 300] (this run: [7, 15, 30, 60, 100, 300])" in message
+    assert "min_scale 0.1 (this run: 0.2)" in message and "max_scale" not in message
+    flags = "--steps 8,16,32,64,100,300 --min_scale 0.1"
+    assert "decoded against boxes it did not learn" in message and flags in message
+    assert box_settings(parse_config(shlex.split(flags))) == box_settings(demo)
+    ratios = [[3], [2], [2, 3], [2], [3], [2]]
+    assert parse_config(shlex.split(box_flags({"aspect_ratios": ratios}))).aspect_ratios == \
+        tuple(tuple(r) for r in ratios)
+    with pytest.raises(CheckpointError, match=r"Resume with the settings it was trained with "
+                                              r"\(--steps 8,16,32,64,100,300 --min_scale 0\.1\)"):
+        restore(cell, path, 3, Config())
+    plain = str(tmp_path / "reference.ckpt")
+    ms.save_checkpoint(cell, plain)
+    check_default_boxes(read_checkpoint(plain), Config(), plain, INFERENCE_ADVICE)
+    damaged = str(tmp_path / "damaged.ckpt")
+    ms.save_checkpoint(cell, damaged, append_dict={DEFAULT_BOXES: "[1, 2]"})
+    with pytest.raises(CheckpointError, match=r"damaged\.ckpt: train_state\.default_boxes is "
+                                              r"not a JSON mapping"):
+        check_default_boxes(read_checkpoint(damaged), Config(), damaged, INFERENCE_ADVICE)
+
+
 def test_backbone_checkpoint_in_classification_naming_loads_every_tensor(tmp_path, graph_cpu):
     import mindspore as ms
 

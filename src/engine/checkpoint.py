@@ -15,8 +15,16 @@ from typing import Callable, Optional
 import mindspore as ms
 import numpy as np
 
+from src.anchors import box_settings
 from src.files import atomic_path
-from src.model.weights import CheckpointError, read_checkpoint
+from src.model.inference import INFERENCE_ADVICE
+from src.model.weights import (
+    DEFAULT_BOXES,
+    STATE_PREFIX,
+    CheckpointError,
+    check_default_boxes,
+    read_checkpoint,
+)
 from src.text import listed
 
 CHECKPOINT_PREFIX = "ssd"
@@ -24,7 +32,6 @@ _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)_(\d+)\.ckpt$")
 
 
 STATE_KEYS = ("epoch", "step_in_epoch", "global_step", "seed", "steps_per_epoch")
-STATE_PREFIX = "train_state."   # the optimizer already has a parameter named global_step
 
 
 def checkpoint_name(epoch: int, step_in_epoch: int) -> str:
@@ -78,10 +85,12 @@ def read_state(params: dict, path: str) -> dict:
             for key in STATE_KEYS}
 
 
-def state_entries(**state) -> dict:
-    """append_dict entries of a training checkpoint: the position (ints) and class names."""
+def state_entries(config, **state) -> dict:
+    """append_dict entries of a training checkpoint: the position (ints), class names and the
+    default-box settings of ``config`` (``src.anchors.box_settings``), as JSON strings."""
     entries = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
     entries[STATE_PREFIX + "class_names"] = json.dumps(list(state["class_names"]))
+    entries[DEFAULT_BOXES] = json.dumps(box_settings(config))
     return entries
 
 
@@ -107,6 +116,16 @@ def with_checkpoint_classes(config, path: str, log: Callable = print):
         count = int(head.shape[0]) // int(config.num_default[0])
     log(f"num_classes {count}: from the checkpoint {path}")
     return config.replace(num_classes=count)
+
+
+def check_inference_boxes(config, path: str) -> None:
+    """``build_inference_network``'s default-box check, before any work (it reads only the
+    stored settings); a file that cannot be read is left to the weights' loading to report."""
+    try:
+        found = ms.load_checkpoint(path, choice_func=lambda n: n == DEFAULT_BOXES)
+    except (ValueError, RuntimeError, OSError):
+        return
+    check_default_boxes(found, config, path, INFERENCE_ADVICE)
 
 
 def read_class_names(path: str) -> Optional[tuple]:
@@ -152,10 +171,16 @@ def find_resume_checkpoint(resume: str, output_dir: str) -> Optional[str]:
     return found[-1] if found else None
 
 
-def restore(train_step, path: str, steps_per_epoch: int) -> "Position":
-    """Load a training checkpoint into the train step; returns its Position."""
+RESUME_ADVICE = ("Resume with the settings it was trained with ({flags}), or start from its "
+                 "weights with --pre_trained")
+
+
+def restore(train_step, path: str, steps_per_epoch: int, config) -> "Position":
+    """Load a training checkpoint into the train step; returns its Position. Refused when it
+    was written with another step count per epoch or other default boxes than ``config``'s."""
     params = read_checkpoint(path)
     state = read_state(params, path)
+    check_default_boxes(params, config, path, RESUME_ADVICE)
     if state.get("steps_per_epoch") not in (None, steps_per_epoch):
         raise CheckpointError(f"{path} was written with {state['steps_per_epoch']} steps per "
                               f"epoch, this run has {steps_per_epoch}: same data and batch size "

@@ -10,6 +10,7 @@ from src.cpu import cpu_info
 from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
 from src.device import save_run_config, start_run
+from src.engine.checkpoint import check_inference_boxes
 from src.engine.evaluation import Evaluation, score_and_report
 from src.metrics import load_coco_ground_truth
 from src.model import conv_description
@@ -22,6 +23,7 @@ def evaluate(config) -> dict:
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
+    check_inference_boxes(config, config.checkpoint_path)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
     prepared = prepare_split(config, "eval", output_dir)

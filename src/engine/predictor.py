@@ -22,7 +22,11 @@ from src.boxes import yxyx_to_xywh
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
-from src.engine.checkpoint import read_class_names, with_checkpoint_classes
+from src.engine.checkpoint import (
+    check_inference_boxes,
+    read_class_names,
+    with_checkpoint_classes,
+)
 from src.files import write_json
 from src.model import build_inference_network
 from src.text import listed
@@ -110,6 +114,7 @@ def predict(config, image_paths, draw_threshold: float = 0.5) -> dict:
         raise ValueError(f"--image: {listed(repeated)} named more than once (the pictures are "
                          "named by the file name): give each image once")
     check_outputs(files, config.output_dir or DEFAULT_OUTPUT_DIR)
+    check_inference_boxes(config, config.checkpoint_path)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
     config = with_checkpoint_classes(config, config.checkpoint_path)

@@ -6,6 +6,16 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 
 from src.device import kernel_op
+from src.engine.precision import (
+    CONCAT_CHECK,
+    FINITE_CHECKS,
+    MINDSPORE_CHECK,
+    OUR_CHECK,
+    PrecisionPlan,
+    apply_precision,
+    precision_plan,
+)
+from src.loss import SSDWithLossCell
 from src.lr_schedule import TableSchedule
 
 _unscale = ops.MultitypeFuncGraph("unscale")
@@ -51,16 +61,23 @@ class TrainStep(nn.Cell):
     Gradients of ``loss * loss_scale`` are averaged over devices in data-parallel runs, divided
     by the scale and checked: if any is inf or NaN the update is skipped (``finite`` is False).
     With ``dynamic=True`` the scale halves on such a step and doubles after ``scale_window``
-    finite steps in a row. Parameter names stay those of the wrapped network. The finite check
-    is our one-pass CPU op with ``fused_finite`` (the network runs our kernels), else MindSpore's
-    ops.
+    finite steps in a row. Parameter names stay those of the wrapped network.
+
+    ``finite_check`` (``src.engine.precision``): 'ours', our one-pass CPU op (the network runs
+    our kernels); 'concat', one ``isfinite`` over the gradients laid end to end (CPU);
+    'mindspore', ``ms.amp.all_finite`` (GPU, Ascend: the NPU's float status in saturation
+    mode), its verdict agreed by all devices of a data-parallel run.
     """
 
     def __init__(self, network_with_loss, optimizer, loss_scale=1.0, dynamic=False,
-                 scale_factor=2.0, scale_window=1000, fused_finite=False):
+                 scale_factor=2.0, scale_window=1000, finite_check=CONCAT_CHECK):
         super().__init__(auto_prefix=False)
+        if finite_check not in FINITE_CHECKS:
+            raise ValueError(f"finite_check {finite_check!r}: expected one of "
+                             f"{', '.join(FINITE_CHECKS)}")
         self.network = network_with_loss
-        self.finite_op = fused_all_finite() if fused_finite else None
+        self.finite_check = finite_check
+        self.finite_op = fused_all_finite() if finite_check == OUR_CHECK else None
         self.network.set_grad()
         self.optimizer = optimizer
         self.weights = optimizer.parameters
@@ -75,10 +92,15 @@ class TrainStep(nn.Cell):
         self.scale_window = int(scale_window)
         self.hyper_map = ops.HyperMap()
         self.grad_reducer = ops.identity
+        self.flag_reducer = None
         if ms.get_auto_parallel_context("parallel_mode") in (ParallelMode.DATA_PARALLEL,
                                                              ParallelMode.HYBRID_PARALLEL):
             self.grad_reducer = nn.DistributedGradReducer(
                 self.weights, ms.get_auto_parallel_context("gradients_mean"))
+            if finite_check == MINDSPORE_CHECK:
+                # The NPU's float status is each device's own: without agreeing, one device
+                # would skip a step another applies.
+                self.flag_reducer = ops.AllReduce()
 
     def construct(self, image, gt_loc, gt_label, num_match):
         loss, cls_loss, loc_loss = self.network(image, gt_loc, gt_label, num_match)
@@ -97,11 +119,17 @@ class TrainStep(nn.Cell):
         return loss, cls_loss, loc_loss, finite, scale
 
     def all_finite(self, grads):
-        """True when no gradient holds inf or NaN. Without our op, one check over the gradients
-        laid end to end: ms.amp.all_finite's two ops per gradient cost more on CPU than the copy
-        (docs/performance.md, "Design choices measured")."""
+        """True when no gradient overflowed. On CPU without our op, one check over the
+        gradients laid end to end: ms.amp.all_finite's two ops per gradient cost more on CPU
+        than the copy (docs/performance.md, "Design choices measured")."""
         if self.finite_op is not None:
             return self.finite_op(*grads).reshape(())
+        if self.finite_check == MINDSPORE_CHECK:
+            finite = ms.amp.all_finite(grads)
+            if self.flag_reducer is not None:
+                overflows = self.flag_reducer(ops.logical_not(finite).astype(ms.float32))
+                finite = overflows < 0.5
+            return finite
         return ops.isfinite(ops.concat(self.hyper_map(_flatten, grads))).all()
 
     def update_scale(self, finite):
@@ -116,13 +144,16 @@ class TrainStep(nn.Cell):
         return ops.assign(self.good_steps, good)
 
 
-def resolve_precision(config, platform):
-    """fp16 on GPU unless told otherwise (as the reference), fp32 elsewhere."""
-    if config.precision != "auto":
-        return config.precision
-    return "fp16" if platform == "GPU" else "fp32"
-
-
-def resolve_loss_scale(config, platform, precision):
-    """The reference trains fp32 on CPU with scale 1; elsewhere it uses --loss_scale."""
-    return 1.0 if platform == "CPU" and precision == "fp32" else float(config.loss_scale)
+def create_train_step(config, network, lr_table, platform: str, world: int = 1) -> tuple:
+    """The train step of ``config`` for a detector on ``platform``: its precision plan applied
+    (``src.engine.precision``), the reference's loss and optimizer. Returns
+    (TrainStep in training mode, PrecisionPlan)."""
+    ours = network.layers.ours
+    plan: PrecisionPlan = precision_plan(config, platform, ours)
+    optimizer = create_optimizer(network, lr_table, config.momentum, config.weight_decay)
+    loss = SSDWithLossCell(apply_precision(network, plan), config.gamma, config.alpha,
+                           config.loss_norm == "global", world, fused_focal=ours)
+    step = TrainStep(loss, optimizer, plan.loss_scale, dynamic=plan.dynamic,
+                     finite_check=plan.finite_check)
+    step.set_train(True)
+    return step, plan

@@ -7,7 +7,6 @@ import math
 import os
 import time
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
@@ -38,8 +37,7 @@ from src.engine.progress import Progress, format_duration
 from src.engine.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER, claim_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.signals import StopRequest
-from src.engine.train_step import TrainStep, create_optimizer, resolve_loss_scale, resolve_precision
-from src.loss import SSDWithLossCell
+from src.engine.train_step import create_train_step
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
 from src.model.weights import copy_weights
@@ -52,7 +50,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stays non-finite); the message says why and where."""
 
 
-def model_summary(config, network, platform, precision, loss_scale, images, steps_per_epoch,
+def model_summary(config, network, platform, plan, images, steps_per_epoch,
                   output_dir, lr=None, world=1, classes_given=True):
     """The lines printed before training starts."""
     height, width = config.img_shape
@@ -62,8 +60,8 @@ def model_summary(config, network, platform, precision, loss_scale, images, step
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
         f"{config.class_count} classes (background included"
         f"{'' if classes_given else '; from the data'})",
-        f"Device: {platform}, GRAPH_MODE, {precision}, loss scale {loss_scale:g} "
-        f"({config.loss_scale_mode}), convolutions: {conv_description(network)}, "
+        f"Device: {platform}, GRAPH_MODE, {plan.describe()}, "
+        f"convolutions: {conv_description(network)}, "
         f"{ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE, '(not set)')}",
         *([f"CPU: {cpu_info().describe()}"] if platform == "CPU" else []),
         f"Data: {images} images, batch {config.batch_size}"
@@ -101,26 +99,16 @@ class Trainer:
         if config.freeze_bn:
             self.say(f"--freeze_bn: {freeze_batch_norm(self.network)} BatchNorm layers use "
                      "running statistics")
-        self.precision = resolve_precision(config, run.platform)
-        if self.precision == "fp16":
-            self.network.to_float(ms.float16)
-        self.loss_scale = resolve_loss_scale(config, run.platform, self.precision)
         self.lr_table = lr_from_config(config, self.steps_per_epoch, run.world)
-        optimizer = create_optimizer(self.network, self.lr_table, config.momentum,
-                                     config.weight_decay)
-        ours = self.network.layers.ours
-        loss = SSDWithLossCell(self.network, config.gamma, config.alpha,
-                               config.loss_norm == "global", run.world, fused_focal=ours)
-        self.train_step = TrainStep(loss, optimizer, self.loss_scale,
-                                    dynamic=config.loss_scale_mode == "dynamic",
-                                    fused_finite=ours)
-        self.train_step.set_train(True)
+        self.train_step, self.plan = create_train_step(config, self.network, self.lr_table,
+                                                       run.platform, run.world)
+        optimizer = self.train_step.optimizer
         self.evaluation = Evaluation(config, eval_split, fold_bn=False) \
             if eval_split and self.main else None
         self.position, self.resumed_from = self._start_position()
         optimizer.global_step.set_data(Tensor(np.array([self.position.global_step], np.int32)))
-        self.say(model_summary(config, self.network, run.platform, self.precision,
-                               self.loss_scale, prepared.images, self.steps_per_epoch,
+        self.say(model_summary(config, self.network, run.platform, self.plan,
+                               prepared.images, self.steps_per_epoch,
                                self.output_dir, float(self.lr_table.max()), run.world,
                                classes_given), flush=True)
         if run.world > 1:   # before anything is written or trained
@@ -147,7 +135,7 @@ class Trainer:
         position = Position(start, steps, start * steps)
         path = find_resume_checkpoint(config.resume, self.output_dir) if config.resume else None
         if path:
-            position = restore(self.train_step, path, steps)
+            position = restore(self.train_step, path, steps, config)
             self.say(f"Resuming from {path}: epoch {position.epoch}, step "
                      f"{position.step_in_epoch}/{steps}, global step {position.global_step}",
                      flush=True)
@@ -176,7 +164,7 @@ class Trainer:
             return path
         position = self.position
         return save_checkpoint(self.train_step, path, state_entries(
-            epoch=position.epoch, step_in_epoch=position.step_in_epoch,
+            self.config, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
             global_step=position.global_step, seed=self.config.seed,
             steps_per_epoch=self.steps_per_epoch,
             class_names=self.prepared.source.class_names))

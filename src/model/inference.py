@@ -9,7 +9,7 @@ from src.anchors import default_boxes_from_config
 from src.model.fold import fold_batch_norm
 from src.model.layers import Layers
 from src.model.ssd import build_ssd
-from src.model.weights import load_weights
+from src.model.weights import check_default_boxes, load_weights, read_checkpoint
 
 
 class SsdInferWithDecoder(nn.Cell):
@@ -36,18 +36,27 @@ class SsdInferWithDecoder(nn.Cell):
         return ops.clamp(boxes, 0.0, 1.0), scores
 
 
+INFERENCE_ADVICE = ("Its offsets would be decoded against boxes it did not learn: give the "
+                    "settings it was trained with (the --config file of its training run, or "
+                    "{flags})")
+
+
 def build_inference_network(config, checkpoint_path: Optional[str] = None,
                             layers: Optional[Layers] = None,
                             fold_bn: bool = True) -> SsdInferWithDecoder:
     """Detector + in-graph decoder in eval mode, weights from ``checkpoint_path`` if given,
     layers as ``build_ssd`` chooses them unless ``layers`` says otherwise.
 
-    With our CPU convolutions and ``fold_bn``, BatchNorm is folded into the convolutions: pass
-    False for a network whose parameters will be replaced later (``copy_weights``).
+    A checkpoint that stores other default boxes than ``config``'s is refused
+    (``check_default_boxes``). With our CPU convolutions and ``fold_bn``, BatchNorm is folded
+    into the convolutions: pass False for a network whose parameters will be replaced later
+    (``copy_weights``).
     """
     network = build_ssd(config, layers)
     if checkpoint_path:
-        load_weights(network, checkpoint_path, complete=True)
+        params = read_checkpoint(checkpoint_path)
+        check_default_boxes(params, config, checkpoint_path, INFERENCE_ADVICE)
+        load_weights(network, checkpoint_path, params=params, complete=True)
     net = SsdInferWithDecoder(network, default_boxes_from_config(config).cyxhw,
                               config.prior_scaling)
     net.set_train(False)

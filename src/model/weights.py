@@ -4,15 +4,19 @@ whatever wraps the network, with a report of what loaded.
 Names follow the reference (``feature_extractor.module.layer1.0.conv1.weight``,
 ``multi_box.multi_cls_layers.0.3.bias`` ...), so its checkpoints load too.
 """
+import json
 import os
 from typing import Optional
 
 import mindspore as ms
 
+from src.anchors import box_differences, box_flags
 from src.text import listed
 
 HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
 WRAPPER_PREFIX = "network."
+STATE_PREFIX = "train_state."   # the optimizer already has a parameter named global_step
+DEFAULT_BOXES = STATE_PREFIX + "default_boxes"   # JSON of src.anchors.box_settings
 
 
 class CheckpointError(RuntimeError):
@@ -27,6 +31,30 @@ def read_checkpoint(path):
         return ms.load_checkpoint(path)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+
+
+def check_default_boxes(params: dict, config, path: str, advice: str) -> None:
+    """CheckpointError when the checkpoint's parameters ``params`` store default-box settings
+    (``src.anchors.BOX_KEYS``) other than ``config``'s; checkpoints that store none (the
+    reference's, ours before they did) pass. ``advice`` ends the message; ``{flags}`` in it
+    becomes the flags that set the checkpoint's values."""
+    stored = params.get(DEFAULT_BOXES)
+    if stored is None:
+        return
+    try:
+        stored = json.loads(str(stored))
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: {DEFAULT_BOXES} is not a JSON mapping of box "
+                              "settings; the file is damaged")
+    differences = box_differences(stored, config)
+    if differences:
+        shown = [f"{key} {json.dumps(theirs)} (this run: {json.dumps(ours)})"
+                 for key, theirs, ours in differences]
+        flags = box_flags({key: theirs for key, theirs, _ in differences})
+        raise CheckpointError(f"{path} was trained with other default boxes than this run's: "
+                              f"{listed(shown, 7)}. " + advice.format(flags=flags))
 
 
 def strip_wrappers(name: str) -> str:
