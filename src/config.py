@@ -259,8 +259,17 @@ class Config:
                                        "some above it + 0.2, spec defect 19) or ssd (refused if "
                                        "any box is below it, as the SSD paper)",
                           choices=("reference", "ssd"), section="data")
-    num_parallel_workers: int = _key(2, "data-pipeline worker threads/processes",
-                                     check=_positive, section="data")
+    num_parallel_workers: int = _key(0, "data-pipeline workers per process; 0: this host's "
+                                        "cores shared by the job's processes, at most 8",
+                                     check=_non_negative, section="data")
+    data_workers: str = _key("auto", "training augmentation in worker threads or processes; "
+                                     "auto: threads on CPU (faster there), processes on GPU and "
+                                     "Ascend (past Python's lock)",
+                             choices=("auto", "threads", "processes"), section="data")
+    input_dtype: str = _key("auto", "training images sent to the device as float32 (normalised "
+                                    "on the host) or uint8 (normalised on the device: 0.27 of "
+                                    "the bytes); auto: float32 on CPU, uint8 on GPU and Ascend",
+                            choices=("auto", "float32", "uint8"), section="data")
     eval_batch_size: int = _key(8, "images per inference batch in evaluation", check=_positive,
                                 section="data")
     # --- run
@@ -275,6 +284,14 @@ class Config:
         "allow_mix_precision, force_fp32", choices=(
             "allow_fp32_to_fp16", "must_keep_origin_dtype", "force_fp16", "allow_mix_precision",
             "force_fp32"), section="run")
+    jit_level: str = _key("auto", "MindSpore's graph compilation level (jit_config): O0 "
+                                  "(kernel by kernel), O1 (with operator fusion), O2 (whole "
+                                  "graph sunk, Ascend); auto: MindSpore's default",
+                          choices=("auto", "O0", "O1", "O2"), section="run")
+    all_reduce_fusion: tuple = _key((), "gradient indices where the data-parallel all-reduce "
+                                        "splits into fusion groups (GPU, Ascend); empty: four "
+                                        "groups of about equal size (the reference's 29, 58, 89 "
+                                        "came from another network)", section="train")
     device_id: int = _key(0, "device index (the DEVICE_ID environment variable if set)",
                           check=_non_negative, section="run")
     output_dir: str = _key("", "where checkpoints, logs and results go (default: outputs/train "
@@ -350,6 +367,22 @@ class Config:
     def derived(self) -> dict:
         """The values that follow from the keys (written as comments into config.yaml)."""
         return {name: _plain(rule(self)) for name, rule in DERIVED_KEYS.items()}
+
+    @property
+    def workers(self) -> int:
+        """Data-pipeline workers per process: ``num_parallel_workers``, or when that is 0 the
+        cores this process may use divided among the job's processes (MS_WORKER_NUM, or
+        RANK_SIZE, counted as if all ran on this host), between 1 and 8."""
+        if self.num_parallel_workers:
+            return self.num_parallel_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+        processes = 1
+        for name in ("MS_WORKER_NUM", "RANK_SIZE"):
+            if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
+                processes = int(os.environ[name])
+                break
+        return max(1, min(8, cores // processes))
 
     @property
     def class_count(self) -> int:

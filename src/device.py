@@ -172,10 +172,12 @@ def resolve_platform(name):
     raise ValueError(f"unknown platform {name!r}: expected auto, {', '.join(PLATFORMS)}")
 
 
-def init_device(platform, device_id=0, seed=1, ascend_precision_mode="allow_fp32_to_fp16"):
-    """Select the device, switch to GRAPH_MODE and seed MindSpore and numpy. On Ascend the
-    operator precision mode is set explicitly (MindSpore 2.10's default differs between its
-    own documents and SoCs): the reference ran its convolutions in fp16 there.
+def init_device(platform, device_id=0, seed=1, ascend_precision_mode="allow_fp32_to_fp16",
+                jit_level="auto"):
+    """Select the device, switch to GRAPH_MODE (at ``jit_level`` unless 'auto') and seed
+    MindSpore and numpy. On Ascend the operator precision mode is set explicitly (MindSpore
+    2.10's default differs between its own documents and SoCs): the reference ran its
+    convolutions in fp16 there.
 
     Returns the platform actually in use.
     """
@@ -190,6 +192,8 @@ def init_device(platform, device_id=0, seed=1, ascend_precision_mode="allow_fp32
     if platform == "Ascend":
         ms.device_context.ascend.op_precision.precision_mode(ascend_precision_mode)
     ms.set_context(mode=ms.GRAPH_MODE)
+    if jit_level != "auto":
+        ms.set_context(jit_config={"jit_level": jit_level})
     ms.set_seed(int(seed))
     np.random.seed(int(seed))
     return platform
@@ -237,7 +241,7 @@ def start_run(config, default_output_dir: str, distribute: bool = False,
     writes it with ``save_run_config`` once it knows the folder may take it)."""
     output_dir = config.output_dir or default_output_dir
     platform = init_device(config.run_platform, config.device_id, config.seed,
-                           config.ascend_precision_mode)
+                           config.ascend_precision_mode, config.jit_level)
     rank, world = init_distributed() if distribute else (0, 1)
     run = Run(output_dir, platform, rank, world)
     if save:

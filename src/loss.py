@@ -16,7 +16,10 @@ counts n (B, 1):
   gradients gives exactly the gradient of one device holding all their images.
 """
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
+
+from src.data.transforms import MEAN_RGB, STD_RGB
 
 
 def sigmoid_focal_loss(logits, targets, gamma=2.0, alpha=0.75):
@@ -53,12 +56,17 @@ class SSDWithLossCell(nn.Cell):
 
     ``loss = cls_loss + loc_loss``; each part is already divided by the number of positives.
     ``fused_focal``: our fused focal-loss op (CPU, with our kernels: ``network.layers.ours``).
+    ``uint8_input``: images arrive as uint8 pixels and are normalised here, on the device, as
+    the pipeline's Normalize would (``src.data.pipeline``, ``uint8``).
     """
 
     def __init__(self, network, gamma=2.0, alpha=0.75, global_norm=False, world_size=1,
-                 fused_focal=False):
+                 fused_focal=False, uint8_input=False):
         super().__init__()
         self.network = network
+        self.uint8_input = bool(uint8_input)
+        self.mean = ms.Tensor(np.array(MEAN_RGB, np.float32).reshape(1, 3, 1, 1))
+        self.std = ms.Tensor(np.array(STD_RGB, np.float32).reshape(1, 3, 1, 1))
         self.gamma = float(gamma)
         self.alpha = float(alpha)
         self.global_norm = bool(global_norm) and world_size > 1
@@ -71,6 +79,8 @@ class SSDWithLossCell(nn.Cell):
             self.all_reduce = ops.AllReduce()
 
     def construct(self, image, gt_loc, gt_label, num_match):
+        if self.uint8_input:
+            image = (ops.cast(image, ms.float32) - self.mean) / self.std
         pred_loc, pred_cls = self.network(image)
         positive = ops.cast(gt_label > 0, ms.float32)
         num_positive = ops.reduce_sum(ops.cast(num_match, ms.float32))

@@ -49,9 +49,13 @@ def timed(function, repeats, warmup):
 
 def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
     """Training pipeline throughput on generated JPEGs (read, decode, crop, resize, flip,
-    colour jitter, normalise, encode to the default boxes)."""
+    colour jitter, encode to the default boxes, normalise or not): the configured feed
+    (``data_img_per_s``), then 1, 2 and all cores' worth of workers as threads and as
+    processes, with float32 and uint8 images (``data_img_per_s_by_workers``)."""
+    import mindspore as ms
+
     from src.box_coder import BoxCoder
-    from src.data.pipeline import create_train_dataset
+    from src.data.pipeline import create_train_dataset, feed_settings
     from src.data.sources import prepare_split
     from src.demo_data import generate
 
@@ -63,19 +67,35 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
     files = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "mr")), "train",
                           workdir, progress=False, log=lambda m: None).files
     coder = BoxCoder.from_config(config)
-    dataset = create_train_dataset(files, coder, config.batch_size, config.img_shape,
-                                   num_workers=config.num_parallel_workers, seed=config.seed)
-    iterator = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
-    for _ in range(warmup):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    seconds = time.perf_counter() - start
-    rate = batches * config.batch_size / seconds
-    cores = min(config.num_parallel_workers, os.cpu_count() or 1)
-    return {"mode": "data", "data_img_per_s": round(rate, 1),
-            "data_img_per_s_per_core": round(rate / cores, 1), "workers": cores,
+
+    def rate(workers, processes, uint8):
+        dataset = create_train_dataset(files, coder, config.batch_size, config.img_shape,
+                                       num_workers=workers, seed=config.seed,
+                                       processes=processes, uint8=uint8)
+        iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
+        for _ in range(warmup):
+            next(iterator)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        return batches * config.batch_size / (time.perf_counter() - start)
+
+    processes, uint8 = feed_settings(config, ms.get_context("device_target"))
+    configured = rate(config.workers, processes, uint8)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    sweep = {}
+    for kind in ("threads", "processes"):
+        for dtype in ("float32", "uint8"):
+            sweep[f"{kind}_{dtype}"] = {
+                str(n): round(rate(n, kind == "processes", dtype == "uint8"), 1)
+                for n in sorted({1, 2, cores})}
+    used = min(config.workers, cores)
+    return {"mode": "data", "data_img_per_s": round(configured, 1),
+            "data_img_per_s_per_core": round(configured / used, 1), "workers": used,
+            "worker_kind": "processes" if processes else "threads",
+            "input_dtype": "uint8" if uint8 else "float32", "cores": cores,
+            "data_img_per_s_by_workers": sweep,
             "image_size": list(size) if config.coco_root.startswith(workdir) else "dataset",
             "batch_size": config.batch_size, "batches": batches}
 

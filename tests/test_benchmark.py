@@ -8,7 +8,8 @@ from src.cpu import cpu_info
 from tests.conftest import run_script
 
 FIELDS = {
-    "data": {"data_img_per_s", "data_img_per_s_per_core", "workers"},
+    "data": {"data_img_per_s", "data_img_per_s_per_core", "workers", "worker_kind",
+             "input_dtype", "data_img_per_s_by_workers"},
     "train": {"train_step_s_median", "train_step_s_min", "train_step_s_max", "train_img_per_s",
               "params"},
     "infer": {"infer_bs1_ms", "infer_bs8_img_per_s"},
@@ -39,6 +40,13 @@ def test_all_modes_print_their_fields():
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
     assert lines[0]["data_img_per_s"] > 0 and lines[6]["postprocess_ms_per_image"] > 0
+    data = lines[0]
+    assert (data["worker_kind"], data["input_dtype"]) == ("threads", "float32")
+    counts = sorted({"1", "2", str(data["cores"])}, key=int)
+    assert sorted(data["data_img_per_s_by_workers"]) == [
+        "processes_float32", "processes_uint8", "threads_float32", "threads_uint8"]
+    for rates in data["data_img_per_s_by_workers"].values():
+        assert sorted(rates, key=int) == counts and min(rates.values()) > 0
     # The worst case: an untrained 81-class model keeps 100 boxes per class, all scored.
     small, large = lines[4], lines[5]
     assert (small["images"], large["images"]) == (4, 12)

@@ -167,3 +167,27 @@ def test_lr_inf_on_the_command_line_exits_2_without_a_traceback():
     assert result.returncode == 2, result.stderr
     assert "lr: inf is not a finite number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_data_workers_follow_the_cores_shared_by_the_job(monkeypatch):
+    """num_parallel_workers 0 (the default): this process's cores over the job's processes
+    (MS_WORKER_NUM from msrun, else RANK_SIZE), 1 to 8; a given count is kept. Threads and
+    float32 images on CPU, processes and uint8 on the accelerators, unless told."""
+    import os
+
+    from src.data.pipeline import feed_settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    for name in ("MS_WORKER_NUM", "RANK_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Config().workers == 8 and Config(num_parallel_workers=3).workers == 3
+    monkeypatch.setenv("RANK_SIZE", "8")
+    assert Config().workers == 3
+    monkeypatch.setenv("MS_WORKER_NUM", "48")
+    assert Config().workers == 1
+    assert feed_settings(Config(), "CPU") == (False, False)
+    assert feed_settings(Config(), "GPU") == (True, True) == feed_settings(Config(), "Ascend")
+    assert feed_settings(Config(data_workers="threads", input_dtype="float32"), "GPU") == (
+        False, False)
+    assert feed_settings(Config(data_workers="processes", input_dtype="uint8"), "CPU") == (
+        True, True)

@@ -199,6 +199,50 @@ def test_an_epoch_replays_exactly_also_from_its_middle(demo_root, tmp_path, grap
     assert batches(4) != first
 
 
+def test_worker_processes_and_uint8_images_give_the_same_batches(demo_root, tmp_path,
+                                                                 graph_cpu):
+    """The accelerators' feed (augmentation in worker processes, uint8 images normalised in
+    the loss cell) against the CPU's (threads, float32 normalised on the host): the same
+    boxes, labels and image ids, and the same loss to float32 rounding."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.data.pipeline import create_train_dataset
+    from src.loss import SSDWithLossCell
+
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=2)
+    files = prepare_split(config, "train", str(tmp_path), progress=False,
+                          log=lambda m: None).files
+    coder = BoxCoder(generate_default_boxes())
+
+    def first_batches(**feed):
+        data = create_train_dataset(files, coder, 2, seed=5, epoch=1, **feed)
+        return [b for _, b in zip(range(3), data.create_tuple_iterator(num_epochs=1,
+                                                                         output_numpy=True))]
+
+    host = first_batches()
+    device = first_batches(processes=True, uint8=True)
+    assert device[0][0].dtype == np.uint8 and host[0][0].dtype == np.float32
+    for ours, theirs in zip(device, host):
+        for column in range(1, 5):
+            np.testing.assert_array_equal(ours[column], theirs[column])
+
+    class Pixels(nn.Cell):
+        """loc and cls read straight from the (normalised) pixels."""
+
+        def construct(self, image):
+            flat = image.reshape(image.shape[0], -1)
+            return (flat[:, :8732 * 4].reshape(-1, 8732, 4),
+                    flat[:, 8732 * 4:8732 * 8].reshape(-1, 8732, 4))
+
+    losses = {}
+    for uint8, batches in ((False, host), (True, device)):
+        cell = SSDWithLossCell(Pixels(), uint8_input=uint8)
+        losses[uint8] = [float(cell(*(ms.Tensor(x) for x in b[:4]))[0].asnumpy())
+                         for b in batches]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
 def test_crop_rules_disagree_when_boxes_fall_below_min_iou_but_none_far_above():
     """'reference' rejects a crop only if a box is below min_iou AND one is above
     min_iou + 0.2 (spec defect 19); 'ssd' rejects it if any box is below min_iou."""

@@ -272,3 +272,37 @@ def test_the_gpu_plan_trains_here_in_fp16(parts):
     assert not bool(finite.asnumpy()) and float(step.loss_scale.asnumpy()) == 512.0
     for name, value in weights(net).items():
         np.testing.assert_array_equal(value, after[name])
+
+
+def test_all_reduce_fusion_groups_and_jit_level(graph_cpu, monkeypatch):
+    """Data parallel on an accelerator splits the gradient all-reduce into four groups of
+    about equal size (or where --all_reduce_fusion says); --jit_level reaches MindSpore."""
+    import mindspore as ms
+
+    from src.config import Config
+    from src.device import init_device
+    from src.engine.train_step import create_train_step, fusion_splits
+    from src.model import Layers, build_ssd
+
+    network = build_ssd(Config(num_classes=4), Layers.create("mindspore"))
+    params = network.trainable_params()
+    splits = fusion_splits(params)
+    sizes = np.array([int(np.prod(p.shape)) for p in params])
+    groups = [sizes[a:b].sum() for a, b in zip([0] + splits, splits + [len(params)])]
+    assert len(splits) == 3 and all(0.1 < g / sizes.sum() < 0.4 for g in groups), groups
+    calls = []
+    monkeypatch.setattr(ms, "set_auto_parallel_context", lambda **kw: calls.append(kw))
+    lr = np.full(10, 0.1, np.float32)
+    create_train_step(Config(num_classes=4), network, lr, "GPU", world=2)
+    create_train_step(Config(num_classes=4, all_reduce_fusion=(29, 58, 89)), network, lr,
+                      "Ascend", world=8)
+    create_train_step(Config(num_classes=4), network, lr, "GPU", world=1)
+    create_train_step(Config(num_classes=4), network, lr, "CPU", world=2)
+    assert calls == [{"all_reduce_fusion_config": fusion_splits(params)},
+                     {"all_reduce_fusion_config": [29, 58, 89]}]
+    contexts = []
+    monkeypatch.setattr(ms, "set_context", lambda **kw: contexts.append(kw))
+    init_device("CPU", 0, 1, jit_level="O1")
+    init_device("CPU", 0, 1)
+    assert contexts == [{"mode": ms.GRAPH_MODE}, {"jit_config": {"jit_level": "O1"}},
+                        {"mode": ms.GRAPH_MODE}]

@@ -235,7 +235,7 @@ def main(argv=None):
             status = 1
             continue
         report = check_source(source, config.num_classes or None, config.check_images,
-                              config.num_parallel_workers)
+                              config.workers)
         print(report.format(max_problems=1000))
         status = max(status, 1 if report.errors else 0)
     return status

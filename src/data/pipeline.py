@@ -1,8 +1,9 @@
 """MindSpore data pipelines over a MindRecord set (spec 7.5 and 7.6).
 
-Training batches: image (B, 3, H, W) float32, box (B, A, 4) float32 offsets, label (B, A) int32,
-num_match (B, 1) int32, img_id (B, 1) int64. Evaluation batches: img_id (B, 1) int64, image
-(B, 3, H, W) float32, image_shape (B, 2) float32 original (height, width).
+Training batches: image (B, 3, H, W) float32 (uint8 when normalised on the device), box
+(B, A, 4) float32 offsets, label (B, A) int32, num_match (B, 1) int32, img_id (B, 1) int64.
+Evaluation batches: img_id (B, 1) int64, image (B, 3, H, W) float32, image_shape (B, 2)
+float32 original (height, width).
 
 An image that MindSpore cannot decode (possible when the set was converted with
 ``--check_images false``, which reads only image headers) stops the iteration with a
@@ -32,14 +33,30 @@ GROUND_TRUTH_SUFFIX = ".ground_truth.json"     # as src.data.sources writes it
 MAX_NAMED = 10
 
 
+def feed_settings(config, platform: str) -> tuple:
+    """(worker processes?, uint8 images?) of ``config``'s data_workers and input_dtype on
+    ``platform``: auto is threads and float32 on CPU (the model trains there; threads were
+    faster), processes and uint8 on GPU and Ascend (an accelerator needs hundreds of images a
+    second, and a third of the bytes)."""
+    accelerator = platform != "CPU"
+    processes = config.data_workers == "processes" or (config.data_workers == "auto"
+                                                        and accelerator)
+    uint8 = config.input_dtype == "uint8" or (config.input_dtype == "auto" and accelerator)
+    return processes, uint8
+
+
 def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
                          num_shards=1, shard_id=0, num_workers=2, seed=1, epoch=0,
-                         crop_rule="reference"):
+                         crop_rule="reference", processes=False, uint8=False):
     """One epoch of shuffled, augmented, encoded, batched training data (last partial batch
     dropped). The order and every random draw depend only on (seed, epoch), so an epoch can be
     replayed exactly, also from its middle with ``.skip(batches)``. With ``num_shards`` each
     shard takes every num_shards-th image of the same shuffled order (padded to equal size), so
-    N shards of batch B hold, step by step, the same images as one pipeline of batch N * B."""
+    N shards of batch B hold, step by step, the same images as one pipeline of batch N * B.
+
+    ``processes``: the augmentation runs in worker processes instead of threads (the same
+    batches: its draws depend on the image, not the worker). ``uint8``: images stay uint8
+    (B, 3, H, W), to be normalised on the device (``normalize_images``)."""
     ds.config.set_seed(seed * 100003 + epoch)
     data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
                           num_shards=num_shards if num_shards > 1 else None,
@@ -50,9 +67,10 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
     data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed, epoch),
                     input_columns=["image", "annotation", "img_id"],
                     output_columns=["image", "box", "label", "num_match", "img_id"],
-                    num_parallel_workers=num_workers, python_multiprocessing=False)
-    data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB), vision.HWC2CHW()],
-                    input_columns=["image"], num_parallel_workers=num_workers)
+                    num_parallel_workers=num_workers, python_multiprocessing=processes)
+    layout = [vision.HWC2CHW()] if uint8 else [vision.Normalize(mean=MEAN_RGB, std=STD_RGB),
+                                               vision.HWC2CHW()]
+    data = data.map(operations=layout, input_columns=["image"], num_parallel_workers=num_workers)
     data = data.project(TRAIN_COLUMNS)
     return data.batch(batch_size, drop_remainder=True)
 

@@ -110,7 +110,7 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
             if not disagrees:     # else the check below stops on num_classes, writing nothing
                 refuse_if_held(directory, prefix, holders)
             report = check_source(source, config.num_classes or None, config.check_images,
-                                  config.num_parallel_workers, progress)
+                                  config.workers, progress)
             usable = apply_policy(source, report, config.skip_bad_samples,
                                   config.skip_empty_images)
             log(report.format())
@@ -133,7 +133,7 @@ def check_split(config, split):
     """
     source = read_source(config, split)
     report = check_source(source, config.num_classes or None, config.check_images,
-                          config.num_parallel_workers)
+                          config.workers)
     print(report.format(max_problems=1000))
     if report.errors:
         raise DatasetError(f"{len(report.errors)} error(s) in {source.name} (listed above)")

@@ -66,7 +66,7 @@ class Evaluation:
         self.config, self.prepared = config, prepared
         self.net = build_inference_network(config, checkpoint_path, fold_bn=fold_bn)
         self.dataset = create_eval_dataset(prepared.files, config.eval_batch_size,
-                                           config.img_shape, config.num_parallel_workers)
+                                           config.img_shape, config.workers)
         self.postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)
 
     @property

@@ -2,6 +2,7 @@
 update; plus the optimizer of the reference (Momentum 0.9, weight decay on non-BN parameters).
 """
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 
@@ -144,15 +145,32 @@ class TrainStep(nn.Cell):
         return ops.assign(self.good_steps, good)
 
 
-def create_train_step(config, network, lr_table, platform: str, world: int = 1) -> tuple:
+def fusion_splits(params, groups: int = 4) -> list:
+    """Indices into ``params`` (in order) that cut them into ``groups`` all-reduce fusion
+    groups of about equal size: the first parameter index past each 1/groups of the elements
+    (MindSpore's ``all_reduce_fusion_config``)."""
+    sizes = np.array([int(np.prod(p.shape)) for p in params], np.int64)
+    ends = np.cumsum(sizes)
+    cuts = [int(np.searchsorted(ends, ends[-1] * k / groups, side="right")) + 1
+            for k in range(1, groups)]
+    return sorted({c for c in cuts if 0 < c < len(params)})
+
+
+def create_train_step(config, network, lr_table, platform: str, world: int = 1,
+                      uint8_input: bool = False) -> tuple:
     """The train step of ``config`` for a detector on ``platform``: its precision plan applied
-    (``src.engine.precision``), the reference's loss and optimizer. Returns
-    (TrainStep in training mode, PrecisionPlan)."""
+    (``src.engine.precision``), the reference's loss and optimizer; ``uint8_input``: images
+    come as uint8 and are normalised in the graph. Returns (TrainStep in training mode,
+    PrecisionPlan)."""
     ours = network.layers.ours
     plan: PrecisionPlan = precision_plan(config, platform, ours)
     optimizer = create_optimizer(network, lr_table, config.momentum, config.weight_decay)
+    if world > 1 and platform != "CPU":   # read when the gradient reducer is built
+        splits = list(config.all_reduce_fusion) or fusion_splits(optimizer.parameters)
+        ms.set_auto_parallel_context(all_reduce_fusion_config=splits)
     loss = SSDWithLossCell(apply_precision(network, plan), config.gamma, config.alpha,
-                           config.loss_norm == "global", world, fused_focal=ours)
+                           config.loss_norm == "global", world, fused_focal=ours,
+                           uint8_input=uint8_input)
     step = TrainStep(loss, optimizer, plan.loss_scale, dynamic=plan.dynamic,
                      finite_check=plan.finite_check)
     step.set_train(True)

@@ -12,7 +12,7 @@ from mindspore import Tensor
 
 from src.box_coder import BoxCoder
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.data.pipeline import batches, create_train_dataset
+from src.data.pipeline import batches, create_train_dataset, feed_settings
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, current_rss_mb, save_run_config, start_run
@@ -55,6 +55,7 @@ def model_summary(config, network, platform, plan, images, steps_per_epoch,
     """The lines printed before training starts."""
     height, width = config.img_shape
     top = lr if lr is not None else peak_lr(config)
+    processes, uint8 = feed_settings(config, platform)
     return "\n".join([
         f"SSD-ResNet34: {count_trainable_params(network):,} trainable parameters, "
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
@@ -67,7 +68,9 @@ def model_summary(config, network, platform, plan, images, steps_per_epoch,
         f"Data: {images} images, batch {config.batch_size}"
         + (f" per device x {world} devices = global batch {config.batch_size * world}"
            if world > 1 else "")
-        + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs",
+        + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs; {config.workers} "
+        f"worker {'processes' if processes else 'threads'}, "
+        f"{'uint8 images normalised on the device' if uint8 else 'float32 images'}",
         f"Schedule: lr {config.lr_init:g} -> {top:g}{'' if config.lr else ' (scaled to the batch)'}"
         f" over {config.warmup_epochs:g} warm-up epochs, cosine to {top * config.lr_end_rate:g};"
         f" momentum {config.momentum:g}, weight decay {config.weight_decay:g}",
@@ -100,8 +103,9 @@ class Trainer:
             self.say(f"--freeze_bn: {freeze_batch_norm(self.network)} BatchNorm layers use "
                      "running statistics")
         self.lr_table = lr_from_config(config, self.steps_per_epoch, run.world)
+        self.processes, self.uint8 = feed_settings(config, run.platform)
         self.train_step, self.plan = create_train_step(config, self.network, self.lr_table,
-                                                       run.platform, run.world)
+                                                       run.platform, run.world, self.uint8)
         optimizer = self.train_step.optimizer
         self.evaluation = Evaluation(config, eval_split, fold_bn=False) \
             if eval_split and self.main else None
@@ -153,8 +157,9 @@ class Trainer:
         data = create_train_dataset(self.prepared.files, self.coder, config.batch_size,
                                     config.img_shape, num_shards=self.run_info.world,
                                     shard_id=self.run_info.rank,
-                                    num_workers=config.num_parallel_workers, seed=config.seed,
-                                    epoch=epoch, crop_rule=config.crop_rule)
+                                    num_workers=config.workers, seed=config.seed,
+                                    epoch=epoch, crop_rule=config.crop_rule,
+                                    processes=self.processes, uint8=self.uint8)
         return data.skip(skip) if skip else data
 
     def save(self, name: str) -> str:
