@@ -12,7 +12,10 @@ runs evaluation's worst case (an untrained 81-class model: 8,000 detections an i
 --stress_images N1,N2,... images (default 50,200; COCO val is 5000), one 'eval_stress' line
 each: post-processing, json and COCOeval time per image and peak memory.
 --twin PATH/torch_twin.py [--twin_python PY]: run the PyTorch twin right after, with the same
-batch, steps and threads, and print the ratios. Prints one JSON line per mode.
+batch, steps and threads, and print the ratios. --peers onnxruntime,openvino (infer mode): the
+same weights exported to ONNX and run by those engines with as many threads, batch 1 and 8
+(peer_<name>_bs1_ms, peer_<name>_bs8_img_per_s, bs1/bs8_speedup_vs_<name>). Prints one JSON
+line per mode.
 """
 import argparse
 import os
@@ -33,6 +36,7 @@ def main(argv=None):
     parser.add_argument("--overfit_steps", type=int, default=400)
     parser.add_argument("--twin", default=None)
     parser.add_argument("--twin_python", default="python3")
+    parser.add_argument("--peers", default="")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         stress = tuple(int(n) for n in args.stress_images.split(","))
@@ -45,11 +49,17 @@ def main(argv=None):
             or args.overfit_steps < 1):
         parser.error("--steps, --eval_images and --overfit_steps must be >= 1, --epochs >= 2, "
                      "--warmup >= 0")
+    peers = tuple(p for p in args.peers.split(",") if p)
+    unknown = [p for p in peers if p not in ("onnxruntime", "openvino")]
+    if unknown:
+        parser.error(f"--peers {args.peers}: {', '.join(unknown)} unknown; expected "
+                     "onnxruntime and/or openvino, comma-separated")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
     run(config, ALL_MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
-        args.twin, args.twin_python, args.eval_images, args.epochs, stress, args.overfit_steps)
+        args.twin, args.twin_python, args.eval_images, args.epochs, stress, args.overfit_steps,
+        peers)
     return 0
 
 

@@ -298,6 +298,10 @@ class Config:
                                "for training, outputs/eval for evaluation)",
                            flags=("--train_url",), section="run")
     checkpoint_path: str = _key("", "checkpoint to evaluate", section="run")
+    backend: str = _key("mindspore", "inference engine of eval.py and predict.py: mindspore "
+                                     "(this repository's network), or the checkpoint exported "
+                                     "to ONNX and run by onnxruntime or openvino",
+                        choices=("mindspore", "onnxruntime", "openvino"), section="run")
     malloc_arenas: int = _key(0, "glibc malloc arenas of the process (0: one per core): bounds "
                                  "the memory that each epoch's new data-pipeline threads would "
                                  "otherwise add (glibc's default allows 8 per core)",

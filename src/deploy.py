@@ -30,8 +30,9 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     if file_format == "AIR" and platform != "Ascend":
         raise ExportError("AIR export needs an Ascend device and its CANN toolkit "
                           "(--device_target Ascend); on CPU and GPU export MINDIR or ONNX")
-    check_inference_boxes(config, checkpoint_path)
-    config = with_checkpoint_classes(config, checkpoint_path)
+    if checkpoint_path:   # else the network's initial weights (benchmarks)
+        check_inference_boxes(config, checkpoint_path)
+        config = with_checkpoint_classes(config, checkpoint_path)
     # Exported graphs must not refer to our kernel library: MindSpore's own convolutions.
     net = build_inference_network(config, checkpoint_path, layers=Layers())
     sample = ms.Tensor(np.random.default_rng(0).uniform(

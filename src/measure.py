@@ -138,22 +138,32 @@ def benchmark_train(config, steps, warmup):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def benchmark_infer(config, steps, warmup):
-    """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput."""
-    import mindspore as ms
+def benchmark_infer(config, steps, warmup, peers=()):
+    """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput,
+    images in and boxes and scores out as numpy (``src.engine.backends``); then each engine of
+    ``peers`` (onnxruntime, openvino) on the same weights exported to ONNX, with as many
+    threads, and our ratios to it (above 1: we are faster)."""
+    from src.engine.backends import create_detector, engine_threads
 
-    from src.model import build_inference_network
-
-    net = build_inference_network(config, config.checkpoint_path or None)
-    result = {"mode": "infer"}
-    for batch in (1, 8):
-        image = ms.Tensor(np.random.default_rng(0).normal(
-            size=(batch, 3, *config.img_shape)).astype(np.float32))
-        seconds = timed(lambda image=image: net(image)[1].asnumpy(), steps, warmup)
-        if batch == 1:
-            result["infer_bs1_ms"] = round(statistics.median(seconds) * 1000, 2)
-        else:
-            result["infer_bs8_img_per_s"] = round(8 / statistics.median(seconds), 3)
+    result = {"mode": "infer", "threads": engine_threads(config)}
+    for name in ("mindspore", *peers):
+        detector = None
+        for batch in (1, 8):
+            if detector is None or name != "mindspore":    # ONNX: one export per batch size
+                detector = create_detector(config, config.checkpoint_path or None, name, batch)
+            image = np.random.default_rng(0).normal(
+                size=(batch, 3, *config.img_shape)).astype(np.float32)
+            median = statistics.median(timed(lambda d=detector, x=image: d(x), steps, warmup))
+            key = "infer" if name == "mindspore" else f"peer_{name}"
+            if batch == 1:
+                result[f"{key}_bs1_ms"] = round(median * 1000, 2)
+            else:
+                result[f"{key}_bs8_img_per_s"] = round(8 / median, 3)
+        if name != "mindspore":
+            result[f"bs1_speedup_vs_{name}"] = round(
+                result[f"peer_{name}_bs1_ms"] / result["infer_bs1_ms"], 3)
+            result[f"bs8_speedup_vs_{name}"] = round(
+                result["infer_bs8_img_per_s"] / result[f"peer_{name}_bs8_img_per_s"], 3)
     result["peak_rss_mb"] = round(peak_rss_mb())
     return result
 
@@ -487,7 +497,7 @@ def compare_with_twin(ours, twin):
 
 
 def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
-        epochs=30, stress_images=(50, 200), overfit_steps=400):
+        epochs=30, stress_images=(50, 200), overfit_steps=400, peers=()):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
@@ -500,7 +510,7 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
             elif mode == "train":
                 result = benchmark_train(config, steps, warmup)
             elif mode == "infer":
-                result = benchmark_infer(config, steps, warmup)
+                result = benchmark_infer(config, steps, warmup, peers)
             elif mode == "eval":
                 result = benchmark_eval(config, workdir, eval_images)
             elif mode == "epochs":

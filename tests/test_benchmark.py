@@ -24,7 +24,8 @@ FIELDS = {
 def test_all_modes_print_their_fields():
     result = run_script(["benchmark.py", "--mode", "all", "--batch_size", "2", "--steps", "1",
                          "--warmup", "0", "--device_target", "CPU", "--eval_images", "12",
-                         "--eval_batch_size", "2", "--stress_images", "4,12"])
+                         "--eval_batch_size", "2", "--stress_images", "4,12",
+                         "--peers", "onnxruntime,openvino"])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["mode"] for line in lines] == [
@@ -37,6 +38,12 @@ def test_all_modes_print_their_fields():
         cpu = cpu_info()
         assert (line["cpu_model"], line["onednn_isa"], line["layout_block"]) == (
             cpu.model_name, cpu.effective_isa, cpu.block)
+    infer = lines[2]
+    for peer in ("onnxruntime", "openvino"):
+        assert infer[f"peer_{peer}_bs1_ms"] > 0 and infer[f"peer_{peer}_bs8_img_per_s"] > 0
+        assert infer[f"bs1_speedup_vs_{peer}"] == pytest.approx(
+            infer[f"peer_{peer}_bs1_ms"] / infer["infer_bs1_ms"], rel=0.01)
+    assert infer["threads"] == (len(os.sched_getaffinity(0)))
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
     assert lines[0]["data_img_per_s"] > 0 and lines[6]["postprocess_ms_per_image"] > 0

@@ -67,14 +67,19 @@ def test_training_lowers_the_loss_and_writes_its_outputs(trained):
     assert int(state["train_state.global_step"].asnumpy()) == 9
 
 
+def eval_demo(out, demo_root, folder, *flags):
+    """eval.py on the demo's validation images with the trained checkpoint."""
+    return run_script(["eval.py", "--config", "configs/demo.yaml", "--data_url", demo_root,
+                       "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
+                       "--output_dir", str(folder), "--eval_batch_size", "4",
+                       "--run_platform", "CPU", "--progress", "off", *flags])
+
+
 def test_eval_prints_a_real_coco_summary(trained, demo_root):
     out, result = trained
     assert result.returncode == 0
     eval_dir = out / "eval"
-    result = run_script(["eval.py", "--config", "configs/demo.yaml", "--data_url", demo_root,
-                         "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"),
-                         "--output_dir", str(eval_dir), "--eval_batch_size", "4",
-                         "--run_platform", "CPU", "--progress", "off"])
+    result = eval_demo(out, demo_root, eval_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     summary = [line for line in lines if line.startswith(" Average")]
@@ -89,6 +94,62 @@ def test_eval_prints_a_real_coco_summary(trained, demo_root):
     assert len(truth["images"]) == 4
     assert "circle" in result.stdout and "AP50" in result.stdout   # the per-class table
     assert f"CPU: {cpu_info().describe()}" in result.stdout
+
+
+def test_eval_with_openvino_scores_as_the_mindspore_network(trained, demo_root, tmp_path):
+    """eval.py --backend openvino (the checkpoint exported to ONNX in a temporary folder): the
+    same images, detections and mAP as the MindSpore network's run."""
+    out, _ = trained
+    mindspore_dir = out / "eval"
+    if not (mindspore_dir / "eval_results.json").exists():   # this test run alone
+        assert eval_demo(out, demo_root, mindspore_dir).returncode == 0
+    result = eval_demo(out, demo_root, tmp_path, "--backend", "openvino")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "openvino 2026.4.0 on the exported ONNX" in result.stdout
+    ours = json.load(open(mindspore_dir / "eval_results.json"))
+    theirs = json.load(open(tmp_path / "eval_results.json"))
+    assert (theirs["images"], theirs["detections"]) == (ours["images"], ours["detections"])
+    assert theirs["mAP"] == pytest.approx(ours["mAP"], abs=1e-3)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(mindspore_dir))
+
+
+def test_every_engine_gives_the_mindspore_detections(trained, demo_root):
+    """onnxruntime and OpenVINO on the exported checkpoint: outputs within 1e-4 of the
+    MindSpore network's, and the same detections after the one post-processing path."""
+    import cv2
+    import numpy as np
+
+    from src.config import load_config
+    from src.data.transforms import network_input
+    from src.detections import PostProcessor
+    from src.device import init_device
+    from src.engine.backends import BACKENDS, create_detector
+
+    out, _ = trained
+    init_device("CPU")
+    config = load_config(DEMO_CONFIG, num_classes=4)
+    names = sorted(os.listdir(os.path.join(demo_root, "val2017")))[:2]
+    pictures = [cv2.imread(os.path.join(demo_root, "val2017", n)) for n in names]
+    images = np.stack([network_input(cv2.cvtColor(p, cv2.COLOR_BGR2RGB)) for p in pictures])
+    post = PostProcessor.from_config(config, [0, 1, 2, 3])
+    found = {}
+    for backend in BACKENDS:
+        detector = create_detector(config, str(out / "train" / "ssd-3_3.ckpt"), backend, 2)
+        boxes, scores = detector(images)
+        found[backend] = (boxes, scores, [post.detect(boxes[i], scores[i], p.shape[:2])
+                                          for i, p in enumerate(pictures)])
+    boxes, scores, detections = found["mindspore"]
+    assert sum(len(d[0]) for d in detections) > 0
+    for backend in BACKENDS[1:]:
+        their_boxes, their_scores, theirs = found[backend]
+        np.testing.assert_allclose(their_boxes, boxes, atol=1e-4, err_msg=backend)
+        np.testing.assert_allclose(their_scores, scores, atol=1e-4, err_msg=backend)
+        for (b, s, c), (tb, ts, tc) in zip(detections, theirs):
+            assert np.array_equal(c, tc), backend
+            np.testing.assert_allclose(tb, b, atol=0.05, err_msg=backend)   # pixels
+            np.testing.assert_allclose(ts, s, atol=1e-4, err_msg=backend)
+    with pytest.raises(ValueError, match="exported for batch 2, got 1 images"):
+        detector(images[:1])
 
 
 def test_eval_refuses_a_missing_checkpoint_and_one_for_another_class_count_than_the_data(

@@ -3,12 +3,12 @@ and its report. eval.py, evaluation during training and benchmark.py all use it.
 import os
 from typing import Callable, Optional
 
-import mindspore as ms
 import numpy as np
 
 from src.data.pipeline import batches, create_eval_dataset
 from src.detection_store import DetectionStore
 from src.detections import PostProcessor
+from src.engine.backends import create_detector
 from src.engine.progress import Progress
 from src.files import write_json
 from src.metrics import (
@@ -18,7 +18,6 @@ from src.metrics import (
     reference_protocol_images,
     stats_dict,
 )
-from src.model import build_inference_network
 from src.visualize import plot_pr_curves
 
 
@@ -58,13 +57,16 @@ class Evaluation:
 
     ``checkpoint_path``: weights of the inference network built here; ``fold_bn`` False keeps
     BatchNorm unfolded for a network whose weights are copied in before each use
-    (evaluation during training, ``src.model.weights.copy_weights``).
+    (evaluation during training, ``src.model.weights.copy_weights``). ``backend``: the engine
+    (``src.engine.backends``); ``net`` is the MindSpore network, None with the ONNX engines.
     """
 
     def __init__(self, config, prepared, checkpoint_path: Optional[str] = None,
-                 fold_bn: bool = True):
+                 fold_bn: bool = True, backend: str = "mindspore"):
         self.config, self.prepared = config, prepared
-        self.net = build_inference_network(config, checkpoint_path, fold_bn=fold_bn)
+        self.detector = create_detector(config, checkpoint_path, backend,
+                                        config.eval_batch_size, fold_bn)
+        self.net = self.detector.net
         self.dataset = create_eval_dataset(prepared.files, config.eval_batch_size,
                                            config.img_shape, config.workers)
         self.postprocessor = PostProcessor.from_config(config, prepared.source.category_ids)
@@ -91,10 +93,9 @@ class Evaluation:
             if count < batch_size:
                 padding = np.zeros((batch_size - count, *images.shape[1:]), images.dtype)
                 images = np.concatenate([images, padding])
-            boxes, scores = self.net(ms.Tensor(images))
-            self.postprocessor.process_batch(batch["img_id"].ravel(), boxes.asnumpy()[:count],
-                                             scores.asnumpy()[:count], batch["image_shape"],
-                                             detections)
+            boxes, scores = self.detector(images)
+            self.postprocessor.process_batch(batch["img_id"].ravel(), boxes[:count],
+                                             scores[:count], batch["image_shape"], detections)
             bar.update(detections=len(detections))
             if on_batch:
                 on_batch(detections.image_count)

@@ -13,7 +13,6 @@ from src.device import save_run_config, start_run
 from src.engine.checkpoint import check_inference_boxes
 from src.engine.evaluation import Evaluation, score_and_report
 from src.metrics import load_coco_ground_truth
-from src.model import conv_description
 from src.text import listed
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
@@ -29,10 +28,10 @@ def evaluate(config) -> dict:
     prepared = prepare_split(config, "eval", output_dir)
     config = with_data_classes(config, prepared.source)
     save_run_config(config, run)
-    evaluation = Evaluation(config, prepared, config.checkpoint_path)
+    evaluation = Evaluation(config, prepared, config.checkpoint_path, backend=config.backend)
     print(f"Evaluating {config.checkpoint_path} on {evaluation.images} images of "
-          f"{prepared.source.name} ({platform}, batch {config.eval_batch_size}, convolutions: "
-          f"{conv_description(evaluation.net)})", flush=True)
+          f"{prepared.source.name} ({platform}, batch {config.eval_batch_size}, "
+          f"{evaluation.detector.describe()})", flush=True)
     if platform == "CPU":
         print(f"CPU: {cpu_info().describe()}", flush=True)
     start = time.time()

@@ -15,20 +15,19 @@ Conventions:
 import os
 
 import cv2
-import mindspore as ms
 import numpy as np
 
 from src.boxes import yxyx_to_xywh
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
+from src.engine.backends import create_detector
 from src.engine.checkpoint import (
     check_inference_boxes,
     read_class_names,
     with_checkpoint_classes,
 )
 from src.files import write_json
-from src.model import build_inference_network
 from src.text import listed
 from src.visualize import draw_detections
 
@@ -119,15 +118,14 @@ def predict(config, image_paths, draw_threshold: float = 0.5) -> dict:
     output_dir, platform = run.output_dir, run.platform
     config = with_checkpoint_classes(config, config.checkpoint_path)
     names = class_names_for(config)
-    net = build_inference_network(config, config.checkpoint_path)
+    detector = create_detector(config, config.checkpoint_path, config.backend)
     postprocessor = PostProcessor.from_config(config, list(range(config.num_classes)))
     results = {}
     for path in files:
         image = read_image(path)
         batch = network_input(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), config.img_shape)[None]
-        boxes, scores = net(ms.Tensor(batch))
-        found, found_scores, classes = postprocessor.detect(boxes.asnumpy()[0],
-                                                            scores.asnumpy()[0],
+        boxes, scores = detector(batch)
+        found, found_scores, classes = postprocessor.detect(boxes[0], scores[0],
                                                             image.shape[:2])
         shown = found_scores > draw_threshold
         picture = draw_detections(image, found[shown], found_scores[shown], classes[shown], names)
