@@ -14,6 +14,7 @@ from typing import Optional
 
 import yaml
 
+from src.cpu import usable_cores
 from src.files import write_atomic
 
 # Keys of the reference's config that are not used here (spec section 13): no effect there
@@ -379,8 +380,7 @@ class Config:
         RANK_SIZE, counted as if all ran on this host), between 1 and 8."""
         if self.num_parallel_workers:
             return self.num_parallel_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1)
+        cores = usable_cores()
         processes = 1
         for name in ("MS_WORKER_NUM", "RANK_SIZE"):
             if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:

@@ -169,3 +169,11 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
     except OSError:
         text = ""
     return parse_cpuinfo(text, os.environ.get(ONEDNN_ISA_VARIABLE))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask; the machine's count where there is
+    none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from src.cpu import cpu_info
+from src.cpu import cpu_info, usable_cores
 from src.device import current_rss_mb, init_device, peak_rss_mb
 
 MODES = ("data", "train", "infer", "eval", "postprocess", "epochs", "overfit")
@@ -82,8 +82,7 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
 
     processes, uint8 = feed_settings(config, ms.get_context("device_target"))
     configured = rate(config.workers, processes, uint8)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    cores = usable_cores()
     sweep = {}
     for kind in ("threads", "processes"):
         for dtype in ("float32", "uint8"):

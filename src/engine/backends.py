@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from src.cpu import usable_cores
+
 BACKENDS = ("mindspore", "onnxruntime", "openvino")
 
 
@@ -20,8 +22,7 @@ def engine_threads(config) -> int:
     """Threads of every engine: ``conv_threads``, or one per core this process may use."""
     if config.conv_threads:
         return config.conv_threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    return usable_cores()
 
 
 class Detector:
