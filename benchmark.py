@@ -14,15 +14,30 @@ each: post-processing, json and COCOeval time per image and peak memory.
 --twin PATH/torch_twin.py [--twin_python PY]: run the PyTorch twin right after, with the same
 batch, steps and threads, and print the ratios. --peers onnxruntime,openvino (infer mode): the
 same weights exported to ONNX and run by those engines with as many threads, batch 1 and 8
-(peer_<name>_bs1_ms, peer_<name>_bs8_img_per_s, bs1/bs8_speedup_vs_<name>). Prints one JSON
-line per mode.
+(peer_<name>_bs1_ms, peer_<name>_bs8_img_per_s, bs1/bs8_speedup_vs_<name>). --peers
+torchvision (postprocess mode, where torch and torchvision are installed): the detection step
+beside torchvision.ops.batched_nms on the same candidates, both with torchvision's IoU
+(peer_torchvision_ms_per_image, postprocess_exact_iou_ms_per_image, speedup_vs_torchvision,
+peer_torchvision_detections_differing). Prints one JSON line per mode.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
 from src.cli import parse_runnable_config
-from src.measure import ALL_MODES, MODES, run  # imports MindSpore only inside its functions
+from src.measure import (  # imports MindSpore only inside its functions
+    ALL_MODES,
+    INFER_PEERS,
+    MODES,
+    POSTPROCESS_PEERS,
+    run,
+)
+
+# What to install for each peer (torchvision's CPU wheels: add
+# --index-url https://download.pytorch.org/whl/cpu).
+PEER_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
+                 "torchvision": "torch torchvision"}
 
 
 def main(argv=None):
@@ -50,14 +65,22 @@ def main(argv=None):
         parser.error("--steps, --eval_images and --overfit_steps must be >= 1, --epochs >= 2, "
                      "--warmup >= 0")
     peers = tuple(p for p in args.peers.split(",") if p)
-    unknown = [p for p in peers if p not in ("onnxruntime", "openvino")]
-    if unknown:
-        parser.error(f"--peers {args.peers}: {', '.join(unknown)} unknown; expected "
-                     "onnxruntime and/or openvino, comma-separated")
+    modes = ALL_MODES if args.mode == "all" else (args.mode,)
+    for peer in peers:
+        mode = "infer" if peer in INFER_PEERS else "postprocess"
+        if peer not in INFER_PEERS + POSTPROCESS_PEERS:
+            parser.error(f"--peers {args.peers}: {peer} unknown; expected onnxruntime and/or "
+                         "openvino (--mode infer), torchvision (--mode postprocess), "
+                         "comma-separated")
+        if mode not in modes:
+            parser.error(f"--peers {peer} is a peer of --mode {mode}, not of --mode {args.mode}")
+        if importlib.util.find_spec(peer) is None:
+            parser.error(f"--peers {peer}: the package {peer} is not installed in "
+                         f"{sys.executable}'s environment (pip install {PEER_PACKAGES[peer]})")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
-    run(config, ALL_MODES if args.mode == "all" else (args.mode,), args.steps, args.warmup,
+    run(config, modes, args.steps, args.warmup,
         args.twin, args.twin_python, args.eval_images, args.epochs, stress, args.overfit_steps,
         peers)
     return 0

@@ -18,6 +18,8 @@ from src.device import current_rss_mb, init_device, peak_rss_mb
 MODES = ("data", "train", "infer", "eval", "postprocess", "epochs", "overfit")
 ALL_MODES = MODES[:5]   # 'all': every mode but the long 'epochs' and 'overfit' runs
 OVERFIT_TARGET_AP50 = 0.9
+INFER_PEERS = ("onnxruntime", "openvino")
+POSTPROCESS_PEERS = ("torchvision",)
 
 
 def environment(config, platform):
@@ -332,9 +334,63 @@ def network_outputs(config, workdir, count=4):
     return samples
 
 
-def benchmark_postprocess(config, images, warmup, workdir):
+def cap_per_class(keep: np.ndarray, classes: np.ndarray, max_per_class: int) -> np.ndarray:
+    """The first ``max_per_class`` of each class in ``keep`` (indices into ``classes``, in the
+    order given: for NMS output, highest score first), in that order."""
+    keep_classes = classes[keep]
+    order = np.argsort(keep_classes, kind="stable")
+    sorted_classes = keep_classes[order]
+    rank = np.empty(len(keep), np.int64)
+    rank[order] = np.arange(len(keep)) - np.searchsorted(sorted_classes, sorted_classes)
+    return keep[rank < max_per_class]
+
+
+def torchvision_detect(post, nms=None):
+    """``post.detect`` done with ``torchvision.ops.batched_nms`` or ``nms`` (numpy boxes
+    (n, 4), scores (n,), classes (n,), threshold -> kept indices, highest score first): the same
+    candidates, pixel boxes in float64, NMS, then the per-class and per-image caps.
+    torchvision's IoU has no '+1', so ``post.plus_one`` must be False."""
+    if post.plus_one:
+        raise ValueError("torchvision's NMS has no '+1' IoU: compare with plus_one=False")
+    if nms is None:
+        import torch
+        from torchvision.ops import batched_nms
+
+        def nms(boxes, scores, classes, threshold):
+            return batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                               torch.from_numpy(classes), threshold).numpy()
+
+    def detect(boxes, scores, image_hw):
+        scale = np.array([image_hw[0], image_hw[1], image_hw[0], image_hw[1]], np.float64)
+        anchor, column = np.nonzero(scores[:, 1:] > post.min_score)
+        classes = column + 1
+        pixel_boxes = boxes[anchor].astype(np.float64) * scale
+        candidate_scores = scores[anchor, classes]
+        keep = nms(pixel_boxes, candidate_scores, classes, post.nms_threshold)
+        keep = cap_per_class(keep, classes, post.max_per_class)
+        if post.max_per_image > 0:
+            keep = keep[:post.max_per_image]
+        return pixel_boxes[keep], candidate_scores[keep], classes[keep]
+    return detect
+
+
+def differing_detections(ours: tuple, theirs: tuple) -> int:
+    """How many detections (class, score, box to 1e-6 px) one of two results has and the
+    other has not."""
+    def keys(result):
+        boxes, scores, classes = result
+        return {(int(c), float(s), *np.round(b, 6).tolist())
+                for b, s, c in zip(boxes, scores, classes)}
+    return len(keys(ours) ^ keys(theirs))
+
+
+def benchmark_postprocess(config, images, warmup, workdir, peers=()):
     """Post-processing (thresholds, NMS, COCO records) per image at the configured settings,
-    on the outputs of --checkpoint_path's network if given, else on synthetic outputs."""
+    on the outputs of --checkpoint_path's network if given, else on synthetic outputs.
+    With the peer ``torchvision``: our detection step and the same step done by
+    ``torchvision.ops.batched_nms`` on the same candidates, both with torchvision's IoU (no
+    '+1'), one thread each, their times, our ratio (above 1: we are faster) and how many
+    detections differ."""
     from src.detections import PostProcessor
 
     rng = np.random.default_rng(0)
@@ -356,7 +412,38 @@ def benchmark_postprocess(config, images, warmup, workdir):
             round(statistics.median(seconds) * 1000, 3), "outputs": source,
             "candidates_per_image": int(candidates),
             "images": images, "peak_rss_mb": round(peak_rss_mb()),
-            "rss_growth_mb": round(peak_rss_mb() - rss_before, 1)}
+            "rss_growth_mb": round(peak_rss_mb() - rss_before, 1),
+            **(compare_nms_with_torchvision(config, samples, images, warmup) if peers else {})}
+
+
+def compare_nms_with_torchvision(config, samples, images, warmup):
+    """The torchvision peer's fields of ``benchmark_postprocess``."""
+    import torch
+
+    from src.detections import PostProcessor
+
+    torch.set_num_threads(1)
+    post = PostProcessor(list(range(config.class_count)), config.min_score,
+                         config.nms_threshold, config.max_boxes,
+                         config.max_detections_per_image, plus_one=False)
+    peer = torchvision_detect(post)
+    hw = (480.0, 640.0)
+    result = {}
+    for name, detect in (("postprocess_exact_iou", post.detect), ("peer_torchvision", peer)):
+        counter = iter(range(10 ** 9))
+
+        def one(detect=detect, counter=counter):
+            boxes, scores = samples[next(counter) % len(samples)]
+            detect(boxes, scores, hw)
+
+        result[f"{name}_ms_per_image"] = round(
+            statistics.median(timed(one, images, warmup)) * 1000, 3)
+    result["speedup_vs_torchvision"] = round(
+        result["peer_torchvision_ms_per_image"] / result["postprocess_exact_iou_ms_per_image"], 3)
+    result["peer_torchvision_detections_differing"] = sum(
+        differing_detections(post.detect(b, s, hw), peer(b, s, hw)) for b, s in samples)
+    result["peer_torchvision_detections"] = sum(len(peer(b, s, hw)[1]) for b, s in samples)
+    return result
 
 
 def benchmark_epochs(config, workdir, epochs):
@@ -501,6 +588,8 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
     platform = init_device(config.run_platform, config.device_id, config.seed)
+    infer_peers = tuple(p for p in peers if p in INFER_PEERS)
+    postprocess_peers = tuple(p for p in peers if p in POSTPROCESS_PEERS)
     results = []
     with tempfile.TemporaryDirectory(prefix="ssd-benchmark-") as workdir:
         for mode in modes:
@@ -509,7 +598,7 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
             elif mode == "train":
                 result = benchmark_train(config, steps, warmup)
             elif mode == "infer":
-                result = benchmark_infer(config, steps, warmup, peers)
+                result = benchmark_infer(config, steps, warmup, infer_peers)
             elif mode == "eval":
                 result = benchmark_eval(config, workdir, eval_images)
             elif mode == "epochs":
@@ -517,7 +606,8 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
             elif mode == "overfit":
                 result = benchmark_overfit(config, workdir, overfit_steps)
             else:
-                result = benchmark_postprocess(config, max(steps, 20), warmup, workdir)
+                result = benchmark_postprocess(config, max(steps, 20), warmup, workdir,
+                                              postprocess_peers)
             lines = [result] + (benchmark_eval_stress(config, workdir, stress_images)
                                 if mode == "eval" else [])
             for line in lines:

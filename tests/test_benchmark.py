@@ -2,8 +2,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
+from src.config import Config
 from src.cpu import cpu_info
 from tests.conftest import run_script
 
@@ -118,3 +120,64 @@ def test_overfit_mode_trains_and_scores_the_same_images():
     assert {"overfit_ap50", "overfit_ap", "overfit_seconds", "reached"} <= set(line)
     assert line["history"][-1]["step"] == 2 and 0 < line["final_loss"] < 1000
     assert 0 <= line["overfit_ap"] <= line["overfit_ap50"] <= 1 and line["reached"] is False
+
+
+def test_cap_per_class_keeps_the_first_of_each_class_in_order():
+    from src.detections import batched_nms
+    from src.measure import cap_per_class
+
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 300, (400, 2, 2))
+    boxes = np.concatenate([corners.min(1), corners.max(1) + 5], axis=1)
+    scores = rng.uniform(0, 1, 400)
+    classes = rng.integers(1, 4, 400)
+    uncapped = batched_nms(boxes, scores, classes, 0.6, 10 ** 6)
+    capped = cap_per_class(uncapped, classes, 7)
+    np.testing.assert_array_equal(capped, batched_nms(boxes, scores, classes, 0.6, 7))
+    assert np.bincount(classes[capped]).max() == 7 < np.bincount(classes[uncapped]).max()
+
+
+def test_torchvision_peer_gives_our_detections_with_its_nms_signature():
+    """The peer's glue (threshold, pixel scale, per-class and per-image caps), run with an NMS of
+    torchvision's signature (numpy here: torchvision's PyPI wheels need CUDA's torch)."""
+    from src.detections import PostProcessor, batched_nms
+    from src.measure import differing_detections, synthetic_outputs, torchvision_detect
+
+    config = Config(num_classes=5)
+    boxes, scores = synthetic_outputs(config, np.random.default_rng(0))
+    calls = []
+
+    def nms(candidates, candidate_scores, classes, threshold):
+        calls.append(len(candidates))
+        return batched_nms(candidates, candidate_scores, classes, threshold, 10 ** 6)
+
+    for max_per_image in (0, 30):
+        post = PostProcessor(range(5), 0.05, 0.5, 4, max_per_image, plus_one=False)
+        ours = post.detect(boxes, scores, (480.0, 640.0))
+        theirs = torchvision_detect(post, nms)(boxes, scores, (480.0, 640.0))
+        assert differing_detections(ours, theirs) == 0 and len(ours[1]) == len(theirs[1])
+        assert len(ours[1]) == (4 * 4 if max_per_image == 0 else 16)
+    assert calls[0] == (scores[:, 1:] > 0.05).sum() > 100
+    moved = (theirs[0] + [[0, 0, 0, 1]], *theirs[1:])
+    assert differing_detections(ours, moved) == 2 * len(ours[1])
+    with pytest.raises(ValueError, match="'\\+1'"):
+        torchvision_detect(PostProcessor(range(5), plus_one=True), nms)
+
+
+def test_peers_are_refused_outside_their_mode_or_when_not_installed(monkeypatch, capsys):
+    import importlib.util
+
+    import benchmark
+
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--mode", "infer", "--peers", "torchvision"])
+    assert exit_info.value.code == 2 and "--mode postprocess" in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchvision" else real_find_spec(name))
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--mode", "postprocess", "--peers", "torchvision"])
+    assert exit_info.value.code == 2 and "pip install torch torchvision" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main(["--mode", "infer", "--peers", "tensorrt"])
+    assert "tensorrt unknown" in capsys.readouterr().err
