@@ -293,6 +293,15 @@ class Config:
                                         "splits into fusion groups (GPU, Ascend); empty: four "
                                         "groups of about equal size (the reference's 29, 58, 89 "
                                         "came from another network)", section="train")
+    data_sink: str = _key("auto", "training batches through the device's queue (ms.data_sink) "
+                                  "instead of one host iteration per step; auto: on GPU and "
+                                  "Ascend, off on CPU (MindSpore has no CPU queue)",
+                          choices=("auto", "on", "off"), section="train")
+    log_interval: int = _key(0, "steps between reads of the step's loss and overflow flag "
+                                "(log rows, progress bar, the non-finite check, the stop "
+                                "agreement of distributed runs): each read waits for the "
+                                "device; 0: every step on CPU, every 10 on GPU and Ascend",
+                             check=_non_negative, section="train")
     device_id: int = _key(0, "device index (the DEVICE_ID environment variable if set)",
                           check=_non_negative, section="run")
     output_dir: str = _key("", "where checkpoints, logs and results go (default: outputs/train "

@@ -289,6 +289,8 @@ def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
         demo_root, tmp_path, graph_cpu):
     from src.cli import is_expected
     from src.data.pipeline import batches, create_eval_dataset, create_train_dataset
+    from src.engine.step_feed import sunk_steps
+    from tests.test_step_feed import host_sink
 
     root = copy_demo(demo_root, tmp_path)
     bad = {}
@@ -307,6 +309,10 @@ def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
     assert f"image id {bad['train2017']} cannot be decoded" in message
     assert "--check_images true" in message and "--skip_bad_samples true" in message
     assert str(tmp_path / "mr" / "ssd.mindrecord") in message and is_expected(error.value)
+    # the same through the data-sink loop (a host stand-in for ms.data_sink: CPU has none)
+    data = create_train_dataset(train.files, BoxCoder(generate_default_boxes()), 2)
+    with pytest.raises(DatasetError, match=f"image id {bad['train2017']} cannot be decoded"):
+        list(sunk_steps(lambda *batch: (), data.skip(1), train.files, 5, sink=host_sink))
     evaluation = prepare_split(config, "eval", str(tmp_path), **QUIET)
     with pytest.raises(DatasetError, match=f"image id {bad['val2017']} cannot be decoded"):
         list(batches(create_eval_dataset(evaluation.files, 2), evaluation.files, dicts=True,

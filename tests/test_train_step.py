@@ -105,6 +105,12 @@ def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):
     step(*inputs(ms))
     step(*inputs(ms))
     assert float(step.loss_scale.asnumpy()) == 1024.0
+    # outputs read steps later (--log_interval) still hold their own step's values: the scale
+    # after each step's update, as read at once above
+    outputs = [step(*inputs(ms, poison=True)), step(*inputs(ms)), step(*inputs(ms))]
+    assert [float(out[4].asnumpy()) for out in outputs] == [512.0, 512.0, 1024.0]
+    assert [bool(out[3].asnumpy()) for out in outputs] == [False, True, True]
+    assert float(step.loss_scale.asnumpy()) == 1024.0
 
 
 def test_scaled_gradients_give_the_same_update(parts):

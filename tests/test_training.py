@@ -80,11 +80,15 @@ def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tm
     assert "Stopped by SIGTERM" in output and "--resume auto" in output
     interrupted = list_checkpoints(out)[-1]
     assert os.path.basename(interrupted) in ("ssd-2_1.ckpt", "ssd-2_2.ckpt")
-    result = run_script(train_args(demo_root, out, "--resume", "auto"))
+    # resumed reading the steps back two at a time: the same rows and weights
+    result = run_script(train_args(demo_root, out, "--resume", "auto", "--log_interval", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming from" in result.stdout
     rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert [r["global_step"] for r in rows if r["kind"] == "step"] == list(range(1, 7))
+    straight_rows = [json.loads(line) for line in open(straight / "train_log.jsonl")]
+    assert [(r["loss"], r["finite"]) for r in rows if r["kind"] == "step"] == [
+        (r["loss"], r["finite"]) for r in straight_rows if r["kind"] == "step"]
     resumed, reference = weights(out / "ssd-2_3.ckpt"), weights(straight / "ssd-2_3.ckpt")
     assert set(resumed) == set(reference)
     for name, value in reference.items():
@@ -94,12 +98,14 @@ def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tm
 def test_non_finite_steps_are_skipped_then_stop_the_run(demo_root, tmp_path):
     out = tmp_path / "run"
     result = run_script(train_args(demo_root, out, "--lr", "1e12", "--warmup_epochs", "0",
-                                   "--max_nonfinite_steps", "2"))
+                                   "--max_nonfinite_steps", "2", "--log_interval", "4"))
     assert result.returncode == 1
     assert "update skipped; images [" in result.stdout
     assert "2 non-finite steps in a row" in result.stderr and "on images [" in result.stderr
     rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert [r["finite"] for r in rows if r["kind"] == "step"][-2:] == [False, False]
+    # read at the epoch's end (3 steps, --log_interval 4): every step that ran is logged
+    assert [r["global_step"] for r in rows if r["kind"] == "step"] == [1, 2, 3]
     assert list_checkpoints(out) == []
 
 

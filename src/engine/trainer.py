@@ -6,13 +6,14 @@ their own modules."""
 import math
 import os
 import time
+from typing import Sequence
 
 import numpy as np
 from mindspore import Tensor
 
 from src.box_coder import BoxCoder
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.data.pipeline import batches, create_train_dataset, feed_settings
+from src.data.pipeline import create_train_dataset, feed_settings
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, current_rss_mb, save_run_config, start_run
@@ -37,6 +38,7 @@ from src.engine.progress import Progress, format_duration
 from src.engine.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER, claim_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.signals import StopRequest
+from src.engine.step_feed import host_steps, loop_plan, sunk_steps
 from src.engine.train_step import create_train_step
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
@@ -56,6 +58,7 @@ def model_summary(config, network, platform, plan, images, steps_per_epoch,
     height, width = config.img_shape
     top = lr if lr is not None else peak_lr(config)
     processes, uint8 = feed_settings(config, platform)
+    loop = loop_plan(config, platform)
     return "\n".join([
         f"SSD-ResNet34: {count_trainable_params(network):,} trainable parameters, "
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
@@ -70,7 +73,9 @@ def model_summary(config, network, platform, plan, images, steps_per_epoch,
            if world > 1 else "")
         + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs; {config.workers} "
         f"worker {'processes' if processes else 'threads'}, "
-        f"{'uint8 images normalised on the device' if uint8 else 'float32 images'}",
+        f"{'uint8 images normalised on the device' if uint8 else 'float32 images'}"
+        f"{', through the data sink' if loop.sink else ''}"
+        f"{f'; steps read back every {loop.read_every}' if loop.read_every > 1 else ''}",
         f"Schedule: lr {config.lr_init:g} -> {top:g}{'' if config.lr else ' (scaled to the batch)'}"
         f" over {config.warmup_epochs:g} warm-up epochs, cosine to {top * config.lr_end_rate:g};"
         f" momentum {config.momentum:g}, weight decay {config.weight_decay:g}",
@@ -104,6 +109,7 @@ class Trainer:
                      "running statistics")
         self.lr_table = lr_from_config(config, self.steps_per_epoch, run.world)
         self.processes, self.uint8 = feed_settings(config, run.platform)
+        self.loop = loop_plan(config, run.platform)
         self.train_step, self.plan = create_train_step(config, self.network, self.lr_table,
                                                        run.platform, run.world, self.uint8)
         optimizer = self.train_step.optimizer
@@ -174,58 +180,73 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             class_names=self.prepared.source.class_names))
 
-    def step(self, batch, epoch: int, bar: Progress, tick: float) -> tuple:
-        """One training step; logs it and guards against non-finite losses. Returns (loss or
-        None when skipped, the time it ended)."""
-        image, box, label, num_match, img_id = batch
+    def record(self, outputs: Sequence[tuple], epoch: int, bar: Progress, seconds: float,
+               losses: list) -> int:
+        """Read the outputs of the steps run since the last read (``seconds`` shared equally
+        among them): log each, append its loss to ``losses`` when finite, count the non-finite
+        ones in a row and stop the run at ``max_nonfinite_steps``. Returns the steps skipped."""
         position, config = self.position, self.config
         images_per_step = config.batch_size * self.run_info.world
-        lr = float(self.lr_table[min(position.global_step, len(self.lr_table) - 1)])
-        loss, cls_loss, loc_loss, finite, scale = self.train_step(image, box, label, num_match)
-        loss, cls_loss, loc_loss = (float(v.asnumpy()) for v in (loss, cls_loss, loc_loss))
-        finite = bool(finite.asnumpy())
-        now = time.time()
-        seconds = now - tick
-        position.global_step += 1
-        position.step_in_epoch += 1
-        self.log.write("step", epoch=epoch, global_step=position.global_step, loss=loss,
-                       cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
-                       loss_scale=float(scale.asnumpy()), step_seconds=round(seconds, 4),
-                       img_per_s=round(images_per_step / seconds, 3))
-        bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
-                   **{"img/s": images_per_step / seconds})
-        if finite:
-            self.nonfinite_in_a_row = 0
-            return loss, now
-        self.nonfinite_in_a_row += 1
-        ids = img_id.asnumpy().ravel().tolist()
-        self.say(f"\nstep {position.global_step}: non-finite loss or gradient (loss {loss}); "
-                 f"update skipped; images {ids}", flush=True)
-        if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
-            raise TrainingError(
-                f"{self.nonfinite_in_a_row} non-finite steps in a row, the last at step "
-                f"{position.global_step} (epoch {epoch}) on images {ids}; stopping. The last "
-                "good checkpoint is kept: lower --lr, or look at those images")
-        return None, now
+        per_step = seconds / len(outputs)
+        skipped, too_many = 0, None
+        for loss, cls_loss, loc_loss, finite, scale, img_id in outputs:
+            lr = float(self.lr_table[min(position.global_step, len(self.lr_table) - 1)])
+            loss, cls_loss, loc_loss = (float(v.asnumpy()) for v in (loss, cls_loss, loc_loss))
+            finite = bool(finite.asnumpy())
+            position.global_step += 1
+            position.step_in_epoch += 1
+            self.log.write("step", epoch=epoch, global_step=position.global_step, loss=loss,
+                           cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
+                           loss_scale=float(scale.asnumpy()), step_seconds=round(per_step, 4),
+                           img_per_s=round(images_per_step / per_step, 3))
+            bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
+                       **{"img/s": images_per_step / per_step})
+            if finite:
+                self.nonfinite_in_a_row = 0
+                losses.append(loss)
+                continue
+            skipped += 1
+            self.nonfinite_in_a_row += 1
+            ids = img_id.asnumpy().ravel().tolist()
+            self.say(f"\nstep {position.global_step}: non-finite loss or gradient (loss "
+                     f"{loss}); update skipped; images {ids}", flush=True)
+            if self.nonfinite_in_a_row >= config.max_nonfinite_steps and too_many is None:
+                too_many = TrainingError(
+                    f"{self.nonfinite_in_a_row} non-finite steps in a row, the last at step "
+                    f"{position.global_step} (epoch {epoch}) on images {ids}; stopping. The "
+                    "last good checkpoint is kept: lower --lr, or look at those images")
+        if too_many is not None:   # raised once every step that ran is logged
+            raise too_many
+        return skipped
+
+    def epoch_steps(self, epoch: int, first_batch: int):
+        """The unread outputs of epoch ``epoch``'s steps from batch ``first_batch`` on."""
+        data, files = self.epoch_data(epoch, first_batch), self.prepared.files
+        if self.loop.sink:
+            return sunk_steps(self.train_step, data, files, self.steps_per_epoch - first_batch)
+        return host_steps(self.train_step, data, files)
 
     def run_epoch(self, epoch: int, first_batch: int, stop: StopRequest) -> tuple:
-        """Train epoch ``epoch`` from batch ``first_batch``; returns (losses of its finite
-        steps, steps skipped, whether a stop was requested)."""
+        """Train epoch ``epoch`` from batch ``first_batch``, reading the steps back every
+        ``loop.read_every`` steps and at the epoch's end; returns (losses of its finite steps,
+        steps skipped, whether a stop was requested)."""
         self.position.epoch, self.position.step_in_epoch = epoch, first_batch
         progress = self.config.progress if self.main else "off"
         bar = Progress(self.steps_per_epoch - first_batch,
                        f"epoch {epoch}/{self.config.epoch_size}", progress)
-        losses, skipped, tick = [], 0, time.time()
+        losses, skipped, pending, tick = [], 0, [], time.time()
         try:
-            for batch in batches(self.epoch_data(epoch, first_batch), self.prepared.files,
-                                 num_epochs=1):
-                loss, tick = self.step(batch, epoch, bar, tick)
-                if loss is None:
-                    skipped += 1
-                else:
-                    losses.append(loss)
+            for outputs in self.epoch_steps(epoch, first_batch):
+                pending.append(outputs)
+                last = self.position.step_in_epoch + len(pending) >= self.steps_per_epoch
+                if len(pending) < self.loop.read_every and not last:
+                    continue
+                skipped += self.record(pending, epoch, bar, time.time() - tick, losses)
+                pending, tick = [], time.time()
                 if stop.agreed():
                     return losses, skipped, True
+            if pending:
+                skipped += self.record(pending, epoch, bar, time.time() - tick, losses)
         finally:
             bar.close()
         return losses, skipped, False

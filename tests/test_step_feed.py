@@ -1,0 +1,53 @@
+"""The training loop's feed and reads: host feeding or the data sink by platform, and the sink's
+glue (ms.data_sink itself runs only on GPU and Ascend)."""
+import numpy as np
+import pytest
+
+from src.config import Config, ConfigError
+from src.engine.step_feed import ACCELERATOR_READ_EVERY, host_steps, loop_plan, sunk_steps
+
+
+def host_sink(fn, data):
+    """ms.data_sink's contract on the host: each call runs ``fn`` on the next row."""
+    rows = data.create_tuple_iterator(num_epochs=1)
+    return lambda: fn(*next(rows))
+
+
+def test_loop_plan_sinks_and_reads_less_often_only_on_accelerators():
+    plan = loop_plan(Config(), "CPU")
+    assert (plan.sink, plan.read_every) == (False, 1)
+    for platform in ("GPU", "Ascend"):
+        plan = loop_plan(Config(), platform)
+        assert (plan.sink, plan.read_every) == (True, ACCELERATOR_READ_EVERY)
+    plan = loop_plan(Config(data_sink="off", log_interval=3), "GPU")
+    assert (plan.sink, plan.read_every) == (False, 3)
+    assert loop_plan(Config(log_interval=5), "CPU").read_every == 5
+    with pytest.raises(ValueError, match="--data_sink on: MindSpore 2.10 sinks data only on "
+                                         "GPU and Ascend.*--data_sink auto or off"):
+        loop_plan(Config(data_sink="on"), "CPU")
+    with pytest.raises(ConfigError, match="log_interval: -1 is out of range"):
+        Config(log_interval=-1).validate()
+
+
+def test_sunk_steps_give_the_host_feed_steps_in_order(graph_cpu):
+    import mindspore.dataset as ds
+
+    rows = {"image": np.arange(6, dtype=np.float32).reshape(6, 1), "box": np.ones((6, 2)),
+            "label": np.zeros((6, 2), np.int32), "num_match": np.ones((6, 1), np.int32),
+            "img_id": np.arange(10, 16, dtype=np.int32).reshape(6, 1)}
+
+    def data():
+        return ds.NumpySlicesDataset(rows, column_names=list(rows), shuffle=False)
+
+    def train_step(image, box, label, num_match):   # the train step's five outputs
+        value = float(image.asnumpy()[0])
+        return value, value + 1, value + 2, True, 1.0
+
+    fed = list(host_steps(train_step, data(), ["unused.mindrecord"]))
+    sunk = list(sunk_steps(train_step, data(), ["unused.mindrecord"], 4, sink=host_sink))
+    assert [out[:5] for out in fed] == [(float(v), v + 1.0, v + 2.0, True, 1.0)
+                                        for v in range(6)]
+    assert [int(out[5].asnumpy()[0]) for out in fed] == list(range(10, 16))
+    assert len(sunk) == 4
+    assert [out[:5] for out in sunk] == [out[:5] for out in fed[:4]]
+    assert [int(out[5].asnumpy()[0]) for out in sunk] == list(range(10, 14))
