@@ -15,6 +15,7 @@ number of batches, and an epoch's length and order must not depend on what fails
 that resume and replay stay exact. The check at conversion leaves them out instead
 (``--check_images true --skip_bad_samples true``).
 """
+import contextlib
 import json
 import os
 import re
@@ -187,12 +188,21 @@ def batches(data, files, dicts: bool = False, **iterator_options):
     iterator = (data.create_dict_iterator(**iterator_options) if dicts
                 else data.create_tuple_iterator(**iterator_options))
     while True:
-        try:
-            row = next(iterator)
-        except StopIteration:
-            return
-        except RuntimeError as exc:
-            if DECODE_FAILED not in str(exc):
-                raise
-            raise decode_error(str(exc), files) from None
+        with decode_failures_named(files):
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
         yield row
+
+
+@contextlib.contextmanager
+def decode_failures_named(files):
+    """MindSpore's RuntimeError for an image it cannot decode, raised inside, becomes
+    ``decode_error``'s DatasetError naming the image in ``files``; other errors pass."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if DECODE_FAILED not in str(exc):
+            raise
+        raise decode_error(str(exc), files) from None

@@ -10,7 +10,7 @@ idles between steps. Both choices come from the config in one place, ``loop_plan
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
-from src.data.pipeline import DECODE_FAILED, batches, decode_error
+from src.data.pipeline import batches, decode_failures_named
 
 SINK_PLATFORMS = ("GPU", "Ascend")
 ACCELERATOR_READ_EVERY = 10   # steps between reads with --log_interval 0 on GPU and Ascend
@@ -61,9 +61,6 @@ def sunk_steps(train_step: Callable, data, files: Sequence[str], steps: int,
 
     run = sink(one_step, data)
     for _ in range(steps):
-        try:
-            yield run()
-        except RuntimeError as exc:
-            if DECODE_FAILED not in str(exc):
-                raise
-            raise decode_error(str(exc), files) from None
+        with decode_failures_named(files):
+            outputs = run()
+        yield outputs
