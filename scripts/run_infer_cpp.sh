@@ -8,6 +8,8 @@
 #   DEVICE_TYPE CPU, GPU or Ascend (GPU and Ascend need the MindSpore build)
 # Outputs (result_Files/, time_Result/, infer.log, acc.log) go to $INFER_OUTPUT_PATH, default
 # ./infer_output; extra flags after -- go to postprocess.py (e.g. --drop, --num_classes N).
+# A folder that holds an earlier run's outputs is refused; INFER_OVERWRITE=1 moves them into
+# previous-<time>/ inside it first.
 # `sh scripts/...` (the reference's README form; dash on Debian) runs this again under bash.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -euo pipefail
@@ -35,12 +37,23 @@ case "$DEVICE_TYPE" in CPU|GPU|Ascend) ;; *) die "DEVICE_TYPE must be CPU, GPU o
 [[ "$DEVICE_ID" =~ ^[0-9]+$ ]] || die "DEVICE_ID must be a number, got '$DEVICE_ID'"
 
 OUT=$(absolute "${INFER_OUTPUT_PATH:-./infer_output}")
+OUTPUTS=(result_Files time_Result build.log infer.log acc.log)
+EARLIER=()
+for name in "${OUTPUTS[@]}"; do [ -e "$OUT/$name" ] && EARLIER+=("$name"); done
+if [ ${#EARLIER[@]} -gt 0 ] && [ "${INFER_OVERWRITE:-0}" != 1 ]; then
+    die "$OUT holds an earlier run's outputs (${EARLIER[*]}); set INFER_OUTPUT_PATH to another folder, or INFER_OVERWRITE=1 to move them into $OUT/previous-<time>/"
+fi
 mkdir -p "$OUT"
+if [ ${#EARLIER[@]} -gt 0 ]; then
+    ASIDE="$OUT/previous-$(date +%Y%m%d-%H%M%S)"
+    mkdir "$ASIDE"
+    for name in "${EARLIER[@]}"; do mv "$OUT/$name" "$ASIDE/"; done
+    echo "INFER_OVERWRITE=1: the earlier run's outputs are in $ASIDE"
+fi
 if [ -n "${MS_LITE_HOME:-}" ]; then
     export LD_LIBRARY_PATH="$MS_LITE_HOME/runtime/lib:$MS_LITE_HOME/tools/converter/lib:${LD_LIBRARY_PATH:-}"
 fi
 run_logged "$OUT/build.log" bash "$ROOT/ascend310_infer/build.sh"
-rm -rf "$OUT/result_Files" "$OUT/time_Result"
 run_logged "$OUT/infer.log" "$ROOT/ascend310_infer/out/main" --model_path "$MODEL_PATH" \
     --dataset_path "$DATA_PATH" --device_type "$DEVICE_TYPE" --device_id "$DEVICE_ID" \
     --result_dir "$OUT/result_Files" --time_dir "$OUT/time_Result" ${CPP_INFER_FLAGS:-}

@@ -363,6 +363,15 @@ def test_cpp_program_postprocess_and_eval_agree(trained, exported, png_dataset, 
     np.testing.assert_allclose(np.fromfile(results / f"{names[1][:-4]}_1.bin", np.float32),
                                scores[1].ravel(), atol=1e-4)
     cpp_map = float(result.stdout.split("mAP: ")[1].split()[0])
+    again = subprocess.run(result.args, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           env=dict(os.environ, INFER_OUTPUT_PATH=str(tmp_path / "infer"),
+                                    CPP_INFER_FLAGS="--batch_size 2", INFER_OVERWRITE="1"))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    aside, = [p for p in (tmp_path / "infer").iterdir() if p.name.startswith("previous-")]
+    assert sorted(os.listdir(aside)) == ["acc.log", "build.log", "infer.log", "result_Files",
+                                         "time_Result"]
+    assert sorted(os.listdir(aside / "result_Files")) == sorted(os.listdir(results))
+    assert float(again.stdout.split("mAP: ")[1].split()[0]) == cpp_map
     evaluation = run_script(["eval.py", "--data_url", str(png_dataset), "--num_classes", "4",
                              "--checkpoint_path", str(out / "train" / "ssd-3_3.ckpt"), *BOX_FLAGS,
                              "--output_dir", str(tmp_path / "eval"), "--run_platform", "CPU",

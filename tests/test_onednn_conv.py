@@ -318,7 +318,8 @@ def test_batch_norm_folded_into_our_convolutions_gives_the_same_detections(graph
 @pytest.mark.parametrize("block", BLOCKS)
 def test_winograd_forward_and_input_gradient_match_nn_conv2d(graph_cpu, block):
     """Winograd F(4x4, 3x3): outputs, input and weight gradients as nn.Conv2d's (sizes that are
-    and are not multiples of the 4x4 tile, bias), rounded differently from direct convolution
+    and are not multiples of the 4x4 tile; with a bias the weight gradient is direct), rounded
+    differently from direct convolution
     (so it really ran), and inference copies with the bias, a residual and ReLU6 fused."""
     import mindspore as ms
     from mindspore import Tensor, nn
@@ -367,6 +368,51 @@ def test_winograd_forward_and_input_gradient_match_nn_conv2d(graph_cpu, block):
                     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * 6)
                 assert (want == 0).any() and (want == 6).any()
         assert not np.array_equal(outputs["direct"], outputs["winograd"])
+
+
+# Feature-map side of each 3x3 stride-1 layer of the 300x300 detector, by its input channels:
+# layer1 75x75, layer2 and layer3 38x38.
+MODEL_FEATURE_SIDE = {64: 75, 128: 38, 256: 38}
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_winograd_matches_direct_for_every_3x3_layer_of_the_model(graph_cpu, block):
+    """Every 3x3 stride-1 geometry of the detector at its full channels and feature-map size:
+    Winograd's output, input gradient and weight gradient within 1e-4 (relative to the largest
+    value) of direct convolution's, and not equal to them (so Winograd ran for all three)."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from src.model.onednn_conv import OneDnnConv2d
+
+    layers = [g for g in geometries() if g[2:6] == (3, 1, (1, 1, 1, 1), 1)]
+    assert sorted((cin, cout) for cin, cout, *_ in layers) == [
+        (64, 64), (128, 128), (128, 256), (256, 256)]
+    rng = np.random.default_rng(5)
+    for cin, cout, *_, bias in layers:
+        side = MODEL_FEATURE_SIDE[cin]
+        x = Tensor(to_blocked(rng.normal(size=(1, cin, side, side)).astype(np.float32), block))
+        target = Tensor(to_blocked(rng.normal(size=(1, cout, side, side)).astype(np.float32),
+                                   block))
+        results, weights = {}, None
+        for algorithm in ("direct", "winograd"):
+            conv = OneDnnConv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=bias,
+                                blocked_input=True, blocked_output=True, block=block,
+                                algorithm=algorithm)
+            assert conv.algorithm == algorithm
+            if weights is None:
+                weights = conv.weight.data.copy()
+            conv.weight.set_data(weights.copy())
+            fn = ms.value_and_grad(Loss(conv).cell, grad_position=0,
+                                   weights=conv.trainable_params())
+            _, (dx, (dw,)) = fn(x, target)
+            results[algorithm] = [conv(x).asnumpy(), dx.asnumpy(), dw.asnumpy()]
+        for name, want, got in zip(("output", "input gradient", "weight gradient"),
+                                   results["direct"], results["winograd"]):
+            where = f"{name} of {cin} -> {cout} channels at {side}x{side}, block {block}"
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                                       err_msg=where)
+            assert not np.array_equal(got, want), where
 
 
 def test_winograd_runs_where_the_config_says(graph_cpu):

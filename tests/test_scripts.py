@@ -73,3 +73,19 @@ def test_distribute_and_infer_scripts_check_their_arguments(tmp_path, shell):
     result = bash("scripts/run_infer_cpp.sh", str(tmp_path / "m.onnx"), str(tmp_path), "CPU",
                   str(tmp_path / "a.json"), "CPU", shell=shell)
     assert result.returncode == 2 and "MODEL_PATH" in result.stderr
+
+
+def test_infer_script_refuses_a_folder_holding_an_earlier_run(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "a.json").write_text("{}")
+    out = tmp_path / "infer"
+    (out / "result_Files").mkdir(parents=True)
+    (out / "result_Files" / "x_0.bin").write_bytes(b"earlier")
+    (out / "acc.log").write_text("mAP: 0.5")
+    result = bash("scripts/run_infer_cpp.sh", str(tmp_path / "m.onnx"), str(tmp_path), "CPU",
+                  str(tmp_path / "a.json"), "CPU", env={"INFER_OUTPUT_PATH": str(out)})
+    assert result.returncode == 2
+    assert f"{out} holds an earlier run's outputs (result_Files acc.log)" in result.stderr
+    assert "INFER_OVERWRITE=1" in result.stderr
+    assert sorted(os.listdir(out)) == ["acc.log", "result_Files"]
+    assert (out / "result_Files" / "x_0.bin").read_bytes() == b"earlier"

@@ -21,9 +21,9 @@
 //   residual_sum (forward only: a residual input is added before the activation),
 //   dst_nhwc (y and its gradient are (N, OH, OW, O), NHWC: for outputs that are flattened
 //   location-major next, which then need no transpose),
-//   winograd (the forward and the input gradient by Winograd F(4x4, 3x3), winograd.cc, instead
+//   winograd (the forward and both gradients by Winograd F(4x4, 3x3), winograd.cc, instead
 //   of direct convolution: for 3x3, stride 1, padding 1, one group, float32, x and y blocked in
-//   the same block; the weight gradient stays direct).
+//   the same block; with a bias the weight gradient stays direct).
 //
 // The forward op has a second output the size of x (one element when x is blocked): x in the layout the convolution read it
 // in, when that is not the plain one. The backward op gets it back from MindSpore (it is the
@@ -349,6 +349,45 @@ void WinogradInputGradient(const int64_t *x, const int64_t *w, const Geometry &g
               nullptr, nullptr, 0, static_cast<float *>(dx));
 }
 
+// The weight gradient's batched GEMM for one shape: dW_i = V_i^T E_i (36 x (c x tiles) by
+// (tiles x k)), V_i read transposed from the tile-major V, and its scratch buffers.
+struct WinogradWeightsEntry {
+  WinogradShape shape;
+  dnnl::matmul gemm;
+  memory::desc v_desc, e_desc, dw_desc;
+  std::vector<float> v, e, dw_hat;
+};
+
+// dw (O, C, 3, 3) of conv(x, w) from x and dy by Winograd: x (N, C, H, W) and dy blocked.
+void WinogradWeightsGradient(const int64_t *x, const int64_t *w, const Geometry &g,
+                             const void *x_data, const void *dy, void *dw) {
+  WinogradWeightsEntry *e = Cached<WinogradWeightsEntry>(Key("winograd_dw", x, w, g), [&] {
+    auto *entry = new WinogradWeightsEntry();
+    entry->shape = MakeWinogradShape(x[0], x[1], x[2], x[3], w[0],
+                                     static_cast<int>(g.src_block));
+    const WinogradShape &s = entry->shape;
+    const int64_t tiles = s.tiles();
+    const int64_t p = kWinogradPositions;
+    entry->v_desc = memory::desc({p, s.c, tiles}, dt::f32, {s.c, 1, p * s.c});
+    entry->e_desc = memory::desc({p, tiles, s.k}, dt::f32, {s.k, p * s.k, 1});
+    entry->dw_desc = memory::desc({p, s.c, s.k}, dt::f32, tag::abc);
+    entry->gemm = dnnl::matmul(
+        dnnl::matmul::primitive_desc(Rt().engine, entry->v_desc, entry->e_desc, entry->dw_desc));
+    entry->v.resize(s.input_scratch());
+    entry->e.resize(s.output_scratch());
+    entry->dw_hat.resize(s.weights_size());
+    return entry;
+  });
+  const WinogradShape &s = e->shape;
+  WinogradInput(s, static_cast<const float *>(x_data), e->v.data());
+  WinogradOutputGradient(s, static_cast<const float *>(dy), e->e.data());
+  e->gemm.execute(Rt().stream, {{DNNL_ARG_SRC, memory(e->v_desc, Rt().engine, e->v.data())},
+                                {DNNL_ARG_WEIGHTS, memory(e->e_desc, Rt().engine, e->e.data())},
+                                {DNNL_ARG_DST, memory(e->dw_desc, Rt().engine, e->dw_hat.data())}});
+  Rt().stream.wait();
+  WinogradWeightGradient(s, e->dw_hat.data(), static_cast<float *>(dw));
+}
+
 // Whether the geometry asks for Winograd and it can run it (else: direct).
 bool RunsWinograd(const int64_t *x, const int64_t *w, const Geometry &g) {
   return g.winograd && w[2] == 3 && w[3] == 3 && g.stride_h == 1 && g.stride_w == 1 &&
@@ -484,10 +523,12 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
     void *dx = params[5], *dw = params[6];
     BackwardData &d = *b->data;
     BackwardWeights &k = *b->weights;
-    memory dy = k.diff_dst.Bind(params[0], true);
+    const bool winograd = RunsWinograd(x, w, g), winograd_dw = winograd && !has_bias;
+    memory dy;
+    if (!winograd_dw) dy = k.diff_dst.Bind(params[0], true);
     if (g.no_input_grad) {
       std::memset(dx, 0, d.diff_src.plain.get_size());
-    } else if (RunsWinograd(x, w, g)) {
+    } else if (winograd) {
       WinogradInputGradient(x, w, g, params[0], params[3], dx);
     } else {
       d.conv.execute(Rt().stream, {{DNNL_ARG_DIFF_DST, b->share_diff_dst
@@ -496,6 +537,10 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
                                    {DNNL_ARG_WEIGHTS, d.wei.Bind(params[3], true)},
                                    {DNNL_ARG_DIFF_SRC, d.diff_src.Bind(dx, false)}});
       d.diff_src.Finish(dx);
+    }
+    if (winograd_dw) {
+      WinogradWeightsGradient(x, w, g, params[1], params[0], dw);
+      return 0;
     }
     memory src = b->src_from_forward ? memory(k.src.chosen, Rt().engine, params[2])
                                      : k.src.Bind(params[1], true);

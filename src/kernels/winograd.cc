@@ -1,7 +1,8 @@
 // Winograd F(4x4, 3x3) convolution over our blocked activation layout (aBcd8b / aBcd16b:
 // N, C/B, H, W, B): 3x3 kernel, stride 1, padding 1, one group; 4x fewer multiplies than direct
-// convolution (Lavin & Gray, 2016). The forward, and the input gradient (the same computation
-// on dy with the weights turned by 180 degrees and their channel roles swapped).
+// convolution (Lavin & Gray, 2016). The forward, the input gradient (the same computation
+// on dy with the weights turned by 180 degrees and their channel roles swapped), and the weight
+// gradient (the same transforms with the roles of filter and output exchanged, see winograd.h).
 //
 // Each 4x4 output tile is computed from the 6x6 input patch around it:
 //   Y = A^T [ (G g G^T) . (B^T d B) ] A
@@ -145,6 +146,55 @@ SIMD_CLONES void TransformOutputRow(const WinogradShape &s, const float *m, cons
   }
 }
 
+// e = A d over four vectors (a row or column of a 4x4 tile of dy), A being (A^T)^T:
+//   A = [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1].
+template <int B>
+inline void GradientTransform(const float *const d[kTile], float *const e[kAlpha]) {
+#pragma omp simd
+  for (int l = 0; l < B; ++l) {
+    const float even = d[0][l] + d[2][l], odd = d[1][l] + d[3][l];
+    const float even4 = d[0][l] + 4.0f * d[2][l], odd4 = 2.0f * d[1][l] + 8.0f * d[3][l];
+    e[0][l] = d[0][l];
+    e[1][l] = even + odd;
+    e[2][l] = even - odd;
+    e[3][l] = even4 + odd4;
+    e[4][l] = even4 - odd4;
+    e[5][l] = d[3][l];
+  }
+}
+
+// One row of tiles (image n, output block kb, tile row ty) of dy into E: A dY A^T.
+template <int B>
+SIMD_CLONES void TransformGradientRow(const WinogradShape &s, const float *dy, float *e,
+                                      int64_t n, int64_t kb, int64_t ty) {
+  alignas(64) float zero[B] = {};
+  alignas(64) float t[kTile][kAlpha][B];  // dY A^T: [row][column]
+  const float *plane = dy + (n * (s.k / B) + kb) * s.h * s.w * B;
+  for (int64_t tx = 0; tx < s.tiles_w; ++tx) {
+    for (int r = 0; r < kTile; ++r) {
+      const int64_t oh = kTile * ty + r;
+      const float *in[kTile];
+      float *out[kAlpha];
+      for (int col = 0; col < kTile; ++col) {
+        const int64_t ow = kTile * tx + col;
+        in[col] = oh < s.h && ow < s.w ? plane + (oh * s.w + ow) * B : zero;
+      }
+      for (int col = 0; col < kAlpha; ++col) out[col] = t[r][col];
+      GradientTransform<B>(in, out);
+    }
+    const int64_t tile = (n * s.tiles_h + ty) * s.tiles_w + tx;
+    for (int col = 0; col < kAlpha; ++col) {
+      const float *in[kTile];
+      float *out[kAlpha];
+      for (int r = 0; r < kTile; ++r) in[r] = t[r][col];
+      for (int r = 0; r < kAlpha; ++r) {
+        out[r] = e + (tile * kWinogradPositions + r * kAlpha + col) * s.k + kb * B;
+      }
+      GradientTransform<B>(in, out);
+    }
+  }
+}
+
 template <int B>
 void Input(const WinogradShape &s, const float *x, float *v) {
   const int64_t blocks = s.c / B;
@@ -176,6 +226,28 @@ SIMD_CLONES void FilterTransform(const float *g0, const float *g1, const float *
     u[3][k] = g0[k] / 24.0f + g1[k] / 12.0f + g2[k] / 6.0f;
     u[4][k] = g0[k] / 24.0f - g1[k] / 12.0f + g2[k] / 6.0f;
     u[5][k] = g2[k];
+  }
+}
+
+template <int B>
+void Gradient(const WinogradShape &s, const float *dy, float *e) {
+  const int64_t blocks = s.k / B;
+  KernelParallelFor(static_cast<int>(s.n * blocks * s.tiles_h), [&](int i, int) {
+    const int64_t ty = i % s.tiles_h, rest = i / s.tiles_h;
+    TransformGradientRow<B>(s, dy, e, rest / blocks, rest % blocks, ty);
+  });
+}
+
+// g = G^T m over six rows of n values (vectors over output channels), G as FilterTransform's.
+SIMD_CLONES void FilterGradientTransform(const float *const m[kAlpha], float *const g[3],
+                                         int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const float sum12 = m[1][k] + m[2][k], diff21 = m[2][k] - m[1][k];
+    const float sum34 = m[3][k] + m[4][k], diff34 = m[3][k] - m[4][k];
+    g[0][k] = m[0][k] / 4.0f - sum12 / 6.0f + sum34 / 24.0f;
+    g[1][k] = diff21 / 6.0f + diff34 / 12.0f;
+    g[2][k] = (sum34 - sum12) / 6.0f + m[5][k];
   }
 }
 
@@ -215,4 +287,32 @@ void WinogradOutput(const WinogradShape &s, const float *m, const float *bias,
                     const float *residual, int activation, float *y) {
   s.block == 16 ? Output<16>(s, m, bias, residual, activation, y)
                 : Output<8>(s, m, bias, residual, activation, y);
+}
+
+void WinogradOutputGradient(const WinogradShape &s, const float *dy, float *e) {
+  s.block == 16 ? Gradient<16>(s, dy, e) : Gradient<8>(s, dy, e);
+}
+
+// dw = G^T dW G for every (c, k), one input channel at a time, vectorised over k.
+void WinogradWeightGradient(const WinogradShape &s, const float *dw_hat, float *dw) {
+  KernelParallelFor(static_cast<int>(s.c), [&](int c, int) {
+    std::vector<float> t(3 * kAlpha * s.k), o(9 * s.k);  // t[row][column][k], o[tap][k]
+    for (int col = 0; col < kAlpha; ++col) {
+      const float *in[kAlpha];
+      float *out[3];
+      for (int r = 0; r < kAlpha; ++r) in[r] = dw_hat + ((r * kAlpha + col) * s.c + c) * s.k;
+      for (int r = 0; r < 3; ++r) out[r] = &t[(r * kAlpha + col) * s.k];
+      FilterGradientTransform(in, out, s.k);
+    }
+    for (int r = 0; r < 3; ++r) {
+      const float *in[kAlpha];
+      float *out[3];
+      for (int col = 0; col < kAlpha; ++col) in[col] = &t[(r * kAlpha + col) * s.k];
+      for (int col = 0; col < 3; ++col) out[col] = &o[(r * 3 + col) * s.k];
+      FilterGradientTransform(in, out, s.k);
+    }
+    for (int64_t k = 0; k < s.k; ++k) {
+      for (int tap = 0; tap < 9; ++tap) dw[(k * s.c + c) * 9 + tap] = o[tap * s.k + k];
+    }
+  });
 }

@@ -11,7 +11,8 @@ struct WinogradShape {
   int block;
   int64_t tiles_h, tiles_w;
   int64_t tiles() const { return n * tiles_h * tiles_w; }
-  // Floats of each of the two scratch buffers: V (tiles, 36, c) and M (tiles, 36, k).
+  // Floats of each of the two scratch buffers: V (tiles, 36, c) and M (tiles, 36, k); the
+  // weight gradient's transformed dy has M's size.
   int64_t input_scratch() const { return kWinogradPositions * tiles() * c; }
   int64_t output_scratch() const { return kWinogradPositions * tiles() * k; }
   int64_t weights_size() const { return kWinogradPositions * c * k; }  // U (36, c, k)
@@ -33,3 +34,14 @@ void WinogradInput(const WinogradShape &s, const float *x, float *v);
 // (y's shape and layout) may be null; activation 0 none, 1 ReLU, 2 ReLU6.
 void WinogradOutput(const WinogradShape &s, const float *m, const float *bias,
                     const float *residual, int activation, float *y);
+
+// The weight gradient, by the same transforms read the other way round (F(3x3, 4x4)): each
+// tile's share of dw is G^T [ (A dY A^T) . (B^T d B) ] G, where dY is the tile's 4x4 of dy and
+// d the 6x6 patch of x that WinogradInput reads. Summed over tiles in the transformed domain,
+// dW_i = V_i^T E_i (c x tiles by tiles x k: a batched GEMM, the caller's) for the 36 positions
+// i, then dw = G^T dW G.
+// e (tiles, 36, k) = A dY A^T from dy (n, k, h, w), blocked (zeros past its edges).
+void WinogradOutputGradient(const WinogradShape &s, const float *dy, float *e);
+
+// dw (k, c, 3, 3), MindSpore's weight layout, = G^T dW G from dw_hat (36, c, k).
+void WinogradWeightGradient(const WinogradShape &s, const float *dw_hat, float *dw);

@@ -138,11 +138,12 @@ class OneDnnConv2d(nn.Cell):
     inside the convolution; ``residual_sum``: called as ``conv(x, residual)``, the residual is
     added before the activation; ``constant_weights``: the weights are reordered once and kept.
     ``nhwc_output``: y (and its gradient) is (N, OH, OW, O), for an output flattened
-    location-major next. ``algorithm``: 'winograd' computes the forward and the input
-    gradient by Winograd F(4x4, 3x3) (``src/kernels/winograd.cc``; 4x fewer multiplies,
-    rounding ~1e-5 of the output's range apart from direct convolution's; the weight gradient
-    stays direct) when ``winograd_possible()``, 'auto' does so when also both channel counts
-    are at least WINOGRAD_MIN_CHANNELS, 'direct' never; ``self.algorithm`` says which runs.
+    location-major next. ``algorithm``: 'winograd' computes the forward and both
+    gradients by Winograd F(4x4, 3x3) (``src/kernels/winograd.cc``; 4x fewer multiplies,
+    rounding ~1e-5 of the output's range apart from direct convolution's; with a bias the
+    weight gradient stays direct) when ``winograd_possible()``, 'auto' does so when also both
+    channel counts are at least WINOGRAD_MIN_CHANNELS, 'direct' never; ``self.algorithm``
+    says which runs.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="same",
