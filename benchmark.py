@@ -13,8 +13,9 @@ runs evaluation's worst case (an untrained 81-class model: 8,000 detections an i
 each: post-processing, json and COCOeval time per image and peak memory.
 --twin PATH/torch_twin.py [--twin_python PY]: run the PyTorch twin right after, with the same
 batch, steps and threads, and print the ratios. --peers onnxruntime,openvino (infer mode): the
-same weights exported to ONNX and run by those engines with as many threads, batch 1 and 8
-(peer_<name>_bs1_ms, peer_<name>_bs8_img_per_s, bs1/bs8_speedup_vs_<name>). --peers
+same weights exported to ONNX and run by those engines with as many threads and, where the
+engine offers it, --conv_dtype's arithmetic, batch 1 and 8 (peer_<name>_bs1_ms,
+peer_<name>_bs8_img_per_s, peer_<name>_precision, bs1/bs8_speedup_vs_<name>). --peers
 torchvision (postprocess mode, where torch and torchvision are installed): the detection step
 beside torchvision.ops.batched_nms on the same candidates, both with torchvision's IoU
 (peer_torchvision_ms_per_image, postprocess_exact_iou_ms_per_image, speedup_vs_torchvision,

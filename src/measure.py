@@ -143,7 +143,8 @@ def benchmark_infer(config, steps, warmup, peers=()):
     """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput,
     images in and boxes and scores out as numpy (``src.engine.backends``); then each engine of
     ``peers`` (onnxruntime, openvino) on the same weights exported to ONNX, with as many
-    threads, and our ratios to it (above 1: we are faster)."""
+    threads and the arithmetic of ``conv_dtype`` where it offers it (``peer_<name>_precision``
+    says which ran), and our ratios to it (above 1: we are faster)."""
     from src.engine.backends import create_detector, engine_threads
 
     result = {"mode": "infer", "threads": engine_threads(config)}
@@ -161,6 +162,7 @@ def benchmark_infer(config, steps, warmup, peers=()):
             else:
                 result[f"{key}_bs8_img_per_s"] = round(8 / median, 3)
         if name != "mindspore":
+            result[f"peer_{name}_precision"] = detector.precision
             result[f"bs1_speedup_vs_{name}"] = round(
                 result[f"peer_{name}_bs1_ms"] / result["infer_bs1_ms"], 3)
             result[f"bs8_speedup_vs_{name}"] = round(

@@ -43,6 +43,8 @@ def test_all_modes_print_their_fields():
     infer = lines[2]
     for peer in ("onnxruntime", "openvino"):
         assert infer[f"peer_{peer}_bs1_ms"] > 0 and infer[f"peer_{peer}_bs8_img_per_s"] > 0
+        # the precision ours runs (OpenVINO picks bfloat16 itself where the CPU has it)
+        assert infer[f"peer_{peer}_precision"] == infer["conv_dtype"] == "float32"
         assert infer[f"bs1_speedup_vs_{peer}"] == pytest.approx(
             infer[f"peer_{peer}_bs1_ms"] / infer["infer_bs1_ms"], rel=0.01)
     assert infer["threads"] == (len(os.sched_getaffinity(0)))

@@ -5,7 +5,9 @@ included) and run by onnxruntime or OpenVINO, the engines CPU users deploy SSD w
 Each is a ``Detector``: images (B, 3, H, W) float32, normalised -> (boxes (B, A, 4) corner form
 normalised, scores (B, A, C)) numpy, the inference network's outputs, so that every engine feeds
 the one post-processing path (``src.detections``). The ONNX engines take a fixed batch size
-(the export's); they run ``engine_threads`` threads, as our kernels do.
+(the export's); they run ``engine_threads`` threads, as our kernels do, and the arithmetic of
+``conv_dtype`` where they offer it: OpenVINO would otherwise choose bfloat16 by itself on
+processors with AVX512-BF16 or AMX; onnxruntime's CPU engine computes in float32 only.
 """
 import os
 import tempfile
@@ -16,6 +18,7 @@ import numpy as np
 from src.cpu import usable_cores
 
 BACKENDS = ("mindspore", "onnxruntime", "openvino")
+OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}   # conv_dtype -> OpenVINO's name
 
 
 def engine_threads(config) -> int:
@@ -26,10 +29,13 @@ def engine_threads(config) -> int:
 
 
 class Detector:
-    """An engine's forward pass; ``net``: the MindSpore inference network (mindspore only)."""
+    """An engine's forward pass; ``net``: the MindSpore inference network (mindspore only);
+    ``precision``: the arithmetic it runs, float32 or bfloat16 (as the engine reports it)."""
 
-    def __init__(self, backend: str, run, batch_size: Optional[int] = None, net=None):
+    def __init__(self, backend: str, run, batch_size: Optional[int] = None, net=None,
+                 precision: str = "float32"):
         self.backend, self._run, self.batch_size, self.net = backend, run, batch_size, net
+        self.precision = precision
 
     def __call__(self, images: np.ndarray) -> tuple:
         if self.batch_size is not None and len(images) != self.batch_size:
@@ -44,7 +50,8 @@ class Detector:
         if self.net is not None:
             return f"MindSpore, convolutions: {conv_description(self.net)}"
         version = {"onnxruntime": _onnxruntime_version, "openvino": _openvino_version}
-        return f"{self.backend} {version[self.backend]()} on the exported ONNX"
+        return (f"{self.backend} {version[self.backend]()} on the exported ONNX "
+                f"({self.precision} arithmetic)")
 
 
 def _onnxruntime_version() -> str:
@@ -76,7 +83,7 @@ def create_detector(config, checkpoint_path: Optional[str], backend: str = "mind
         def run(images):
             return tuple(x.asnumpy() for x in net(ms.Tensor(images)))
 
-        return Detector(backend, run, net=net)
+        return Detector(backend, run, net=net, precision=config.conv_dtype)
     from src.deploy import export_model
 
     threads = engine_threads(config)
@@ -84,10 +91,10 @@ def create_detector(config, checkpoint_path: Optional[str], backend: str = "mind
         path = export_model(config, checkpoint_path, os.path.join(folder, "ssd"), "ONNX",
                             batch_size, platform="CPU")
         if backend == "onnxruntime":
-            run = _onnxruntime_session(path, threads)
+            run, precision = _onnxruntime_session(path, threads), "float32"
         else:
-            run = _openvino_model(path, threads)
-    return Detector(backend, run, batch_size)
+            run, precision = _openvino_model(path, threads, config.conv_dtype)
+    return Detector(backend, run, batch_size, precision=precision)
 
 
 def _onnxruntime_session(path: str, threads: int):
@@ -101,7 +108,8 @@ def _onnxruntime_session(path: str, threads: int):
     return lambda images: session.run(None, {name: images})
 
 
-def _openvino_model(path: str, threads: int):
+def _openvino_model(path: str, threads: int, precision: str):
+    """A run function and the precision OpenVINO compiled it for (``precision`` asked)."""
     try:
         import openvino
     except ImportError as exc:
@@ -110,11 +118,13 @@ def _openvino_model(path: str, threads: int):
     core = openvino.Core()
     compiled = core.compile_model(core.read_model(path), "CPU",
                                   {"INFERENCE_NUM_THREADS": threads,
-                                   "PERFORMANCE_HINT": "LATENCY"})
+                                   "PERFORMANCE_HINT": "LATENCY",
+                                   "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]})
     request = compiled.create_infer_request()
 
     def run(images):
         outputs = request.infer([images])
         return tuple(outputs[compiled.output(i)] for i in range(2))
 
-    return run
+    chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    return run, {name: dtype for dtype, name in OPENVINO_PRECISION.items()}.get(chosen, chosen)
