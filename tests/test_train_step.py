@@ -215,7 +215,9 @@ def test_accelerator_train_steps_hold_only_mindspore_ops(graph_cpu, monkeypatch,
 def test_precision_plans_follow_the_flags(graph_cpu, monkeypatch):
     """--amp_level O3 casts every cell (the reference's GPU cast), --loss_scale_mode static
     keeps the scale fixed, --precision fp32 on GPU trains without amp at --loss_scale; on CPU
-    fp32 the scale is 1 and static, and the check is our op when our kernels run."""
+    fp32 the scale is 1 and static, and the check is our op when our kernels run; fp16 on CPU
+    is refused with our kernels (they take float32: the loss came out NaN) and allowed with
+    MindSpore's layers."""
     from src.config import Config
     from src.engine.precision import precision_plan
 
@@ -231,6 +233,10 @@ def test_precision_plans_follow_the_flags(graph_cpu, monkeypatch):
         "fp32", 1.0, False, "ours")
     assert precision_plan(Config(), "CPU").finite_check == "concat"
     assert precision_plan(Config(loss_scale_mode="dynamic"), "CPU").dynamic
+    with pytest.raises(ValueError, match="--precision fp16 on CPU: our oneDNN kernels .* "
+                                         "or --conv_impl mindspore"):
+        precision_plan(Config(precision="fp16"), "CPU", our_kernels=True)
+    assert precision_plan(Config(precision="fp16"), "CPU").amp_level == "O2"
 
 
 def test_ascend_precision_mode_is_set_explicitly(monkeypatch):

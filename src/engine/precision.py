@@ -38,10 +38,17 @@ class PrecisionPlan:
 
 def precision_plan(config, platform: str, our_kernels: bool = False) -> PrecisionPlan:
     """The plan ``config`` gives on ``platform`` ('CPU', 'GPU', 'Ascend'); ``our_kernels``: the
-    network runs our CPU kernel library (its finite-check op is used)."""
+    network runs our CPU kernel library (its finite-check op is used; it computes float32 or,
+    with ``conv_dtype`` bfloat16, bfloat16 multiplies, so fp16 is refused with it)."""
     precision = config.precision
     if precision == "auto":
         precision = "fp16" if platform == "GPU" else "fp32"
+    if precision == "fp16" and our_kernels:
+        raise ValueError(
+            "--precision fp16 on CPU: our oneDNN kernels (the CPU default) take float32 "
+            "tensors, and fp16 ones would reach them unconverted. Use --precision fp32 (the CPU "
+            "default; --conv_dtype bfloat16 for bfloat16 multiplies where the CPU has them), or "
+            "--conv_impl mindspore to run fp16 through MindSpore's own CPU layers")
     amp_level = "O0" if precision == "fp32" else config.amp_level
     scale = 1.0 if platform == "CPU" and precision == "fp32" else float(config.loss_scale)
     if config.loss_scale_mode == "auto":

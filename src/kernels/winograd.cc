@@ -195,22 +195,34 @@ SIMD_CLONES void TransformGradientRow(const WinogradShape &s, const float *dy, f
   }
 }
 
-template <int B>
-void Input(const WinogradShape &s, const float *x, float *v) {
-  const int64_t blocks = s.c / B;
+// row(n, block, ty) for every image, channel block (`blocks` of them) and tile row, in parallel.
+template <typename Row>
+void ForEachTileRow(const WinogradShape &s, int64_t blocks, const Row &row) {
   KernelParallelFor(static_cast<int>(s.n * blocks * s.tiles_h), [&](int i, int) {
     const int64_t ty = i % s.tiles_h, rest = i / s.tiles_h;
-    TransformInputRow<B>(s, x, v, rest / blocks, rest % blocks, ty);
+    row(rest / blocks, rest % blocks, ty);
+  });
+}
+
+template <int B>
+void Input(const WinogradShape &s, const float *x, float *v) {
+  ForEachTileRow(s, s.c / B, [&](int64_t n, int64_t cb, int64_t ty) {
+    TransformInputRow<B>(s, x, v, n, cb, ty);
   });
 }
 
 template <int B>
 void Output(const WinogradShape &s, const float *m, const float *bias, const float *residual,
             int activation, float *y) {
-  const int64_t blocks = s.k / B;
-  KernelParallelFor(static_cast<int>(s.n * blocks * s.tiles_h), [&](int i, int) {
-    const int64_t ty = i % s.tiles_h, rest = i / s.tiles_h;
-    TransformOutputRow<B>(s, m, bias, residual, activation, y, rest / blocks, rest % blocks, ty);
+  ForEachTileRow(s, s.k / B, [&](int64_t n, int64_t kb, int64_t ty) {
+    TransformOutputRow<B>(s, m, bias, residual, activation, y, n, kb, ty);
+  });
+}
+
+template <int B>
+void Gradient(const WinogradShape &s, const float *dy, float *e) {
+  ForEachTileRow(s, s.k / B, [&](int64_t n, int64_t kb, int64_t ty) {
+    TransformGradientRow<B>(s, dy, e, n, kb, ty);
   });
 }
 
@@ -227,15 +239,6 @@ SIMD_CLONES void FilterTransform(const float *g0, const float *g1, const float *
     u[4][k] = g0[k] / 24.0f - g1[k] / 12.0f + g2[k] / 6.0f;
     u[5][k] = g2[k];
   }
-}
-
-template <int B>
-void Gradient(const WinogradShape &s, const float *dy, float *e) {
-  const int64_t blocks = s.k / B;
-  KernelParallelFor(static_cast<int>(s.n * blocks * s.tiles_h), [&](int i, int) {
-    const int64_t ty = i % s.tiles_h, rest = i / s.tiles_h;
-    TransformGradientRow<B>(s, dy, e, rest / blocks, rest % blocks, ty);
-  });
 }
 
 // g = G^T m over six rows of n values (vectors over output channels), G as FilterTransform's.
