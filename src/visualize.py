@@ -14,6 +14,10 @@ from matplotlib.figure import Figure
 
 from src.files import atomic_path
 
+# Per-step curves longer than this are drawn as the means of equal runs of consecutive steps:
+# a COCO run logs ~3,700 steps an epoch, and the curves are redrawn after every epoch.
+PLOT_POINTS = 4000
+
 
 def subplots(columns: int = 1, figsize=(7, 5.5)):
     """(figure, axes) of a new Agg figure with ``columns`` axes in a row (one: an Axes)."""
@@ -42,12 +46,32 @@ def save_figure(fig, png_path):
     return png_path
 
 
+def thinned(x: np.ndarray, values: np.ndarray, points: int = PLOT_POINTS) -> tuple:
+    """(x, values) as at most ``points`` points: unchanged when short enough, else the means
+    of ``points`` runs of consecutive entries (as equal in length as they can be)."""
+    if len(x) <= points:
+        return x, values
+    starts = np.linspace(0, len(x), points + 1).astype(int)[:-1]
+    lengths = np.diff(np.append(starts, len(x)))
+    return (np.add.reduceat(np.asarray(x, float), starts) / lengths,
+            np.add.reduceat(np.asarray(values, float), starts) / lengths)
+
+
+def epoch_means(epochs: np.ndarray, x: np.ndarray, values: np.ndarray) -> tuple:
+    """(each epoch's last x, each epoch's mean value), epochs in increasing order."""
+    _, index = np.unique(epochs, return_inverse=True)
+    ends = np.full(index.max() + 1, -np.inf)
+    np.maximum.at(ends, index, x)
+    return ends, np.bincount(index, weights=values) / np.bincount(index)
+
+
 def plot_training_curves(rows, png_path):
     """Loss (total, classification, localisation) per step with per-epoch means, the lr, and
     the mAP of evaluations during training if there were any.
 
     ``rows``: the training log's rows (``src.engine.run_log``); writes the PNG atomically.
-    Returns its path, or None when the log has no steps yet.
+    Returns its path, or None when the log has no steps yet. Beyond PLOT_POINTS steps the
+    per-step lines are ``thinned``; the epoch means use every step.
     """
     steps = [r for r in rows if r.get("kind") == "step" and r.get("finite", True)]
     evals = [r for r in rows if r.get("kind") == "eval"]
@@ -59,13 +83,12 @@ def plot_training_curves(rows, png_path):
     ax_loss, ax_lr = axes[0], axes[1]
     for key, colour in (("loss", "C0"), ("cls_loss", "C1"), ("loc_loss", "C2")):
         values = np.array([r[key] for r in steps], float)
-        ax_loss.plot(x, values, color=colour, alpha=0.3, linewidth=0.8)
-        ends = [x[epochs == e].max() for e in np.unique(epochs)]
-        means = [values[epochs == e].mean() for e in np.unique(epochs)]
-        ax_loss.plot(ends, means, color=colour, marker="o", label=f"{key} (epoch mean)")
+        ax_loss.plot(*thinned(x, values), color=colour, alpha=0.3, linewidth=0.8)
+        ax_loss.plot(*epoch_means(epochs, x, values), color=colour, marker="o",
+                     label=f"{key} (epoch mean)")
     ax_loss.set_yscale("log")
     style_axes(ax_loss, "step", "loss", "Training loss")
-    ax_lr.plot(x, [r["lr"] for r in steps], color="C3")
+    ax_lr.plot(*thinned(x, np.array([r["lr"] for r in steps], float)), color="C3")
     style_axes(ax_lr, "step", "learning rate", "Learning rate", legend=False)
     if evals:
         ax_map = axes[2]
