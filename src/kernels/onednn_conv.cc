@@ -351,7 +351,7 @@ void WinogradInputGradient(const int64_t *x, const int64_t *w, const Geometry &g
 
 // The weight gradient's batched GEMM for one shape: dW_i = V_i^T E_i (36 x (c x tiles) by
 // (tiles x k)), V_i read transposed from the tile-major V, and its scratch buffers.
-struct WinogradWeightsEntry {
+struct WinogradWeightGradientEntry {
   WinogradShape shape;
   dnnl::matmul gemm;
   memory::desc v_desc, e_desc, dw_desc;
@@ -359,10 +359,10 @@ struct WinogradWeightsEntry {
 };
 
 // dw (O, C, 3, 3) of conv(x, w) from x and dy by Winograd: x (N, C, H, W) and dy blocked.
-void WinogradWeightsGradient(const int64_t *x, const int64_t *w, const Geometry &g,
+void WinogradWeightGradientConv(const int64_t *x, const int64_t *w, const Geometry &g,
                              const void *x_data, const void *dy, void *dw) {
-  WinogradWeightsEntry *e = Cached<WinogradWeightsEntry>(Key("winograd_dw", x, w, g), [&] {
-    auto *entry = new WinogradWeightsEntry();
+  WinogradWeightGradientEntry *e = Cached<WinogradWeightGradientEntry>(Key("winograd_dw", x, w, g), [&] {
+    auto *entry = new WinogradWeightGradientEntry();
     entry->shape = MakeWinogradShape(x[0], x[1], x[2], x[3], w[0],
                                      static_cast<int>(g.src_block));
     const WinogradShape &s = entry->shape;
@@ -539,7 +539,7 @@ int ConvBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
       d.diff_src.Finish(dx);
     }
     if (winograd_dw) {
-      WinogradWeightsGradient(x, w, g, params[1], params[0], dw);
+      WinogradWeightGradientConv(x, w, g, params[1], params[0], dw);
       return 0;
     }
     memory src = b->src_from_forward ? memory(k.src.chosen, Rt().engine, params[2])
