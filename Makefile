@@ -10,10 +10,19 @@ KERNEL := build/kernels/libssd_cpu_kernels.so
 DEMO_DATA ?= demo_data
 DEMO_OUT ?= outputs/demo
 DEMO_LONG_OUT ?= outputs/demo-long
+# Our CPU kernels (and their C++ NMS) are x86-64 code; elsewhere (aarch64) conv_impl auto takes
+# MindSpore's own layers and the NMS runs in numpy.
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),x86_64)
+KERNEL_TARGET := $(KERNEL)
+endif
 
-.PHONY: setup setup-cpp demo demo-long test clean
+.PHONY: setup setup-cpp demo demo-long test clean check-aarch64
 
-setup: $(STAMP) $(KERNEL)
+setup: $(STAMP) $(KERNEL_TARGET)
+ifneq ($(ARCH),x86_64)
+	@echo "note: $(ARCH): our CPU kernels are x86-64 only; MindSpore's own CPU layers and the numpy NMS run here"
+endif
 
 # The C++ inference program needs cmake, g++ and OpenCV's development files (tests build it).
 setup-cpp:
@@ -29,11 +38,16 @@ setup-cpp:
 		fi; \
 	fi
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-engines.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@if [ "$(ARCH)" = x86_64 ]; then \
+		$(PY) -m pip install --quiet -r requirements-engines.txt; \
+	elif ! $(PY) -m pip install --quiet -r requirements-engines.txt; then \
+		echo "note: the optional engines of requirements-engines.txt (OpenVINO) did not install on $(ARCH) (OpenVINO's arm64 wheel needs glibc >= 2.35); everything else works without them" >&2; \
+	fi
 	@touch $(STAMP)
 
 # Our CPU kernels (g++; headers from onednn-devel): rebuilt when any source or build.sh changes.
@@ -63,6 +77,10 @@ demo-long: setup
 	$(PY) train.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/train --overwrite true
 	$(PY) eval.py --config configs/demo_long.yaml --data_url $(DEMO_DATA)-long --output_dir $(DEMO_LONG_OUT)/eval \
 		--checkpoint_path $$(ls -t $(DEMO_LONG_OUT)/train/ssd-*.ckpt | head -n 1)
+
+# arm64 (Debian 12) under qemu emulation: install and every stage (scripts/check_aarch64.sh; root).
+check-aarch64:
+	bash scripts/check_aarch64.sh
 
 test: setup setup-cpp
 	$(VENV)/bin/ruff check .

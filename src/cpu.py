@@ -1,6 +1,11 @@
 """What this machine's processor offers, read once from /proc/cpuinfo, and what oneDNN may use
 of it under a user's ``ONEDNN_MAX_CPU_ISA`` cap.
 
+The architecture comes first, from the running program (``platform.machine()``), not from
+/proc/cpuinfo: under qemu's user-mode emulation an arm64 program reads the x86 host's
+/proc/cpuinfo. Off x86-64 only the processor's name and features are read (Arm's implementer
+and part numbers name it: Kunpeng 920, Neoverse ...); no oneDNN x86 level applies there.
+
 The instruction-set levels and their bit masks are oneDNN's (``dnnl_cpu_isa_t``): a level is
 usable when the processor has all its flags and its mask lies inside the cap's mask, exactly
 the rule oneDNN applies, so ``CpuInfo.effective_isa`` names the level oneDNN's kernels will
@@ -47,6 +52,17 @@ NO_CAP = ("", "ALL", "DEFAULT")
 BF16_LEVELS = ("AVX512_CORE_BF16", "AVX512_CORE_AMX")
 # What our kernels' blocked activations are made of: oneDNN's vector width in float32 lanes.
 AVX512_BLOCK, AVX2_BLOCK = 16, 8
+X86_64 = ("x86_64", "amd64")
+# arm64 /proc/cpuinfo: "CPU implementer", and (implementer, "CPU part"), named as lscpu does.
+ARM_IMPLEMENTERS = {"0x41": "ARM", "0x48": "HiSilicon", "0xc0": "Ampere", "0x61": "Apple",
+                    "0x51": "Qualcomm", "0x46": "Fujitsu", "0x4e": "NVIDIA"}
+ARM_PARTS = {("0x48", "0xd01"): "Kunpeng-920", ("0x48", "0xd02"): "Kunpeng-930",
+             ("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1",
+             ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4f"): "Neoverse-V2",
+             ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd0b"): "Cortex-A76",
+             ("0xc0", "0xac3"): "Ampere-1", ("0x41", "0xd8e"): "Neoverse-N3"}
+# arm64 features worth naming (cpuinfo's "Features"): NEON, SVE, bfloat16 and int8 dot products.
+ARM_FEATURES = (("asimd", "NEON"), ("sve", "SVE"), ("bf16", "BF16"), ("i8mm", "I8MM"))
 
 
 def _level(name: str) -> IsaLevel:
@@ -78,16 +94,24 @@ def unknown_cap_problem(cap: Optional[str]) -> Optional[str]:
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """The processor (vendor, model name, cpuinfo flags) and the oneDNN cap in force."""
+    """The processor (vendor, model name, cpuinfo flags, architecture) and the oneDNN cap in
+    force. ``flags`` are the architecture's own (x86 flags, or arm64 Features)."""
 
     vendor: str
     model_name: str
     flags: frozenset
     cap: Optional[str] = None
+    arch: str = "x86_64"
+
+    @property
+    def x86(self) -> bool:
+        """Whether this is an x86-64 processor (where our kernel library and oneDNN's x86
+        levels apply)."""
+        return self.arch.lower() in X86_64
 
     def has_level(self, name: str) -> bool:
-        """Whether the processor has this oneDNN level (whatever the cap says)."""
-        return _needed_flags(_level(name)) <= self.flags
+        """Whether the processor has this oneDNN x86 level (whatever the cap says)."""
+        return self.x86 and _needed_flags(_level(name)) <= self.flags
 
     def usable(self, name: str) -> bool:
         """Whether oneDNN may run this level here: the processor has it and the cap allows it."""
@@ -113,7 +137,13 @@ class CpuInfo:
         return AVX512_BLOCK if self.usable("AVX512_CORE") else AVX2_BLOCK
 
     def features(self) -> str:
-        """'AVX2, AVX-512, AVX512-BF16, no AMX': the features that matter here."""
+        """'AVX2, AVX-512, AVX512-BF16, no AMX' (x86-64) or 'aarch64: NEON, no SVE, ...': the
+        features that matter here."""
+        if not self.x86 and not self.flags:
+            return f"{self.arch}: features not readable from /proc/cpuinfo"
+        if not self.x86:
+            return f"{self.arch}: " + ", ".join(
+                name if flag in self.flags else f"no {name}" for flag, name in ARM_FEATURES)
         have = [("AVX2", self.has_level("AVX2")), ("AVX-512", self.has_level("AVX512_CORE")),
                 ("AVX512-BF16", self.has_level("AVX512_CORE_BF16")),
                 ("AMX", self.has_level("AVX512_CORE_AMX"))]
@@ -121,6 +151,9 @@ class CpuInfo:
 
     def describe(self) -> str:
         """One line for summaries: model name, features and the ISA oneDNN runs."""
+        if not self.x86:
+            return (f"{self.model_name} ({self.vendor}; {self.features()}); our kernels are "
+                    "x86-64 only: MindSpore's own CPU layers and the numpy NMS run here")
         capped = f", capped by {ONEDNN_ISA_VARIABLE}={self.cap}" if self.cap else ""
         return (f"{self.model_name} ({self.vendor}; {self.features()}); oneDNN runs "
                 f"{self.effective_isa}{capped}")
@@ -135,7 +168,9 @@ class CpuInfo:
         """Why bfloat16 convolutions cannot run here (None when they can)."""
         if self.native_bf16:
             return None
-        if any(self.has_level(name) for name in BF16_LEVELS):
+        if not self.x86:
+            lacks = f"our kernels are built for x86-64 only, and this is {self.arch}"
+        elif any(self.has_level(name) for name in BF16_LEVELS):
             lacks = f"{ONEDNN_ISA_VARIABLE}={self.cap} keeps oneDNN below AVX512_CORE_BF16"
         else:
             lacks = "it has neither AVX512-BF16 nor AMX"
@@ -144,8 +179,12 @@ class CpuInfo:
                 "float32 (the default) on this machine")
 
 
-def parse_cpuinfo(text: str, cap: Optional[str] = None) -> CpuInfo:
-    """A CpuInfo from the text of /proc/cpuinfo (its first processor's entry)."""
+def parse_cpuinfo(text: str, cap: Optional[str] = None,
+                  machine: Optional[str] = None) -> CpuInfo:
+    """A CpuInfo from the text of /proc/cpuinfo (its first processor's entry) for a program
+    running as ``machine`` (None: this one's, ``platform.machine()``). Off x86-64, x86 fields
+    in the text (an emulator's host) are not taken for the processor's own."""
+    arch = (machine or platform.machine() or "unknown").lower()
     fields = {}
     for line in text.splitlines():
         if not line.strip():
@@ -154,11 +193,25 @@ def parse_cpuinfo(text: str, cap: Optional[str] = None) -> CpuInfo:
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    flags = fields.get("flags") or fields.get("Features") or ""
-    model = fields.get("model name") or fields.get("Model") or platform.processor() or "unknown CPU"
-    return CpuInfo(vendor=fields.get("vendor_id", platform.machine() or "unknown"),
-                   model_name=" ".join(model.split()), flags=frozenset(flags.split()),
-                   cap=(cap or "").strip().upper() or None)
+    if arch in X86_64:
+        flags = fields.get("flags", "")
+        model = fields.get("model name") or platform.processor() or "unknown CPU"
+        return CpuInfo(vendor=fields.get("vendor_id", "unknown"),
+                       model_name=" ".join(model.split()), flags=frozenset(flags.split()),
+                       cap=(cap or "").strip().upper() or None, arch=arch)
+    if "Features" not in fields and "CPU implementer" not in fields:
+        fields = {}   # another architecture's text: an emulator's host
+    implementer = fields.get("CPU implementer", "").lower()
+    part = fields.get("CPU part", "").lower()
+    vendor = ARM_IMPLEMENTERS.get(implementer, implementer or "unknown vendor")
+    model = (fields.get("model name") or fields.get("Model")
+             or ARM_PARTS.get((implementer, part))
+             or (f"{arch} processor (part {part})" if part else f"{arch} processor"))
+    if not fields:
+        vendor = "not readable: emulated, or /proc/cpuinfo missing"
+    return CpuInfo(vendor=vendor, model_name=" ".join(model.split()),
+                   flags=frozenset(fields.get("Features", "").split()),
+                   cap=(cap or "").strip().upper() or None, arch=arch)
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:

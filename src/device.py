@@ -10,8 +10,9 @@ import shutil
 import sys
 import warnings
 from dataclasses import dataclass
+from platform import machine
 
-from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info, unknown_cap_problem
+from src.cpu import ONEDNN_ISA_VARIABLE, X86_64, cpu_info, unknown_cap_problem
 
 PLATFORMS = ("CPU", "GPU", "Ascend")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +34,11 @@ def kernel_sources_digest(sources=KERNEL_SOURCES):
 
 
 def kernel_library_status(library=KERNEL_LIBRARY, sources=KERNEL_SOURCES):
-    """'current', 'missing', or 'stale' (built from other sources than those in the tree: its
-    ops may not match the Python side, so it must not be loaded; make rebuilds it)."""
+    """'current', 'missing', 'stale' (built from other sources than those in the tree: its
+    ops may not match the Python side, so it must not be loaded; make rebuilds it), or
+    'not x86-64' (the kernels are x86-64 code; make builds them nowhere else)."""
+    if machine().lower() not in X86_64:
+        return "not x86-64"
     if not os.path.isfile(library):
         return "missing"
     try:
@@ -72,12 +76,14 @@ def cap_onednn_isa(config):
     (docs/performance.md has the figures). Our own convolution (``src/kernels``, built by make)
     lets oneDNN choose blocked layouts and wants AVX-512; the cap applies to the whole oneDNN
     library (ours runs in MindSpore's), so it is left off when our kernels are built and
-    ``conv_impl`` is not 'mindspore' (BatchNorm, ReLU and pooling are faster uncapped too).
-    oneDNN reads the variable once, when the library loads, so this must run before
+    ``conv_impl`` is not 'mindspore' (BatchNorm, ReLU and pooling are faster uncapped too),
+    and off x86-64. oneDNN reads the variable once, when the library loads, so this must run before
     ``import mindspore``. GPU and Ascend kernels do not use oneDNN.
     """
     if ONEDNN_ISA_VARIABLE in os.environ:
         return os.environ[ONEDNN_ISA_VARIABLE]
+    if not cpu_info().x86:   # oneDNN's Arm kernels have no such fallback
+        return None
     if config.conv_impl != "mindspore" and kernel_library_usable():
         return None
     if "mindspore" in sys.modules:

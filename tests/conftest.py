@@ -9,9 +9,16 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.config import Config  # noqa: E402
+from src.cpu import cpu_info  # noqa: E402
 from src.device import prepare_process  # noqa: E402
 
 prepare_process(Config())  # what the entry scripts do before MindSpore loads (src.cli)
+X86 = cpu_info().x86
+# Our CPU kernels (src/kernels, and the C++ NMS in them) are x86-64 code: make builds them only
+# there, and their tests skip elsewhere, saying so.
+needs_x86_kernels = pytest.mark.skipif(
+    not X86, reason=f"needs our CPU kernels (src/kernels), built for x86-64 only; this "
+                    f"processor is {cpu_info().arch}")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,10 @@ gives the same outputs and gradients whether it keeps activations blocked or not
 import numpy as np
 import pytest
 
+from tests.conftest import needs_x86_kernels
+
+pytestmark = needs_x86_kernels
+
 CHANNELS = 32
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from src.cpu import cpu_info, parse_cpuinfo
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, needs_x86_kernels, run_script
 
 ZEN1 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -31,9 +31,42 @@ model name\t: AMD EPYC 9B14
 flags\t\t: sse4_1 avx fma avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16
 """
 
+KUNPENG_920 = """processor\t: 0
+BogoMIPS\t: 200.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm \
+jscvt fcma dcpop asimddp asimdfhm
+CPU implementer\t: 0x48
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd01
+CPU revision\t: 0
+"""
+ON_X86 = "x86_64"
+
+
+def x86(text, cap=None):
+    """The processor of a /proc/cpuinfo text for an x86-64 program (whatever runs the test)."""
+    return parse_cpuinfo(text, cap, machine=ON_X86)
+
+
+def test_arm64_is_read_from_the_program_not_from_an_emulators_host():
+    """Under qemu an arm64 program reads the x86 host's /proc/cpuinfo: the architecture comes
+    from the program, and no x86 level (nor the AVX2 cap's reason) applies to it."""
+    kunpeng = parse_cpuinfo(KUNPENG_920, machine="aarch64")
+    assert (kunpeng.vendor, kunpeng.model_name, kunpeng.x86) == ("HiSilicon", "Kunpeng-920", False)
+    assert kunpeng.features() == "aarch64: NEON, no SVE, no BF16, no I8MM"
+    assert kunpeng.effective_isa == "none" and not kunpeng.native_bf16
+    assert "x86-64 only" in kunpeng.describe() and "x86-64 only" in kunpeng.bf16_refusal()
+    emulated = parse_cpuinfo(SAPPHIRE_RAPIDS, machine="aarch64")
+    assert emulated.model_name == "aarch64 processor" and not emulated.x86
+    assert emulated.effective_isa == "none" and "AVX" not in emulated.describe()
+    assert emulated.features() == "aarch64: features not readable from /proc/cpuinfo"
+    assert "Intel" not in emulated.describe()
+    assert x86(SAPPHIRE_RAPIDS).x86
+
 
 def test_an_avx2_only_processor():
-    cpu = parse_cpuinfo(ZEN1)
+    cpu = x86(ZEN1)
     assert (cpu.vendor, cpu.model_name) == ("AuthenticAMD", "AMD EPYC 7551 32-Core Processor")
     assert cpu.effective_isa == "AVX2" and cpu.block == 8 and not cpu.native_bf16
     assert cpu.features() == "AVX2, no AVX-512, no AVX512-BF16, no AMX"
@@ -42,24 +75,26 @@ def test_an_avx2_only_processor():
 
 
 def test_amx_and_avx512_bf16_processors():
-    spr = parse_cpuinfo(SAPPHIRE_RAPIDS)
+    spr = x86(SAPPHIRE_RAPIDS)
     assert spr.effective_isa == "AVX512_CORE_AMX" and spr.block == 16
     assert spr.native_bf16 and spr.bf16_refusal() is None
-    zen4 = parse_cpuinfo(ZEN4)
+    zen4 = x86(ZEN4)
     assert zen4.effective_isa == "AVX512_CORE_BF16" and zen4.native_bf16
     assert zen4.features() == "AVX2, AVX-512, AVX512-BF16, no AMX"
 
 
 def test_the_cap_limits_what_onednn_may_use():
-    capped = parse_cpuinfo(SAPPHIRE_RAPIDS, cap="avx2")
+    capped = x86(SAPPHIRE_RAPIDS, cap="avx2")
     assert capped.effective_isa == "AVX2" and capped.block == 8 and not capped.native_bf16
     assert "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN below" in capped.bf16_refusal()
-    assert parse_cpuinfo(SAPPHIRE_RAPIDS, cap="AVX512_CORE").effective_isa == "AVX512_CORE"
-    assert parse_cpuinfo(SAPPHIRE_RAPIDS, cap="AVX10_1_512").effective_isa == "AVX512_CORE_FP16"
-    assert parse_cpuinfo(SAPPHIRE_RAPIDS, cap="ALL").effective_isa == "AVX512_CORE_AMX"
-    assert parse_cpuinfo(ZEN1, cap="AVX512_CORE_AMX").effective_isa == "AVX2"  # cap above the CPU
+    assert x86(SAPPHIRE_RAPIDS, cap="AVX512_CORE").effective_isa == "AVX512_CORE"
+    assert x86(SAPPHIRE_RAPIDS, cap="AVX10_1_512").effective_isa == "AVX512_CORE_FP16"
+    assert x86(SAPPHIRE_RAPIDS, cap="ALL").effective_isa == "AVX512_CORE_AMX"
+    assert x86(ZEN1, cap="AVX512_CORE_AMX").effective_isa == "AVX2"  # cap above the CPU
 
 
+@pytest.mark.skipif(not cpu_info().x86, reason="oneDNN's x86 levels: this is not an x86-64 "
+                    "processor")
 @pytest.mark.parametrize("cap", ["", "AVX2", "AVX512_CORE", "AVX512_CORE_BF16"])
 def test_our_reading_agrees_with_onednn(cap):
     """oneDNN's dnnl_get_effective_cpu_isa, in a fresh process (oneDNN reads the cap once)."""
@@ -89,6 +124,7 @@ def test_this_machine_is_described():
     assert cpu.model_name in cpu.describe() and cpu.effective_isa in cpu.describe()
 
 
+@needs_x86_kernels
 @pytest.mark.parametrize("script, extra", [
     ("benchmark.py", ["--mode", "infer"]),
     ("train.py", ["--data_url", "/nonexistent"]),

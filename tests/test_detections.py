@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from src.detections import PostProcessor, batched_nms
+from tests.conftest import needs_x86_kernels
 
 
 def reference_nms(boxes, scores, threshold, max_boxes):
@@ -134,6 +135,7 @@ def network_like_outputs(rng, anchors, classes, scores="uniform"):
     return boxes.astype(np.float32), values.astype(np.float32)
 
 
+@needs_x86_kernels
 @pytest.mark.parametrize("kind", ["uniform", "untrained", "ties"])
 def test_kernel_nms_equals_numpy_nms_bit_for_bit(kind):
     rng = np.random.default_rng({"uniform": 1, "untrained": 2, "ties": 3}[kind])
@@ -152,6 +154,7 @@ def test_kernel_nms_equals_numpy_nms_bit_for_bit(kind):
             assert a.dtype == b.dtype and np.array_equal(a, b), (trial, settings)
 
 
+@needs_x86_kernels
 def test_kernel_nms_of_a_full_81_class_image_keeps_100_per_class_as_numpy():
     """The worst case of evaluation: every anchor of every class above the threshold."""
     rng = np.random.default_rng(4)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from src.device import resolve_platform
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, X86, run_script
 
 # A stand-in entry script: src.cli.run parses the config, prepares the process, then imports
 # MindSpore and builds the detector, printing what it runs on.
@@ -48,14 +48,31 @@ def probe(argv, env=None, build=False):
     (["--conv_impl", "mindspore"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "AVX512_CORE"),
 ])
 def test_the_isa_cap_follows_the_configured_convolutions(argv, env, cap):
-    assert probe(argv, env)[0] == cap
+    # The AVX2 cap is an x86 remedy: oneDNN's Arm kernels have no such slow fallback.
+    assert probe(argv, env)[0] == (cap if X86 or env else "None")
+
+
+def test_no_isa_cap_off_x86(monkeypatch):
+    """An arm64 program (even one emulated on an x86 host, whose /proc/cpuinfo it reads) gets
+    no AVX2 cap for MindSpore's convolutions."""
+    import platform
+
+    from src.config import Config
+    from src.device import cap_onednn_isa
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cap_onednn_isa(Config(conv_impl="mindspore")) is None
+    assert "ONEDNN_MAX_CPU_ISA" not in os.environ
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert cap_onednn_isa(Config(conv_impl="mindspore")) == "AVX2"
 
 
 def test_conv_impl_from_a_yaml_file_really_runs_mindspore_convolutions(tmp_path):
     path = tmp_path / "mindspore.yaml"
     path.write_text("conv_impl: mindspore\nconv_threads: 2\nnum_classes: 3\n")
     cap, threads, *description = probe(["--config", str(path)], build=True)
-    assert (cap, threads, " ".join(description)) == ("AVX2", "2", "MindSpore's")
+    assert (cap, threads, " ".join(description)) == ("AVX2" if X86 else "None", "2", "MindSpore's")
 
 
 def test_platform_names():

@@ -3,9 +3,11 @@ included, for both blocks."""
 import numpy as np
 import pytest
 
+from tests.conftest import needs_x86_kernels
 from tests.test_batch_norm import BLOCKS, to_blocked, to_plain
 
 
+@needs_x86_kernels
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("size", [(150, 150), (7, 10)])
 def test_blocked_max_pool_equals_mindspores(graph_cpu, block, size):

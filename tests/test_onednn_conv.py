@@ -10,8 +10,10 @@ import pytest
 from src.config import Config
 from src.cpu import cpu_info
 from src.device import KERNEL_LIBRARY
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_x86_kernels
 from tests.test_batch_norm import BLOCKS, to_blocked, to_plain
+
+pytestmark = needs_x86_kernels
 
 
 def test_kernel_library_is_built_from_the_current_sources():
