@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from tests.conftest import needs_x86_kernels
+
 
 @pytest.fixture(scope="module")
 def parts(graph_cpu):
@@ -53,7 +55,8 @@ def test_weight_decay_groups(parts):
     assert decay["bn.gamma"] == 0 and decay["bn.beta"] == 0
 
 
-@pytest.mark.parametrize("finite_check", ["concat", "ours", "mindspore"])
+@pytest.mark.parametrize("finite_check", [
+    "concat", pytest.param("ours", marks=needs_x86_kernels), "mindspore"])
 def test_finite_step_updates_and_poisoned_step_is_skipped(parts, finite_check):
     """Each overflow check: 'mindspore' is ms.amp.all_finite, here on its CPU path (GPU and
     Ascend take the same call)."""
@@ -76,6 +79,7 @@ def test_finite_step_updates_and_poisoned_step_is_skipped(parts, finite_check):
         np.testing.assert_array_equal(value, after[k])
 
 
+@needs_x86_kernels
 def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
     import mindspore as ms
 
@@ -318,3 +322,124 @@ def test_all_reduce_fusion_groups_and_jit_level(graph_cpu, monkeypatch):
     init_device("CPU", 0, 1)
     assert contexts == [{"mode": ms.GRAPH_MODE}, {"jit_config": {"jit_level": "O1"}},
                         {"mode": ms.GRAPH_MODE}]
+
+
+GRAPH_PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import tests.conftest  # noqa: F401  (the process set-up of the entry scripts)
+from src.device import init_device
+init_device("CPU", 0, 1)
+import mindspore as ms
+ms.set_context(save_graphs=True, save_graphs_path={out!r})
+from tests.test_train_step import inputs, tiny_with_loss
+from src.engine.train_step import TrainStep, create_optimizer
+net = tiny_with_loss()
+step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1024.0,
+                 dynamic=True, finite_check={check!r})
+step.set_train(True)
+step(*inputs(ms, poison=True))
+"""
+
+
+def tiny_with_loss():
+    """The ``parts`` fixture's network, for a fresh process."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class TinyWithLoss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, has_bias=True, bias_init="zeros")
+            self.bn = nn.BatchNorm2d(4)
+
+        def construct(self, image, gt_loc, gt_label, num_match):
+            out = self.bn(self.conv(image))
+            cls = ops.reduce_mean(out * out) + ops.cast(gt_label.sum(), ms.float32) * 0
+            return cls + cls, cls, cls
+
+    return TinyWithLoss()
+
+
+@pytest.mark.parametrize("check", ["concat", "mindspore"])
+def test_the_compiled_step_holds_no_control_flow(tmp_path, check):
+    """The IR MindSpore saves after validation (``save_graphs``; the graph that runs) of a
+    dynamic-scale step, overflow skip included, has no Switch / ConditionSwitch node: a
+    tensor-valued ``if`` would put one there (Python-constant ``if``s are folded away before)."""
+    import glob
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = GRAPH_PROBE.format(root=ROOT, out=str(tmp_path / "ir"), check=check)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    validated = glob.glob(str(tmp_path / "ir" / "*_validate_*.ir"))
+    assert validated, sorted(p.name for p in (tmp_path / "ir").iterdir())
+    text = open(validated[0]).read()
+    assert "ApplyMomentum" in text and "TrainStep" in text   # the step's own graph
+    assert "Switch" not in text and "ConditionGather" not in text
+
+
+def test_the_lr_in_use_is_the_tables_entry_at_the_position_over_skipped_steps(parts):
+    """The trainer logs lr_table[position] and --resume restores the position: the optimizer
+    reads the table at the same index, skipped steps included. Table [0, 0, 0.5]: a step
+    that reads index 2 (the third, after a skipped second) moves the weights; one that reads
+    index 1 would not."""
+    ms, tiny_cls = parts
+    from src.engine.train_step import TrainStep, create_optimizer
+
+    net = tiny_cls()
+    optimizer = create_optimizer(net, np.array([0.0, 0.0, 0.5], np.float32))
+    step = TrainStep(net, optimizer)
+    step.set_train(True)
+    start = weights(net)
+    for poison, moved in ((False, False), (True, False), (False, True)):
+        finite = bool(step(*inputs(ms, poison=poison))[3].asnumpy())
+        assert finite is not poison
+        changed = any(not np.array_equal(start[k], v) for k, v in weights(net).items())
+        assert changed is moved, (poison, int(optimizer.global_step.asnumpy()[0]))
+    assert int(optimizer.global_step.asnumpy()[0]) == 3
+
+
+def test_the_dynamic_scale_never_reaches_inf_and_never_drops_below_one(parts):
+    ms, tiny_cls = parts
+    from src.engine.train_step import TrainStep, create_optimizer
+
+    net = tiny_cls()
+    top = float(np.finfo(np.float32).max) / 1.5
+    step = TrainStep(net, create_optimizer(net, np.full(10, 0.01, np.float32)), loss_scale=top,
+                     dynamic=True, scale_window=1)
+    step.set_train(True)
+    image, *targets = inputs(ms)
+    step(ms.ops.zeros_like(image), *targets)   # zero gradients, finite at any scale: doubling
+    assert float(step.loss_scale.asnumpy()) == np.float32(top)   # would overflow, it stays
+    step.loss_scale.set_data(ms.Tensor(1.5, ms.float32))
+    step(*inputs(ms, poison=True))
+    assert float(step.loss_scale.asnumpy()) == 1.0
+
+
+def test_a_fixed_scale_is_divided_out_by_the_optimizer(parts):
+    """As the reference's nn.Momentum(loss_scale=...): no division in the step, the same
+    update as the step's own division (scale a power of two: bit for bit)."""
+    ms, tiny_cls = parts
+    from src.engine.train_step import TrainStep, create_optimizer
+
+    results = []
+    for folded in (1.0, 1024.0):
+        ms.set_seed(5)
+        net = tiny_cls()
+        step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32),
+                                               loss_scale=folded), loss_scale=1024.0)
+        assert step.unscale is (folded == 1.0)
+        step.set_train(True)
+        step(*inputs(ms))
+        results.append(weights(net))
+    for name in results[0]:
+        np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="fixed loss scale 1024"):
+        TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32), loss_scale=1024.0),
+                  loss_scale=1024.0, dynamic=True)
