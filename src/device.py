@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from platform import machine
 
 from src.cpu import ONEDNN_ISA_VARIABLE, X86_64, cpu_info, unknown_cap_problem
+from src.prerequisites import prerequisite_problem
 
 PLATFORMS = ("CPU", "GPU", "Ascend")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,13 +129,15 @@ def prepare_process(config):
 def hardware_problem(config):
     """Why this machine cannot run what ``config`` asks for (None when it can), found before
     any work: bfloat16 convolutions on a CPU (or under an ``ONEDNN_MAX_CPU_ISA`` cap) without
-    native bfloat16 arithmetic, or a cap value oneDNN would ignore."""
+    native bfloat16 arithmetic, or a cap value oneDNN would ignore; then what the device and the
+    data workers need of the host (``src.prerequisites``: CUDA and cuDNN, CANN, shared
+    memory)."""
     cap_problem = unknown_cap_problem(os.environ.get(ONEDNN_ISA_VARIABLE))
     if cap_problem:
         return cap_problem
-    if config.conv_dtype == "bfloat16" and resolve_platform(config.run_platform) == "CPU":
-        return cpu_info().bf16_refusal()
-    return None
+    platform = resolve_platform(config.run_platform)
+    bf16 = config.conv_dtype == "bfloat16" and platform == "CPU"
+    return (cpu_info().bf16_refusal() if bf16 else None) or prerequisite_problem(config, platform)
 
 
 def peak_rss_mb() -> float:

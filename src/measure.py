@@ -57,7 +57,8 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
     import mindspore as ms
 
     from src.box_coder import BoxCoder
-    from src.data.pipeline import create_train_dataset, feed_settings
+    from src.data.feed import feed_settings
+    from src.data.pipeline import create_train_dataset
     from src.data.sources import prepare_split
     from src.demo_data import generate
 

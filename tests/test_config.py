@@ -175,7 +175,7 @@ def test_data_workers_follow_the_cores_shared_by_the_job(monkeypatch):
     float32 images on CPU, processes and uint8 on the accelerators, unless told."""
     import os
 
-    from src.data.pipeline import feed_settings
+    from src.data.feed import feed_settings
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
     for name in ("MS_WORKER_NUM", "RANK_SIZE"):

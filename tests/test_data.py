@@ -315,3 +315,35 @@ def test_an_unknown_crop_rule_is_refused():
         TrainTransform(BoxCoder(generate_default_boxes()), crop_rule="paper")
     with pytest.raises(ValueError, match="crop rule 'paper'"):
         crop_is_rejected(np.array([0.5]), 0.3, "paper")
+
+
+def test_worker_processes_run_opencv_on_one_thread(demo_root, tmp_path, monkeypatch):
+    """MindSpore's worker processes (forked after this process used OpenCV's thread pool, as
+    a training run's threads do) run OpenCV on one thread, and do not hang setting it: each
+    row's num_match carries the worker's cv2.getNumThreads() here."""
+    import cv2
+
+    from src.data import pipeline
+
+    class Reporting(TrainTransform):
+        def __call__(self, *columns):
+            *outputs, num_match, img_id = super().__call__(*columns)
+            return (*outputs, np.array([cv2.getNumThreads()], np.int32), img_id)
+
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=1)
+    files = prepare_split(config, "train", str(tmp_path), progress=False,
+                          log=lambda m: None).files
+    monkeypatch.setattr(pipeline, "TrainTransform", Reporting)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        image = np.zeros((600, 800, 3), np.uint8)
+        for _ in range(5):      # the pool's threads start
+            cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), (300, 300))
+        data = pipeline.create_train_dataset(files, BoxCoder(generate_default_boxes()), 2,
+                                             num_workers=2, processes=True)
+        counts = [batch[3] for _, batch in zip(range(3), data.create_tuple_iterator(
+            num_epochs=1, output_numpy=True))]
+        assert len(counts) == 3 and all((count == 1).all() for count in counts), counts
+    finally:
+        cv2.setNumThreads(threads)

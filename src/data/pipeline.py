@@ -20,6 +20,7 @@ import json
 import os
 import re
 
+import cv2
 import mindspore.dataset as ds
 from mindspore.dataset import vision
 
@@ -34,18 +35,6 @@ GROUND_TRUTH_SUFFIX = ".ground_truth.json"     # as src.data.sources writes it
 MAX_NAMED = 10
 
 
-def feed_settings(config, platform: str) -> tuple:
-    """(worker processes?, uint8 images?) of ``config``'s data_workers and input_dtype on
-    ``platform``: auto is threads and float32 on CPU (the model trains there; threads were
-    faster), processes and uint8 on GPU and Ascend (an accelerator needs hundreds of images a
-    second, and a third of the bytes)."""
-    accelerator = platform != "CPU"
-    processes = config.data_workers == "processes" or (config.data_workers == "auto"
-                                                        and accelerator)
-    uint8 = config.input_dtype == "uint8" or (config.input_dtype == "auto" and accelerator)
-    return processes, uint8
-
-
 def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
                          num_shards=1, shard_id=0, num_workers=2, seed=1, epoch=0,
                          crop_rule="reference", processes=False, uint8=False):
@@ -57,7 +46,14 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
 
     ``processes``: the augmentation runs in worker processes instead of threads (the same
     batches: its draws depend on the image, not the worker). ``uint8``: images stay uint8
-    (B, 3, H, W), to be normalised on the device (``normalize_images``)."""
+    (B, 3, H, W), to be normalised on the device (``normalize_images``).
+
+    With ``processes`` OpenCV is set to one thread in this process (which then augments
+    nothing itself), and so in the workers forked from it: each would otherwise run a thread
+    per core. Set in a worker instead, it deadlocks there once this process has used OpenCV's
+    thread pool (OpenCV 4.10, pthreads)."""
+    if processes:
+        cv2.setNumThreads(1)
     ds.config.set_seed(seed * 100003 + epoch)
     data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
                           num_shards=num_shards if num_shards > 1 else None,

@@ -13,7 +13,8 @@ from mindspore import Tensor
 
 from src.box_coder import BoxCoder
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.data.pipeline import create_train_dataset, feed_settings
+from src.data.feed import feed_settings
+from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, current_rss_mb, save_run_config, start_run
