@@ -14,7 +14,7 @@ from typing import Optional
 
 import yaml
 
-from src.cpu import usable_cores
+from src.cpu import LOCAL_PROCESSES_VARIABLE, usable_cores
 from src.files import write_atomic
 
 # Keys of the reference's config that are not used here (spec section 13): no effect there
@@ -385,13 +385,14 @@ class Config:
     @property
     def workers(self) -> int:
         """Data-pipeline workers per process: ``num_parallel_workers``, or when that is 0 the
-        cores this process may use divided among the job's processes (MS_WORKER_NUM, or
-        RANK_SIZE, counted as if all ran on this host), between 1 and 8."""
+        cores this process may use divided among the job's processes on this host (what
+        scripts/run_distribute_train.sh tells each, ``SSD_LOCAL_PROCESSES``; else the whole
+        job's MS_WORKER_NUM or RANK_SIZE, counted as if all ran here), between 1 and 8."""
         if self.num_parallel_workers:
             return self.num_parallel_workers
         cores = usable_cores()
         processes = 1
-        for name in ("MS_WORKER_NUM", "RANK_SIZE"):
+        for name in (LOCAL_PROCESSES_VARIABLE, "MS_WORKER_NUM", "RANK_SIZE"):
             if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
                 processes = int(os.environ[name])
                 break

@@ -224,6 +224,11 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
     return parse_cpuinfo(text, os.environ.get(ONEDNN_ISA_VARIABLE))
 
 
+# How many processes of the job run on this host: the launcher (src.launcher) sets it for each
+# process it starts, so that this host's cores are shared among them (Config.workers).
+LOCAL_PROCESSES_VARIABLE = "SSD_LOCAL_PROCESSES"
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask; the machine's count where there is
     none)."""

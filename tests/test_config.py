@@ -178,13 +178,16 @@ def test_data_workers_follow_the_cores_shared_by_the_job(monkeypatch):
     from src.data.feed import feed_settings
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
-    for name in ("MS_WORKER_NUM", "RANK_SIZE"):
+    for name in ("SSD_LOCAL_PROCESSES", "MS_WORKER_NUM", "RANK_SIZE"):
         monkeypatch.delenv(name, raising=False)
     assert Config().workers == 8 and Config(num_parallel_workers=3).workers == 3
     monkeypatch.setenv("RANK_SIZE", "8")
     assert Config().workers == 3
     monkeypatch.setenv("MS_WORKER_NUM", "48")
     assert Config().workers == 1
+    # 48 processes on 6 hosts: the launcher tells each that 8 share this host's 24 cores
+    monkeypatch.setenv("SSD_LOCAL_PROCESSES", "8")
+    assert Config().workers == 3
     assert feed_settings(Config(), "CPU") == (False, False)
     assert feed_settings(Config(), "GPU") == (True, True) == feed_settings(Config(), "Ascend")
     assert feed_settings(Config(data_workers="threads", input_dtype="float32"), "GPU") == (

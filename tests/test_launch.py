@@ -12,7 +12,7 @@ import time
 import pytest
 
 from src.launcher import RefusalError, UsageError
-from src.launcher.__main__ import main
+from src.launcher.__main__ import job_environment, main
 from src.launcher.options import parse
 from src.launcher.processes import ranks_by_pid
 from src.launcher.rank_table import host_names, load, plan, write_sub_table
@@ -30,7 +30,8 @@ rank = os.environ.get("RANK_ID", "none")
 records = os.environ["STANDIN_RECORDS"]
 table = os.environ.get("RANK_TABLE_FILE", "")
 record = {name: os.environ.get(name) for name in ("RANK_ID", "RANK_SIZE", "DEVICE_ID",
-                                                 "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")}
+                                                 "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH",
+                                                 "SSD_LOCAL_PROCESSES")}
 record.update(argv=sys.argv[1:], pid=os.getpid(),
               table=json.load(open(table)) if os.path.isfile(table) else None)
 with open(os.path.join(records, f".rank_{rank}.tmp"), "w") as handle:
@@ -147,7 +148,7 @@ def test_device_num_below_the_hosts_devices_gives_a_sub_table(tmp_path):
     assert load(launch.table_file).devices   # a valid table itself
     assert launch.environment(launch.workers[1]) == {
         "RANK_TABLE_FILE": launch.table_file, "MINDSPORE_HCCL_CONFIG_PATH": launch.table_file,
-        "RANK_SIZE": "2", "RANK_ID": "1", "DEVICE_ID": "1"}
+        "RANK_SIZE": "2", "RANK_ID": "1", "DEVICE_ID": "1", "SSD_LOCAL_PROCESSES": "2"}
 
 
 def test_a_sub_table_renumbers_the_ranks_across_this_hosts_servers(tmp_path):
@@ -236,6 +237,9 @@ def test_options_take_paths_from_the_callers_folder(tmp_path):
                      "data", "mr", "out"], str(tmp_path))
     assert (options.worker_num, options.local_worker_num, options.node_rank) == (4, 4, 1)
     assert options.comm_timeout == 60 and options.rank_table is None
+    env = job_environment(parse(["--worker_num", "4", "--local_worker_num", "2", "voc", "data",
+                                 "mr", "out"], str(tmp_path)), {"PATH": "/bin"})
+    assert env["SSD_LOCAL_PROCESSES"] == "2"   # this host's cores shared by its 2 processes
 
 
 @pytest.mark.parametrize("args, message", [
@@ -472,6 +476,7 @@ def test_the_script_starts_device_num_ranks_with_their_own_table(tmp_path, stand
     for rank, record in seen.items():
         assert (record["RANK_ID"], record["DEVICE_ID"], record["RANK_SIZE"]) == \
                (str(rank), str(rank), "2")
+        assert record["SSD_LOCAL_PROCESSES"] == "2"    # this host's cores shared by 2
         assert record["RANK_TABLE_FILE"] == record["MINDSPORE_HCCL_CONFIG_PATH"] == str(sub_table)
         assert [len(server["device"]) for server in record["table"]["server_list"]] == [2]
         assert record["argv"][:3] == ["train.py", "--distribute", "true"]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from src.cpu import LOCAL_PROCESSES_VARIABLE
 from src.launcher import RefusalError, UsageError
 from src.launcher.options import Options, parse
 from src.launcher.rank_table import Plan, host_names, load, plan, write_sub_table
@@ -26,6 +27,7 @@ def job_environment(options: Options, base: Mapping[str, str]) -> dict[str, str]
         # train.py sets its default.
         env["MS_CPU_COMM_OP_TIMEOUT"] = str(options.comm_timeout)
     if options.worker_num is not None:
+        env[LOCAL_PROCESSES_VARIABLE] = str(options.local_worker_num)
         # msrun starts the `python` found on PATH: make it this project's.
         venv = os.path.join(ROOT, ".venv", "bin")
         if os.access(os.path.join(venv, "python"), os.X_OK):

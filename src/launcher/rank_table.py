@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from src.cpu import LOCAL_PROCESSES_VARIABLE
 from src.files import write_json
 from src.launcher import RefusalError
 
@@ -67,11 +68,13 @@ class Plan:
     sub_table: Optional[dict] = None
 
     def environment(self, worker: Worker) -> dict[str, str]:
-        """The variables that tell a process its place in the job. MindSpore reads the table
-        from MINDSPORE_HCCL_CONFIG_PATH before RANK_TABLE_FILE: both name the one in use."""
+        """The variables that tell a process its place in the job (and how many processes
+        share this host's cores). MindSpore reads the table from MINDSPORE_HCCL_CONFIG_PATH
+        before RANK_TABLE_FILE: both name the one in use."""
         return {"RANK_TABLE_FILE": self.table_file, "MINDSPORE_HCCL_CONFIG_PATH": self.table_file,
                 "RANK_SIZE": str(self.rank_size), "RANK_ID": str(worker.rank),
-                "DEVICE_ID": worker.device_id}
+                "DEVICE_ID": worker.device_id,
+                LOCAL_PROCESSES_VARIABLE: str(len(self.workers))}
 
 
 def _problem(path: str, what: str) -> RefusalError:
