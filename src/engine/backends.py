@@ -113,8 +113,10 @@ def _openvino_model(path: str, threads: int, precision: str):
     try:
         import openvino
     except ImportError as exc:
-        raise ValueError("--backend openvino needs the openvino package (pip install "
-                         "openvino; make setup installs it)") from exc
+        raise ValueError("--backend openvino needs the openvino package: pip install -r "
+                         "requirements-engines.txt (make setup tries it; its arm64 wheel needs "
+                         "glibc 2.35 or later), or use --backend mindspore or onnxruntime"
+                         ) from exc
     core = openvino.Core()
     compiled = core.compile_model(core.read_model(path), "CPU",
                                   {"INFERENCE_NUM_THREADS": threads,
