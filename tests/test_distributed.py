@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, run_script
+from tests.test_launch import table_file as rank_table
 
 PORTS = iter(range(8151, 8199))
 
@@ -344,21 +345,6 @@ def test_a_rank_that_never_joins_is_bounded_by_the_collective_timeout(tmp_path):
     log = (tmp_path / "logs" / "worker_0.log").read_text()
     assert "error: rank 0: the collective AllGather failed: another rank did not take part " \
            "within MS_CPU_COMM_OP_TIMEOUT=3 s" in log, log[-3000:]
-
-
-def rank_table(path, *servers):
-    """A rank table json: servers as (server_id, number of devices)."""
-    rank, server_list = 0, []
-    for server_id, count in servers:
-        devices = []
-        for device in range(count):
-            devices.append({"device_id": str(device), "device_ip": f"192.98.{rank}.1",
-                            "rank_id": str(rank)})
-            rank += 1
-        server_list.append({"server_id": server_id, "device": devices})
-    path.write_text(json.dumps({"version": "1.0", "server_count": str(len(servers)),
-                                "server_list": server_list, "status": "completed"}))
-    return str(path)
 
 
 @pytest.mark.parametrize("case", ["other hosts", "DEVICE_NUM=0", "DEVICE_NUM above", "x"])

@@ -5,14 +5,12 @@ import pytest
 from tests.conftest import needs_x86_kernels
 
 
-@pytest.fixture(scope="module")
-def parts(graph_cpu):
+def tiny_with_loss_class():
+    """Conv + BN 'network' with the (loss, cls_loss, loc_loss) outputs of SSDWithLossCell."""
     import mindspore as ms
     from mindspore import nn, ops
 
     class TinyWithLoss(nn.Cell):
-        """Conv + BN 'network' with the (loss, cls_loss, loc_loss) outputs of SSDWithLossCell."""
-
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3, has_bias=True, bias_init="zeros")
@@ -25,7 +23,14 @@ def parts(graph_cpu):
                                                                            ms.float32) * 0
             return cls + loc, cls, loc
 
-    return ms, TinyWithLoss
+    return TinyWithLoss
+
+
+@pytest.fixture(scope="module")
+def parts(graph_cpu):
+    import mindspore as ms
+
+    return ms, tiny_with_loss_class()
 
 
 def inputs(ms, poison=False):
@@ -333,33 +338,14 @@ from src.device import init_device
 init_device("CPU", 0, 1)
 import mindspore as ms
 ms.set_context(save_graphs=True, save_graphs_path={out!r})
-from tests.test_train_step import inputs, tiny_with_loss
+from tests.test_train_step import inputs, tiny_with_loss_class
 from src.engine.train_step import TrainStep, create_optimizer
-net = tiny_with_loss()
+net = tiny_with_loss_class()()
 step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1024.0,
                  dynamic=True, finite_check={check!r})
 step.set_train(True)
 step(*inputs(ms, poison=True))
 """
-
-
-def tiny_with_loss():
-    """The ``parts`` fixture's network, for a fresh process."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class TinyWithLoss(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, has_bias=True, bias_init="zeros")
-            self.bn = nn.BatchNorm2d(4)
-
-        def construct(self, image, gt_loc, gt_label, num_match):
-            out = self.bn(self.conv(image))
-            cls = ops.reduce_mean(out * out) + ops.cast(gt_label.sum(), ms.float32) * 0
-            return cls + cls, cls, cls
-
-    return TinyWithLoss()
 
 
 @pytest.mark.parametrize("check", ["concat", "mindspore"])
