@@ -51,3 +51,56 @@ def test_sunk_steps_give_the_host_feed_steps_in_order(graph_cpu):
     assert len(sunk) == 4
     assert [out[:5] for out in sunk] == [out[:5] for out in fed[:4]]
     assert [int(out[5].asnumpy()[0]) for out in sunk] == list(range(10, 14))
+
+
+class FakeRows:
+    """A pipeline's iterator: numbered rows of five columns, and whether it was stopped."""
+
+    def __init__(self, count):
+        self.rows, self.stopped = iter([(i,) * 5 for i in range(count)]), False
+
+    def __next__(self):
+        return next(self.rows)
+
+    def stop(self):
+        self.stopped = True
+
+
+class FakePipeline:
+    """A dataset whose iterator and device queue (as ms.data_sink leaves it) can be watched."""
+
+    def __init__(self, count):
+        self.iterator = FakeRows(count)
+        self.released = False
+
+    def create_tuple_iterator(self, **options):
+        return self.iterator
+
+    def release(self):
+        self.released = True
+
+
+def fake_sink(fn, data):
+    """ms.data_sink's bookkeeping: the queue it starts is kept on the dataset."""
+    data.__transfer_dataset__ = data
+    return lambda: fn(*next(data.iterator))
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_an_epochs_pipeline_is_released_when_its_steps_end_or_are_abandoned(early):
+    """A stop (the trainer closes the steps) or the epoch's end stops the host iterator and
+    releases ms.data_sink's queue, which would otherwise go on filling (it sends for ever)."""
+    def step(*batch):
+        return batch[:4]
+
+    host, sunk = FakePipeline(4), FakePipeline(4)
+    feeds = [host_steps(step, host, []), sunk_steps(step, sunk, [], 4, sink=fake_sink)]
+    for steps in feeds:
+        taken = [next(steps) for _ in range(2 if early else 4)]
+        assert [row[0] for row in taken] == list(range(len(taken)))
+        if early:
+            steps.close()
+        else:
+            assert next(steps, None) is None
+    assert host.iterator.stopped and sunk.released
+    assert not host.released and not sunk.iterator.stopped

@@ -183,13 +183,16 @@ def batches(data, files, dicts: bool = False, **iterator_options):
     raising ``decode_error``'s DatasetError that names it instead of MindSpore's RuntimeError."""
     iterator = (data.create_dict_iterator(**iterator_options) if dicts
                 else data.create_tuple_iterator(**iterator_options))
-    while True:
-        with decode_failures_named(files):
-            try:
-                row = next(iterator)
-            except StopIteration:
-                return
-        yield row
+    try:
+        while True:
+            with decode_failures_named(files):
+                try:
+                    row = next(iterator)
+                except StopIteration:
+                    return
+            yield row
+    finally:   # also when closed early: the pipeline's threads and workers stop now
+        iterator.stop()
 
 
 @contextlib.contextmanager

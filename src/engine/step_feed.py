@@ -7,6 +7,7 @@ box losses, the overflow flag, the loss scale, the images' ids - that the loop r
 ``read_every`` steps: each read waits for the device, so an accelerator reading every step
 idles between steps. Both choices come from the config in one place, ``loop_plan``.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -42,15 +43,21 @@ def loop_plan(config, platform: str) -> LoopPlan:
 def host_steps(train_step: Callable, data, files: Sequence[str]) -> Iterator[tuple]:
     """Each batch of pipeline ``data`` (over MindRecord ``files``) fed to ``train_step``:
     yields (loss, cls_loss, loc_loss, finite, loss_scale, img_id), unread."""
-    for image, box, label, num_match, img_id in batches(data, files, num_epochs=1):
-        yield (*train_step(image, box, label, num_match), img_id)
+    with contextlib.closing(batches(data, files, num_epochs=1)) as rows:
+        for image, box, label, num_match, img_id in rows:
+            yield (*train_step(image, box, label, num_match), img_id)
 
 
 def sunk_steps(train_step: Callable, data, files: Sequence[str], steps: int,
                sink: Optional[Callable] = None) -> Iterator[tuple]:
     """``steps`` steps of ``train_step`` on ``data`` through the device queue (``sink``:
     ``ms.data_sink`` unless given); yields what ``host_steps`` does. An image that cannot be
-    decoded raises the DatasetError naming it, as on the host."""
+    decoded raises the DatasetError naming it, as on the host.
+
+    The queue is released when the steps end, and when the generator is closed early (a stop,
+    an error): ``ms.data_sink`` starts sending for ever (``send(-1)``) and keeps the sender
+    in a reference cycle with the dataset, so without it the pipeline would go on augmenting
+    into its queue until the garbage collector happened to run."""
     if sink is None:
         import mindspore as ms
 
@@ -60,7 +67,17 @@ def sunk_steps(train_step: Callable, data, files: Sequence[str], steps: int,
         return (*train_step(image, box, label, num_match), img_id)
 
     run = sink(one_step, data)
-    for _ in range(steps):
-        with decode_failures_named(files):
-            outputs = run()
-        yield outputs
+    try:
+        for _ in range(steps):
+            with decode_failures_named(files):
+                outputs = run()
+            yield outputs
+    finally:
+        release_sink(data)
+
+
+def release_sink(data) -> None:
+    """Stop and release the device queue ``ms.data_sink`` made for ``data``, if any."""
+    transfer = getattr(data, "__transfer_dataset__", None)
+    if transfer is not None:
+        transfer.release()

@@ -236,8 +236,9 @@ class Trainer:
         bar = Progress(self.steps_per_epoch - first_batch,
                        f"epoch {epoch}/{self.config.epoch_size}", progress)
         losses, skipped, pending, tick = [], 0, [], time.time()
+        steps = self.epoch_steps(epoch, first_batch)
         try:
-            for outputs in self.epoch_steps(epoch, first_batch):
+            for outputs in steps:
                 pending.append(outputs)
                 last = self.position.step_in_epoch + len(pending) >= self.steps_per_epoch
                 if len(pending) < self.loop.read_every and not last:
@@ -249,6 +250,7 @@ class Trainer:
             if pending:
                 skipped += self.record(pending, epoch, bar, time.time() - tick, losses)
         finally:
+            steps.close()   # the epoch's pipeline (and device queue) released, also on a stop
             bar.close()
         return losses, skipped, False
 
