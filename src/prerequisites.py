@@ -10,6 +10,7 @@ replace. Nothing here imports MindSpore.
 import glob
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -54,6 +55,24 @@ def run_command(argv: Sequence[str]) -> Optional[str]:
     return done.stdout if done.returncode == 0 else None
 
 
+def installed_gpu_plugins() -> tuple:
+    """The CUDA versions of the GPU plugins in the installed MindSpore wheel
+    (mindspore/lib/plugin/gpuX.Y), found without importing it: (11, 1) and (11, 6) in
+    MindSpore 2.10's x86-64 wheel, none in its aarch64 wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mindspore")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    plugin_dir = os.path.join(spec.submodule_search_locations[0], "lib", "plugin")
+    try:
+        names = os.listdir(plugin_dir)
+    except OSError:
+        return ()
+    return tuple(sorted(tuple(map(int, match.group(1, 2))) for name in names
+                        if (match := re.fullmatch(r"gpu(\d+)\.(\d+)", name))))
+
+
 def read_text(path: str) -> Optional[str]:
     """The text of a file (its first MB), or None when it cannot be read."""
     try:
@@ -74,6 +93,7 @@ class Host:
     read_file: Callable[[str], Optional[str]] = read_text
     statvfs: Callable[[str], os.statvfs_result] = os.statvfs
     root: str = "/"
+    gpu_plugins: Callable[[], tuple] = installed_gpu_plugins
 
     def system(self, path: str) -> str:
         """``path`` (absolute) under ``root``."""
@@ -227,7 +247,13 @@ def hopper_gpus(host: Host) -> list:
 
 def check_gpu(host: Host) -> Finding:
     """CUDA 11.1 or 11.6 with cuDNN 8, cuDNN 8.6 or later on Hopper GPUs (which then run every
-    kernel JIT-compiled from PTX: a note)."""
+    kernel JIT-compiled from PTX: a note), and first a MindSpore wheel that has a GPU plugin
+    at all (its aarch64 wheel has none)."""
+    if not host.gpu_plugins():
+        return Finding(f"running on GPU, but the installed MindSpore has no GPU plugin "
+                       f"(mindspore/lib/plugin/gpuX.Y): MindSpore 2.10 ships GPU support only in "
+                       f"its x86-64 wheel, and this is {platform.machine()}. Train on GPU from "
+                       f"an x86-64 host, or here with --run_platform CPU (or Ascend)")
     home, cuda, how = find_cuda(host)
     supported = " and ".join(spelled(v) for v in CUDA_VERSIONS)
     if home is None:

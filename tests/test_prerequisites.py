@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from src.config import Config
+from src.cpu import cpu_info
 from src.prerequisites import (
     CANN_VERSIONS,
     CUDA_VERSIONS,
@@ -21,6 +22,7 @@ from src.prerequisites import (
     check_ascend,
     check_gpu,
     check_worker_memory,
+    installed_gpu_plugins,
     prerequisite_problem,
     train_row_bytes,
 )
@@ -83,7 +85,8 @@ def machine(tmp_path):
     bin_dir.mkdir()
 
     def make(statvfs=no_statvfs, **env):
-        return Host({"PATH": str(bin_dir), **env}, statvfs=statvfs, root=str(root))
+        return Host({"PATH": str(bin_dir), **env}, statvfs=statvfs, root=str(root),
+                    gpu_plugins=lambda: CUDA_VERSIONS)
     make.root, make.bin = root, bin_dir
     return make
 
@@ -103,6 +106,15 @@ def test_cuda_12_only_is_refused_naming_the_version_and_the_fix(machine, tmp_pat
 def test_cuda_11_6_with_cudnn_8_9_passes(machine, tmp_path):
     home = cuda_home(tmp_path / "cuda-11.6", "11.6.2", cudnn=(8, 9, 2))
     assert check_gpu(machine(CUDA_HOME=str(home))) == Finding()
+
+
+def test_a_mindspore_wheel_without_a_gpu_plugin_is_refused_first(machine, tmp_path):
+    """MindSpore 2.10's aarch64 wheel has no lib/plugin/gpuX.Y: no CUDA install helps there."""
+    home = cuda_home(tmp_path / "cuda-11.6", "11.6.2", cudnn=(8, 9, 2))
+    host = machine(CUDA_HOME=str(home))
+    problem = check_gpu(Host(host.env, root=host.root, gpu_plugins=lambda: ())).problem
+    assert problem and "has no GPU plugin" in problem and "x86-64 wheel" in problem
+    assert "--run_platform CPU" in problem and "\n" not in problem
 
 
 def test_cuda_11_1_from_version_txt_and_cudnn_from_a_library_name_passes(machine, tmp_path):
@@ -356,9 +368,8 @@ def test_the_versions_are_those_of_the_installed_mindspore():
     (lib/plugin/gpuX.Y) and the CANN list of its own check, read without importing it."""
     spec = importlib.util.find_spec("mindspore")
     package = spec.submodule_search_locations[0]
-    plugins = {tuple(map(int, m.group(1, 2))) for name in os.listdir(
-        os.path.join(package, "lib", "plugin")) if (m := re.fullmatch(r"gpu(\d+)\.(\d+)", name))}
-    assert plugins == set(CUDA_VERSIONS)
+    # the x86-64 wheel's plugins; its aarch64 wheel has none (make check-aarch64 runs this)
+    assert installed_gpu_plugins() == (CUDA_VERSIONS if cpu_info().x86 else ())
     with open(os.path.join(package, "run_check", "_check_version.py")) as source:
         text = source.read()
     ascend = text[text.index("class AscendEnvChecker"):]
