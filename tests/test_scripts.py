@@ -1,6 +1,7 @@
 """The reference's shell wrappers: argument checks with clear messages, foreground exit status,
 started with bash or with sh (the reference's README form; dash on Debian)."""
 import os
+import platform
 import subprocess
 
 import pytest
@@ -89,3 +90,19 @@ def test_infer_script_refuses_a_folder_holding_an_earlier_run(tmp_path):
     assert "INFER_OVERWRITE=1" in result.stderr
     assert sorted(os.listdir(out)) == ["acc.log", "result_Files"]
     assert (out / "result_Files" / "x_0.bin").read_bytes() == b"earlier"
+
+
+def test_check_aarch64_refuses_a_bad_setting_before_touching_anything(tmp_path):
+    """make check-aarch64's script checks its settings (root, an x86-64 host, the train-step
+    flag) before installing or building anything (the emulated run itself: README)."""
+    root = tmp_path / "arm64-root"
+    result = bash("scripts/check_aarch64.sh",
+                  env={"AARCH64_TRAIN_STEP": "yes", "AARCH64_ROOT": str(root)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    if os.geteuid() != 0:
+        expected = "needs root"
+    elif platform.machine() != "x86_64":
+        expected = "emulates arm64 on an x86-64 host"
+    else:
+        expected = "AARCH64_TRAIN_STEP must be 0 or 1, got 'yes'"
+    assert expected in result.stderr and not root.exists()
