@@ -70,8 +70,8 @@ class SkippingMomentum(nn.Momentum):
 
     A skipped step runs the same ops with learning rate 0, gradients 0 (selected, so inf and
     NaN do not reach the moments) and momentum 1: ``accum = accum * 1 + 0`` and ``w = w - 0 *
-    accum`` leave every parameter and moment bit for bit as it was, and a finite step computes
-    exactly what ``nn.Momentum`` does (its lr and momentum multiplied by 1). The global step
+    accum`` leave every parameter and moment bit for bit as it was, and a finite step makes
+    ``nn.Momentum``'s update (its lr and momentum multiplied by 1). The global step
     advances on every step, skipped or not, so the lr in use is the table's entry at the
     trainer's position (what the log shows and ``--resume`` restores)."""
 
