@@ -313,8 +313,9 @@ class Config:
                                      "to ONNX and run by onnxruntime or openvino",
                         choices=("mindspore", "onnxruntime", "openvino"), section="run")
     malloc_arenas: int = _key(0, "glibc malloc arenas of the process (0: one per core): bounds "
-                                 "the memory that each epoch's new data-pipeline threads would "
-                                 "otherwise add (glibc's default allows 8 per core)",
+                                 "the memory that new data-pipeline threads (each epoch's "
+                                 "MindRecord reader, each evaluation) would otherwise add "
+                                 "(glibc's default allows 8 per core)",
                               check=_non_negative, section="run")
     progress: str = _key("auto", "auto: a progress bar on a terminal, periodic lines otherwise",
                          choices=("auto", "bar", "lines", "off"), section="run")

@@ -199,6 +199,64 @@ def test_an_epoch_replays_exactly_also_from_its_middle(demo_root, tmp_path, grap
     assert batches(4) != first
 
 
+def per_epoch_batches(files, coder, batch_size, seed, epoch, num_shards=1, shard_id=0):
+    """Epoch ``epoch`` as one MindSpore pipeline of its own gives it: a MindDataset shuffled
+    with the dataset seed seed * 100003 + epoch, decoded, augmented with the epoch's draws,
+    normalised, batched. (img_ids, md5 of images and box offsets) per batch."""
+    import hashlib
+
+    import mindspore.dataset as ds
+    from mindspore.dataset import vision
+
+    from src.data.transforms import MEAN_RGB, STD_RGB
+
+    ds.config.set_seed(seed * 100003 + epoch)
+    sharding = {"num_shards": num_shards, "shard_id": shard_id} if num_shards > 1 else {}
+    data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"], shuffle=True,
+                          **sharding)
+    data = data.map(operations=vision.Decode(), input_columns=["image"])
+    data = data.map(operations=TrainTransform(coder, seed=seed, epoch=epoch),
+                    input_columns=["image", "annotation", "img_id"],
+                    output_columns=["image", "box", "label", "num_match", "img_id"])
+    data = data.map(operations=[vision.Normalize(mean=MEAN_RGB, std=STD_RGB),
+                                vision.HWC2CHW()], input_columns=["image"])
+    data = data.batch(batch_size, drop_remainder=True)
+    return [(b[4].ravel().tolist(), hashlib.md5(b[0].tobytes() + b[1].tobytes()).hexdigest())
+            for b in data.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2])
+def test_one_pipeline_for_a_run_gives_each_epochs_own_batches(demo_root, tmp_path, graph_cpu,
+                                                              num_shards):
+    """A run's single pipeline (3 epochs; and resumed from the middle of its second) gives,
+    bit for bit, the batches of each epoch's own pipeline, on every shard."""
+    import hashlib
+
+    from src.data.pipeline import create_train_dataset
+
+    config = demo_config(demo_root, tmp_path, mindrecord_shards=2)
+    files = prepare_split(config, "train", str(tmp_path), progress=False,
+                          log=lambda m: None).files
+    coder = BoxCoder(generate_default_boxes())
+
+    for shard in range(num_shards):
+        def run(first_epoch, epochs, skip=0, shard=shard):
+            data = create_train_dataset(files, coder, 2, seed=7, epoch=first_epoch,
+                                        epochs=epochs, skip=skip, num_shards=num_shards,
+                                        shard_id=shard)
+            assert data.get_dataset_size() == epochs * 6 // num_shards - skip
+            return [(b[4].ravel().tolist(),
+                     hashlib.md5(b[0].tobytes() + b[1].tobytes()).hexdigest())
+                    for b in data.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+
+        own = [per_epoch_batches(files, coder, 2, 7, epoch, num_shards, shard)
+               for epoch in (1, 2, 3)]
+        assert all(len(batches) == 6 // num_shards for batches in own)
+        assert own[0] != own[1] != own[2]
+        assert run(1, 3) == own[0] + own[1] + own[2]
+        assert run(2, 2, skip=1) == own[1][1:] + own[2]
+
+
 def test_worker_processes_and_uint8_images_give_the_same_batches(demo_root, tmp_path,
                                                                  graph_cpu):
     """The accelerators' feed (augmentation in worker processes, uint8 images normalised in

@@ -104,3 +104,85 @@ def test_an_epochs_pipeline_is_released_when_its_steps_end_or_are_abandoned(earl
             assert next(steps, None) is None
     assert host.iterator.stopped and sunk.released
     assert not host.released and not sunk.iterator.stopped
+
+
+class RunPipeline(FakePipeline):
+    """A training pipeline as the trainer asks for it: ``steps`` rows numbered from 0."""
+
+    def __init__(self, steps, **arguments):
+        super().__init__(steps)
+        self.arguments = arguments
+
+
+@pytest.mark.parametrize("resumed,sink,fails", [(False, False, False), (True, False, False),
+                                                (False, True, False), (True, True, True)])
+def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatch, resumed,
+                                                                      sink, fails):
+    """Trainer.run builds one pipeline (and with a data sink, one device queue) for all its
+    epochs (from the resume position, mid-epoch too), takes each epoch's steps from it in order,
+    and stops and releases it when the run ends, also when it ends in an error."""
+    import functools
+    import types
+
+    import mindspore as ms
+
+    from src.engine import trainer as trainer_module
+    from src.engine.checkpoint import Position
+    from src.engine.step_feed import LoopPlan
+
+    made, ends = [], []
+
+    def create(files, coder, batch_size, img_shape, **arguments):
+        steps = arguments["epochs"] * 4 - arguments["skip"]
+        made.append(RunPipeline(steps, **arguments))
+        return made[-1]
+
+    class Log:
+        path = "unused.jsonl"
+
+        def write(self, kind, **row):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(trainer_module, "create_train_dataset", create)
+    monkeypatch.setattr(trainer_module, "sunk_steps", functools.partial(sunk_steps,
+                                                                        sink=fake_sink))
+    trainer = trainer_module.Trainer.__new__(trainer_module.Trainer)
+    trainer.config = Config(epoch_size=3, batch_size=2, progress="off")
+    trainer.run_info = types.SimpleNamespace(world=1, rank=0)
+    trainer.prepared = types.SimpleNamespace(files=["unused.mindrecord"])
+    trainer.coder, trainer.processes, trainer.uint8 = None, False, False
+    trainer.loop, trainer.main, trainer.say = LoopPlan(sink, 1), True, lambda *a, **k: None
+    trainer.steps_per_epoch, trainer.lr_table = 4, np.zeros(12, np.float32)
+    trainer.position = Position(2, 1, 5) if resumed else Position(0, 4, 0)
+    trainer.output_dir, trainer.log, trainer.checkpoint = "unused", Log(), None
+    trainer.best_map = -1.0
+    trainer.skipped_steps, trainer.nonfinite_in_a_row, trainer.epoch_losses = 0, 0, []
+    trainer.train_step = lambda image, *batch: (ms.Tensor(np.float32(image)),) * 3 + (
+        ms.Tensor(True), ms.Tensor(np.float32(1)))
+
+    def end_of_epoch(epoch, losses, skipped, seconds):
+        ends.append((epoch, losses))
+        if fails and epoch == 2:
+            raise RuntimeError("disk full")
+
+    trainer.end_of_epoch = end_of_epoch
+    if fails:
+        with pytest.raises(RuntimeError, match="disk full"):
+            trainer.run()
+    else:
+        trainer.run()
+    assert len(made) == 1
+    assert made[0].released if sink else made[0].iterator.stopped
+    if fails:
+        assert ends == [(2, [0.0, 1.0, 2.0])]
+    elif resumed:
+        assert (made[0].arguments["epoch"], made[0].arguments["epochs"],
+                made[0].arguments["skip"]) == (2, 2, 1)
+        assert ends == [(2, [0.0, 1.0, 2.0]), (3, [3.0, 4.0, 5.0, 6.0])]
+    else:
+        assert (made[0].arguments["epoch"], made[0].arguments["epochs"],
+                made[0].arguments["skip"]) == (1, 3, 0)
+        assert ends == [(e, [float(v) for v in range(4 * e - 4, 4 * e)]) for e in (1, 2, 3)]

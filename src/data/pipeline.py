@@ -22,6 +22,7 @@ import re
 
 import cv2
 import mindspore.dataset as ds
+import numpy as np
 from mindspore.dataset import vision
 
 from src.data.records import DatasetError
@@ -35,14 +36,72 @@ GROUND_TRUTH_SUFFIX = ".ground_truth.json"     # as src.data.sources writes it
 MAX_NAMED = 10
 
 
+class EpochRows:
+    """The encoded rows (image bytes, annotation, img_id, epoch) of training epochs
+    ``first_epoch, first_epoch + 1, ...`` (``epochs`` of them), each epoch's whole batches only
+    and the first from row ``skip_rows``: the source of one pipeline for a whole run.
+
+    Each epoch's order is that of a MindRecord reader shuffled with the dataset seed
+    ``seed * 100003 + epoch`` (one reader per epoch, reading bytes only: nothing is decoded or
+    augmented there). A single MindDataset cannot give it: reading several epochs, MindSpore
+    shuffles each epoch's order again from the previous one's, so epochs after the first would
+    depend on where the run started. ``num_shards`` > 1: this shard's rows (every num_shards-th
+    of the shuffled order, padded to equal size by MindSpore).
+
+    Setting the dataset seed also seeds Python's ``random`` and numpy's global generator
+    (``mindspore.dataset.config.set_seed``); nothing in training draws from them."""
+
+    def __init__(self, files, batch_size: int, first_epoch: int = 0, epochs: int = 1,
+                 skip_rows: int = 0, seed: int = 1, shuffle: bool = True, num_shards: int = 1,
+                 shard_id: int = 0, num_workers: int = 2):
+        self.files, self.seed, self.shuffle = list(files), int(seed), shuffle
+        self.first_epoch, self.epochs, self.skip_rows = first_epoch, epochs, skip_rows
+        self.sharding = ({"num_shards": num_shards, "shard_id": shard_id} if num_shards > 1
+                         else {})
+        self.num_workers = num_workers
+        shard_rows = ds.MindDataset(self.files, columns_list=["img_id"], shuffle=False,
+                                    **self.sharding).get_dataset_size()
+        self.rows_per_epoch = shard_rows // batch_size * batch_size
+
+    def __len__(self) -> int:
+        return max(self.rows_per_epoch * self.epochs - self.skip_rows, 0)
+
+    def reader(self, epoch: int):
+        """Epoch ``epoch``'s MindRecord reader (columns img_id, image, annotation)."""
+        ds.config.set_seed(self.seed * 100003 + epoch)
+        return ds.MindDataset(self.files, columns_list=["img_id", "image", "annotation"],
+                              shuffle=self.shuffle, num_parallel_workers=self.num_workers,
+                              **self.sharding)
+
+    def __iter__(self):
+        for epoch in range(self.first_epoch, self.first_epoch + self.epochs):
+            first = self.skip_rows if epoch == self.first_epoch else 0
+            data = self.reader(epoch)
+            if first:
+                data = data.skip(first)
+            rows = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+            tag = np.array(epoch, np.int32)
+            try:
+                for _, (img_id, image, annotation) in zip(range(self.rows_per_epoch - first),
+                                                          rows):
+                    yield image, annotation, img_id, tag
+            finally:
+                rows.stop()
+
+
 def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shuffle=True,
                          num_shards=1, shard_id=0, num_workers=2, seed=1, epoch=0,
-                         crop_rule="reference", processes=False, uint8=False):
-    """One epoch of shuffled, augmented, encoded, batched training data (last partial batch
-    dropped). The order and every random draw depend only on (seed, epoch), so an epoch can be
-    replayed exactly, also from its middle with ``.skip(batches)``. With ``num_shards`` each
-    shard takes every num_shards-th image of the same shuffled order (padded to equal size), so
-    N shards of batch B hold, step by step, the same images as one pipeline of batch N * B.
+                         crop_rule="reference", processes=False, uint8=False, epochs=1, skip=0):
+    """Shuffled, augmented, encoded, batched training data of epochs ``epoch`` ..
+    ``epoch + epochs - 1`` in one pipeline, the first from its batch ``skip`` (each epoch's last
+    partial batch dropped). An epoch's order and every random draw depend only on (seed,
+    epoch), so an epoch is the same batches whichever run it is part of and from wherever that
+    run started (a resume, also from the middle of an epoch). With ``num_shards`` each shard
+    takes every num_shards-th image of the same shuffled order (padded to equal size), so N
+    shards of batch B hold, step by step, the same images as one pipeline of batch N * B.
+
+    One pipeline serves a whole run: its worker threads or processes start once, and so does
+    a data sink fed from it.
 
     ``processes``: the augmentation runs in worker processes instead of threads (the same
     batches: its draws depend on the image, not the worker). ``uint8``: images stay uint8
@@ -54,16 +113,16 @@ def create_train_dataset(files, box_coder, batch_size, img_shape=(300, 300), shu
     thread pool (OpenCV 4.10, pthreads)."""
     if processes:
         cv2.setNumThreads(1)
-    ds.config.set_seed(seed * 100003 + epoch)
-    data = ds.MindDataset(files, columns_list=["img_id", "image", "annotation"],
-                          num_shards=num_shards if num_shards > 1 else None,
-                          shard_id=shard_id if num_shards > 1 else None,
-                          shuffle=shuffle, num_parallel_workers=num_workers)
+    source = EpochRows(files, batch_size, epoch, epochs, skip * batch_size, seed, shuffle,
+                       num_shards, shard_id, num_workers)
+    data = ds.GeneratorDataset(source, column_names=["image", "annotation", "img_id", "epoch"],
+                               shuffle=False, num_parallel_workers=1,
+                               python_multiprocessing=False)
     data = data.map(operations=vision.Decode(), input_columns=["image"],
                     num_parallel_workers=num_workers)
-    data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed, epoch),
-                    input_columns=["image", "annotation", "img_id"],
-                    output_columns=["image", "box", "label", "num_match", "img_id"],
+    data = data.map(operations=TrainTransform(box_coder, img_shape, crop_rule, seed),
+                    input_columns=["image", "annotation", "img_id", "epoch"],
+                    output_columns=TRAIN_COLUMNS,
                     num_parallel_workers=num_workers, python_multiprocessing=processes)
     layout = [vision.HWC2CHW()] if uint8 else [vision.Normalize(mean=MEAN_RGB, std=STD_RGB),
                                                vision.HWC2CHW()]

@@ -128,8 +128,10 @@ class TrainTransform:
         self.crop_rule = crop_rule
         self.seed, self.epoch = int(seed), int(epoch)
 
-    def __call__(self, image, annotation, img_id):
-        rng = np.random.default_rng([self.seed, self.epoch, int(np.ravel(img_id)[0])])
+    def __call__(self, image, annotation, img_id, epoch=None):
+        """``epoch``: the epoch this row belongs to (a pipeline column), else the one given."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = np.random.default_rng([self.seed, epoch, int(np.ravel(img_id)[0])])
         gt = annotation_rows(annotation)
         image, gt = random_sample_crop(image, gt, rng, self.crop_rule)
         height, width = image.shape[:2]

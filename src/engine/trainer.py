@@ -3,10 +3,11 @@ position, counters, best mAP and log, and runs the epochs; ``train(config)`` pre
 and hands over. Logs (``run_log``), stop requests (``signals``), checkpoints and resume
 (``checkpoint``), pretrained weights (``pretrained``) and evaluation (``evaluation``) live in
 their own modules."""
+import itertools
 import math
 import os
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from mindspore import Tensor
@@ -158,16 +159,17 @@ class Trainer:
                              f"--epoch_size is {config.epoch_size}")
         return position, path
 
-    def epoch_data(self, epoch: int, skip: int = 0):
-        """Epoch ``epoch``'s batches (the same for a given seed and epoch), from batch ``skip``."""
+    def run_data(self, first_epoch: int, first_batch: int):
+        """The batches of epochs ``first_epoch`` .. epoch_size in one pipeline, from batch
+        ``first_batch`` of the first (each epoch the same for a given seed)."""
         config = self.config
-        data = create_train_dataset(self.prepared.files, self.coder, config.batch_size,
+        return create_train_dataset(self.prepared.files, self.coder, config.batch_size,
                                     config.img_shape, num_shards=self.run_info.world,
                                     shard_id=self.run_info.rank,
                                     num_workers=config.workers, seed=config.seed,
-                                    epoch=epoch, crop_rule=config.crop_rule,
-                                    processes=self.processes, uint8=self.uint8)
-        return data.skip(skip) if skip else data
+                                    epoch=first_epoch, crop_rule=config.crop_rule,
+                                    processes=self.processes, uint8=self.uint8,
+                                    epochs=config.epoch_size - first_epoch + 1, skip=first_batch)
 
     def save(self, name: str) -> str:
         """A training checkpoint of the current position (main process only)."""
@@ -220,25 +222,29 @@ class Trainer:
             raise too_many
         return skipped
 
-    def epoch_steps(self, epoch: int, first_batch: int):
-        """The unread outputs of epoch ``epoch``'s steps from batch ``first_batch`` on."""
-        data, files = self.epoch_data(epoch, first_batch), self.prepared.files
+    def run_steps(self, first_epoch: int, first_batch: int):
+        """The unread outputs of every remaining step of the run, from batch ``first_batch`` of
+        epoch ``first_epoch``: one pipeline (and one data sink) for the whole run, released
+        when the generator is closed."""
+        data, files = self.run_data(first_epoch, first_batch), self.prepared.files
         if self.loop.sink:
-            return sunk_steps(self.train_step, data, files, self.steps_per_epoch - first_batch)
+            total = (self.config.epoch_size - first_epoch + 1) * self.steps_per_epoch
+            return sunk_steps(self.train_step, data, files, total - first_batch)
         return host_steps(self.train_step, data, files)
 
-    def run_epoch(self, epoch: int, first_batch: int, stop: StopRequest) -> tuple:
-        """Train epoch ``epoch`` from batch ``first_batch``, reading the steps back every
-        ``loop.read_every`` steps and at the epoch's end; returns (losses of its finite steps,
-        steps skipped, whether a stop was requested)."""
+    def run_epoch(self, epoch: int, first_batch: int, stop: StopRequest,
+                  run_steps: Iterator[tuple]) -> tuple:
+        """Train epoch ``epoch`` from batch ``first_batch`` with its steps taken from
+        ``run_steps``, reading them back every ``loop.read_every`` steps and at the epoch's
+        end; returns (losses of its finite steps, steps skipped, whether a stop was
+        requested)."""
         self.position.epoch, self.position.step_in_epoch = epoch, first_batch
         progress = self.config.progress if self.main else "off"
         bar = Progress(self.steps_per_epoch - first_batch,
                        f"epoch {epoch}/{self.config.epoch_size}", progress)
         losses, skipped, pending, tick = [], 0, [], time.time()
-        steps = self.epoch_steps(epoch, first_batch)
         try:
-            for outputs in steps:
+            for outputs in itertools.islice(run_steps, self.steps_per_epoch - first_batch):
                 pending.append(outputs)
                 last = self.position.step_in_epoch + len(pending) >= self.steps_per_epoch
                 if len(pending) < self.loop.read_every and not last:
@@ -250,7 +256,6 @@ class Trainer:
             if pending:
                 skipped += self.record(pending, epoch, bar, time.time() - tick, losses)
         finally:
-            steps.close()   # the epoch's pipeline (and device queue) released, also on a stop
             bar.close()
         return losses, skipped, False
 
@@ -306,12 +311,13 @@ class Trainer:
         config, output_dir = self.config, self.output_dir
         first_epoch, first_batch = self.position.next_start(self.steps_per_epoch)
         run_start = time.time()
+        steps = self.run_steps(first_epoch, first_batch)
         try:
             with StopRequest(self.run_info.world) as stop:
                 for epoch in range(first_epoch, config.epoch_size + 1):
                     skip = first_batch if epoch == first_epoch else 0
                     epoch_start = time.time()
-                    losses, skipped, stopped = self.run_epoch(epoch, skip, stop)
+                    losses, skipped, stopped = self.run_epoch(epoch, skip, stop, steps)
                     self.skipped_steps += skipped
                     if stopped:
                         self.checkpoint = self.save(checkpoint_name(
@@ -324,6 +330,7 @@ class Trainer:
                                 "output_dir": output_dir}
                     self.end_of_epoch(epoch, losses, skipped, time.time() - epoch_start)
         finally:
+            steps.close()   # the run's pipeline (and device queue) released, also on a stop
             self.log.close()
         total = time.time() - run_start
         losses = self.epoch_losses
