@@ -82,10 +82,13 @@ def generate_default_boxes(img_size: int = 300,
             for j in range(side):
                 cy, cx = (i + 0.5) / cells_per_unit, (j + 0.5) / cells_per_unit
                 rows.extend((cy, cx, h, w) for w, h in sizes)
-    cyxhw = np.array(rows, dtype=np.float32)
-    half = cyxhw[:, 2:] / np.float32(2)
-    yxyx = np.concatenate([cyxhw[:, :2] - half, cyxhw[:, :2] + half], axis=1).astype(np.float32)
-    return DefaultBoxes(cyxhw=cyxhw, yxyx=yxyx)
+    exact = np.array(rows, dtype=np.float64)
+    # Corners from the float64 centres and sizes, rounded once, as the reference computes them:
+    # from the float32 centre form one value in three would differ by an ulp, and where anchors
+    # tie on IoU with a small ground truth that changes which one is its forced match.
+    half = exact[:, 2:] / 2
+    yxyx = np.concatenate([exact[:, :2] - half, exact[:, :2] + half], axis=1)
+    return DefaultBoxes(cyxhw=exact.astype(np.float32), yxyx=yxyx.astype(np.float32))
 
 
 def default_boxes_from_config(config) -> DefaultBoxes:

@@ -8,7 +8,8 @@ Used by eval.py (and every later consumer of network outputs). Per image:
 3. greedy NMS inside each class (a box is suppressed when its IoU with a kept, higher-scoring box
    of the same class is above ``nms_threshold``), keeping at most ``max_per_class`` boxes per
    class, optionally at most ``max_per_image`` overall. With ``plus_one`` the IoU uses the
-   reference's "+1 pixel" widths (spec 9 and defect 24);
+   reference's "+1 pixel" widths (spec 9 and defect 24). A class's candidates are visited in
+   the reference's order, ``argsort()[::-1]`` of its scores, exactly tied scores included;
 4. COCO boxes ``[x, y, w, h]`` in pixels and category ids, kept in a
    ``src.detection_store.DetectionStore`` (compact; the records
    ``{"image_id", "category_id", "bbox", "score"}`` are made from it).
@@ -38,11 +39,12 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
         plus_one: widths and heights count one extra pixel (the reference's IoU).
 
     Returns:
-        Indices of kept boxes, highest score first (ties: lower index first).
+        Indices of kept boxes, highest score first; equal scores by class, then in the order
+        the class's greedy pass kept them (``reference_order``).
     """
     if len(scores) == 0:
         return np.zeros(0, np.int64)
-    order = np.lexsort((-scores, classes))
+    order = reference_order(scores, classes)
     sorted_boxes = np.asarray(boxes, np.float64)[order]
     if plus_one:   # the '+1' once, here, rather than in every round
         sorted_boxes[:, 2:] += 1.0
@@ -66,8 +68,18 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_
         kept_count[classes[tops]] += 1
         survives &= kept_count[alive_classes] < max_per_class
         alive = alive[survives]
-    kept = order[np.concatenate(kept)]
-    return kept[np.lexsort((kept, -scores[kept]))]
+    positions = np.sort(np.concatenate(kept))    # class by class, each in its greedy order
+    return order[positions[np.argsort(-scores[order[positions]], kind="stable")]]
+
+
+def reference_order(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The order in which the greedy pass visits candidates: class by class (ascending), each
+    class as the reference's ``class_scores.argsort()[::-1]`` orders it, ``class_scores``
+    being that class's scores in candidate order (float32 for network outputs). Equal scores
+    thus come in numpy's own argsort order, as in the reference; it is not a stable one."""
+    by_class = np.argsort(classes, kind="stable")
+    groups = np.split(by_class, np.flatnonzero(np.diff(np.asarray(classes)[by_class])) + 1)
+    return np.concatenate([group[np.argsort(scores[group])[::-1]] for group in groups])
 
 
 def kernel_nms() -> Optional[Callable]:
@@ -129,11 +141,10 @@ class PostProcessor:
             highest score first.
         """
         height, width = float(image_hw[0]), float(image_hw[1])
-        if self.kernel is not None:
-            anchor, classes = self._kernel_nms(boxes, scores, height, width)
-            candidate_scores = scores[anchor, classes]
-            candidate = anchor * (scores.shape[1] - 1) + classes - 1   # batched_nms' order
-            keep = np.lexsort((candidate, -candidate_scores))
+        found = self._kernel_nms(boxes, scores, height, width) if self.kernel else None
+        if found is not None:    # class by class, each in score order without ties
+            anchor, classes = found
+            keep = np.argsort(-scores[anchor, classes], kind="stable")
         else:
             anchor, column = np.nonzero(scores[:, 1:] > self.min_score)
             classes = column + 1
@@ -149,8 +160,10 @@ class PostProcessor:
         return pixel_boxes, scores[anchor, classes], classes
 
     def _kernel_nms(self, boxes: np.ndarray, scores: np.ndarray, height: float,
-                    width: float) -> tuple:
-        """(anchors, classes) kept by ``SsdClassNms``, class by class."""
+                    width: float) -> Optional[tuple]:
+        """(anchors, classes) kept by ``SsdClassNms``, class by class; None where candidates
+        that its greedy pass reaches tie on score (``batched_nms`` follows the reference's
+        order of those)."""
         boxes = np.ascontiguousarray(boxes, np.float32)
         scores = np.ascontiguousarray(scores, np.float32)
         capacity = self.max_per_class * max(scores.shape[1] - 1, 0)
@@ -158,7 +171,7 @@ class PostProcessor:
         count = self.kernel(boxes, scores, len(scores), scores.shape[1], height, width,
                             self.min_score, self.nms_threshold, self.max_per_class,
                             int(self.plus_one), anchor, classes)
-        return anchor[:count], classes[:count]
+        return (anchor[:count], classes[:count]) if count >= 0 else None
 
     def process_batch(self, img_ids: Sequence[int], boxes: np.ndarray, scores: np.ndarray,
                       image_shapes: Sequence, store: DetectionStore) -> int:

@@ -60,3 +60,31 @@ def test_the_box_count_follows_from_the_anchor_settings():
     assert Config().num_ssd_boxes == 8732
     with pytest.raises(ConfigError, match="num_ssd_boxes 8000 disagrees with 8732"):
         load_config(num_ssd_boxes=8000)
+
+
+def test_corners_are_the_references_float64_corners_rounded_once(boxes):
+    """The reference builds (cy, cx, h, w) rows as Python floats and converts each form to
+    float32 separately: the corners are computed in float64 and rounded once. Corners computed
+    from the float32 centre form differ from those in an ulp in about a third of the values."""
+    import itertools
+    import math
+
+    rows = []
+    scales = [0.2 + 0.75 * k / 5 for k in range(6)] + [1.0]
+    ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+    for k, (side, step) in enumerate(zip((38, 19, 10, 5, 3, 1), (7, 15, 30, 60, 100, 300))):
+        sizes = [(scales[k], scales[k])]
+        for ratio in ratios[k]:
+            w, h = scales[k] * math.sqrt(ratio), scales[k] / math.sqrt(ratio)
+            sizes += [(w, h), (h, w)]
+        sizes.append((math.sqrt(scales[k] * scales[k + 1]),) * 2)
+        for i, j in itertools.product(range(side), repeat=2):
+            rows += [((i + 0.5) / (300 / step), (j + 0.5) / (300 / step), h, w)
+                     for w, h in sizes]
+    corners = np.array([(cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2)
+                        for cy, cx, h, w in rows], dtype=np.float32)
+    np.testing.assert_array_equal(boxes.cyxhw, np.array(rows, dtype=np.float32))
+    np.testing.assert_array_equal(boxes.yxyx, corners)
+    centre, half = boxes.cyxhw[:, :2], boxes.cyxhw[:, 2:] / np.float32(2)
+    from_float32 = np.concatenate([centre - half, centre + half], axis=1)
+    assert 10000 < (from_float32 != corners).sum() < 15000

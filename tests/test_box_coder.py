@@ -43,13 +43,23 @@ def test_corner_box(coder):
 
 
 def test_two_boxes_forced_match(coder):
+    """42 default boxes tie (IoU 0.25 to float32 precision) for the small box's forced match;
+    with the reference's corners (float64, rounded once) the first of them by IoU is #2366,
+    which the reference picks. Its encoding, from spec 5's formulas with #2366 =
+    (cy, cx, h, w) (0.3616667, 0.5016667, 0.2828427, 0.1414214) and the box's centre (0.45,
+    0.5), size 0.1: ((0.45 - cy) / h / 0.1, (0.5 - cx) / w / 0.1, ln(0.1 / h) / 0.2,
+    ln(0.1 / w) / 0.2)."""
     gt = np.array([[0.1, 0.1, 0.9, 0.9, 3], [0.4, 0.45, 0.5, 0.55, 7]], np.float32)
     loc, label, num = coder.encode_targets(gt)
     assert num.tolist() == [21]
-    assert (label == 3).sum() == 20 and (label == 7).sum() == 1 and label[2660] == 7
+    assert (label == 3).sum() == 20 and (label == 7).sum() == 1 and label[2366] == 7
     raw = iou_matrix(gt[1:, :4], coder.anchors_yxyx)[0]
-    assert raw.argmax() == 2660 and raw[2660] == pytest.approx(0.25, abs=1e-5)
-    np.testing.assert_allclose(loc[2660], (2.083333, 2.25, -3.465736, -3.465736), atol=1e-5)
+    assert raw.argmax() == 2366 and raw[2366] == pytest.approx(0.25, abs=1e-5)
+    assert (np.abs(raw - raw[2366]) < 1e-6).sum() == 42
+    np.testing.assert_allclose(coder.anchors_cyxhw[2366],
+                               (0.3616667, 0.5016667, 0.2828427, 0.1414214), atol=1e-6)
+    np.testing.assert_allclose(loc[2366], (3.123054, -0.117851, -5.198604, -1.732868),
+                               atol=1e-5)
     assert label[8708] == 3
     np.testing.assert_allclose(loc[8708], 0, atol=1e-5)
 
@@ -74,8 +84,13 @@ def test_vectorised_match_equals_reference_loop(coder):
 
 
 def test_decode_zero_offsets_gives_clipped_anchors(coder):
-    np.testing.assert_array_equal(coder.decode(np.zeros((8732, 4))),
-                                  np.clip(coder.anchors_yxyx, 0, 1))
+    """Decoding works in float32 from the centre form, as the reference's does: its corners are
+    those of the float32 centre form, within an ulp of the matching's float64-rounded ones."""
+    centre, half = coder.anchors_cyxhw[:, :2], coder.anchors_cyxhw[:, 2:] / np.float32(2)
+    decoded = coder.decode(np.zeros((8732, 4)))
+    np.testing.assert_array_equal(decoded, np.clip(np.concatenate([centre - half, centre + half],
+                                                                  axis=1), 0, 1))
+    np.testing.assert_allclose(decoded, np.clip(coder.anchors_yxyx, 0, 1), rtol=0, atol=6e-8)
 
 
 def test_decode_inverts_encode(coder):

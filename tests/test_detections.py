@@ -8,10 +8,11 @@ from tests.conftest import needs_x86_kernels
 
 
 def reference_nms(boxes, scores, threshold, max_boxes):
-    """The reference's per-class greedy NMS with "+1" pixel areas, written out."""
+    """The reference's per-class greedy NMS with "+1" pixel areas, written out (its order of
+    candidates, ``scores.argsort()[::-1]``, equal scores included)."""
     y1, x1, y2, x2 = boxes.T
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
+    order = scores.argsort()[::-1]
     keep = []
     while order.size:
         i = order[0]
@@ -61,6 +62,30 @@ def test_equals_reference_per_class_greedy():
             expected += list(index[reference_nms(boxes[index], scores[index], 0.6, cap)])
         assert sorted(kept.tolist()) == sorted(expected), trial
         assert np.all(np.diff(scores[kept]) <= 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_equal_scores_are_visited_and_kept_in_the_references_order(dtype):
+    """Scores drawn from a few values (ties everywhere, as sigmoid outputs saturate): each
+    class keeps exactly the reference's boxes, in the reference's order; boxes overlap, so the
+    order of tied candidates decides which of them survive."""
+    rng = np.random.default_rng(5)
+    differs_from_stable = 0
+    for trial in range(30):
+        n, classes = int(rng.integers(2, 600)), int(rng.integers(1, 4))
+        yx = rng.uniform(0, 100, (n, 2))
+        boxes = np.concatenate([yx, yx + rng.uniform(20, 60, (n, 2))], 1)
+        scores = rng.choice([0.3, 0.5, 0.7, 0.9], n).astype(dtype)
+        labels = rng.integers(1, classes + 1, n)
+        cap = int(rng.integers(1, 50))
+        kept = batched_nms(boxes, scores, labels, 0.6, cap, plus_one=True)
+        for c in np.unique(labels):
+            index = np.nonzero(labels == c)[0]
+            expected = index[reference_nms(boxes[index], scores[index], 0.6, cap)]
+            assert kept[labels[kept] == c].tolist() == expected.tolist(), trial
+            stable = np.argsort(-scores[index], kind="stable")
+            differs_from_stable += not np.array_equal(stable, scores[index].argsort()[::-1])
+    assert differs_from_stable > 10   # the data does tell the two orders apart
 
 
 def test_caps_and_thresholds():
@@ -163,3 +188,23 @@ def test_kernel_nms_of_a_full_81_class_image_keeps_100_per_class_as_numpy():
     want = PostProcessor(list(range(81)), use_kernel=False).detect(boxes, scores, (480., 640.))
     assert len(got[0]) == 8000 and np.bincount(got[2]).tolist() == [0] + [100] * 80
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@needs_x86_kernels
+def test_kernel_nms_hands_tied_scores_to_the_references_order():
+    """The kernel cannot reproduce numpy's argsort order of equal scores: where candidates it
+    reaches tie (here two overlapping boxes of score 0.8, the first two it visits; or a third
+    box tied with the last it reaches) it returns None, and ``detect`` gives batched_nms'
+    result; without ties among them (ties beyond where a full class stops do not count) it
+    answers itself."""
+    boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.45], [0.6, 0.6, 0.9, 0.9]],
+                     np.float32)
+    for column, cap, tied in (([0.8, 0.7, 0.6], 1, False), ([0.8, 0.8, 0.6], 1, True),
+                              ([0.9, 0.7, 0.7], 1, False), ([0.9, 0.7, 0.7], 3, True)):
+        post = PostProcessor([0, 1], max_per_class=cap, use_kernel=True)
+        plain = PostProcessor([0, 1], max_per_class=cap, use_kernel=False)
+        scores = np.stack([np.zeros(3), column], 1).astype(np.float32)
+        assert (post._kernel_nms(boxes, scores, 100.0, 100.0) is None) == tied, column
+        got, want = post.detect(boxes, scores, (100.0, 100.0)), plain.detect(
+            boxes, scores, (100.0, 100.0))
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -1,8 +1,11 @@
 // Class-aware greedy NMS of one image, for src/detections.py (called through ctypes, not a
 // MindSpore op). The same result as the Python batched_nms, bit for bit: the same candidates
-// (score > min_score in float32), the same order inside a class (score descending, anchor
-// ascending), the same float64 pixel boxes and the same IoU test, written in the same
-// operations (build.sh compiles this file with -ffp-contract=off: no fused multiply-add).
+// (score > min_score in float32), the same float64 pixel boxes and the same IoU test, written
+// in the same operations (build.sh compiles this file with -ffp-contract=off: no fused
+// multiply-add). Inside a class it orders by score descending; where two candidates that the
+// greedy pass reaches have exactly the same score, their order is numpy's argsort's (the
+// reference's), which this file cannot reproduce: it then returns -1 and the caller runs
+// batched_nms, which follows that order.
 //
 // Why it is fast: greedy NMS over a sorted list needs only the prefix that yields
 // max_per_class kept boxes, so each class is ordered in chunks (nth_element, then a sort of
@@ -43,6 +46,7 @@ struct Candidate {
 };
 
 // Score descending, then anchor ascending: a strict total order, so a chunk's prefix is exact.
+// Ties are found and handed back (see above), so the anchor only makes the order total.
 inline bool Before(const Candidate &a, const Candidate &b) {
   return a.score > b.score || (a.score == b.score && a.anchor < b.anchor);
 }
@@ -68,7 +72,8 @@ extern "C" {
 
 // boxes (anchors, 4) normalised (ymin, xmin, ymax, xmax); scores (anchors, classes), class 0
 // the background (never a detection). Writes the kept (anchor, class) pairs, class by class,
-// each class in score order, and returns how many (at most max_per_class * (classes - 1)).
+// each class in score order, and returns how many (at most max_per_class * (classes - 1)),
+// or -1 when a class has two candidates of equal score among those its greedy pass reaches.
 int64_t SsdClassNms(const float *boxes, const float *scores, int64_t anchors, int64_t classes,
                     double height, double width, float min_score, double iou_threshold,
                     int64_t max_per_class, int plus_one, int64_t *kept_anchor,
@@ -95,11 +100,14 @@ int64_t SsdClassNms(const float *boxes, const float *scores, int64_t anchors, in
     std::vector<Candidate> &list = candidates[c];
     kept.clear();
     auto begin = list.begin();
+    auto next = list.begin();   // the first candidate the greedy pass has not reached
     while (begin != list.end() && kept.size() < max_per_class) {
       auto end = list.end() - begin > kChunk ? begin + kChunk : list.end();
       if (end != list.end()) std::nth_element(begin, end - 1, list.end(), Before);
       std::sort(begin, end, Before);
       for (auto it = begin; it != end && kept.size() < max_per_class; ++it) {
+        if (it != list.begin() && (it - 1)->score == it->score) return -1;
+        next = it + 1;
         const Box box = pixel_box(it->anchor);
         if (!Suppressed(box, kept.y1.data(), kept.x1.data(), kept.y2.data(), kept.x2.data(),
                         kept.area.data(), kept.size(), iou_threshold)) {
@@ -110,6 +118,11 @@ int64_t SsdClassNms(const float *boxes, const float *scores, int64_t anchors, in
         }
       }
       begin = end;
+    }
+    if (next != list.begin()) {   // a candidate not reached that ties with the last reached
+      const float last = (next - 1)->score;
+      for (auto it = next; it != list.end(); ++it)
+        if (it->score == last) return -1;
     }
   }
   return count;
