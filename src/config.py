@@ -221,6 +221,9 @@ class Config:
                                  section="train")
     max_nonfinite_steps: int = _key(10, "stop after this many non-finite steps in a row",
                                     check=_positive, section="train")
+    tensorboard: bool = _key(True, "write TensorBoard event files into <output_dir>/tensorboard "
+                                   "(losses, learning rate, speed, evaluations with pictures): "
+                                   "tensorboard --logdir <output_dir>", section="train")
     # --- data (spec 7)
     dataset: str = _key("coco", "dataset format: coco, voc, or other (the TXT format)",
                         choices=("coco", "voc", "other"), section="data")

@@ -77,6 +77,14 @@ class DetectionStore:
             counts += np.bincount(classes, minlength=len(counts))
         return {int(c): int(n) for c, n in zip(self.category_ids, counts)}
 
+    def image(self, img_id: int) -> tuple:
+        """One image's detections: (xywh (k, 4) pixels, scores (k,), class indices (k,)),
+        empty when it has none or was not added."""
+        for own, boxes, scores, classes in self._images:
+            if own == img_id:
+                return boxes / BOX_SCALE, scores / SCORE_SCALE, classes.astype(np.int64)
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
+
     def _blocks(self, category_ids: Optional[Sequence[int]]) -> Iterator[tuple]:
         """Per image: (id, xywh (k, 4) float64, scores (k,) float64, category ids (k,)),
         only detections of ``category_ids`` when given."""

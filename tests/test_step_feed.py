@@ -128,6 +128,7 @@ def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatc
 
     from src.engine import trainer as trainer_module
     from src.engine.checkpoint import Position
+    from src.engine.hooks import HookBase
     from src.engine.step_feed import LoopPlan
 
     made, ends = [], []
@@ -163,19 +164,34 @@ def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatc
     trainer.train_step = lambda image, *batch: (ms.Tensor(np.float32(image)),) * 3 + (
         ms.Tensor(True), ms.Tensor(np.float32(1)))
 
-    def end_of_epoch(epoch, losses, skipped, seconds):
-        ends.append((epoch, losses))
-        if fails and epoch == 2:
-            raise RuntimeError("disk full")
+    class Recorder(HookBase):
+        """Each complete epoch's losses, each step's row and the run's end."""
 
-    trainer.end_of_epoch = end_of_epoch
+        def __init__(self):
+            self.steps, self.ended = [], False
+
+        def after_step(self, row):
+            self.steps.append(row["global_step"])
+
+        def after_epoch(self, end):
+            ends.append((end.epoch, end.losses))
+            if fails and end.epoch == 2:
+                raise RuntimeError("disk full")
+
+        def after_train(self):
+            self.ended = True
+
+    recorder = Recorder()
+    trainer.hooks = []
+    trainer.register_hooks([recorder])
     if fails:
         with pytest.raises(RuntimeError, match="disk full"):
             trainer.run()
     else:
         trainer.run()
-    assert len(made) == 1
+    assert len(made) == 1 and recorder.ended and recorder.trainer is trainer
     assert made[0].released if sink else made[0].iterator.stopped
+    assert recorder.steps == list(range(6 if resumed else 1, 13 if not fails else 9))
     if fails:
         assert ends == [(2, [0.0, 1.0, 2.0])]
     elif resumed:

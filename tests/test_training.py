@@ -66,6 +66,35 @@ def test_eval_during_training_keeps_best_checkpoint(uninterrupted):
         assert f"eval epoch {epoch}: scoring {results['images']} images of COCO" in result.stdout
 
 
+def test_tensorboard_reads_the_runs_steps_evaluations_and_pictures(uninterrupted):
+    """TensorBoard's own reader finds every step's losses, learning rate, speed and loss scale
+    (at the logged values), each evaluation's mAP and AP50, and validation pictures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = uninterrupted
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    steps = [r for r in rows if r["kind"] == "step"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("loss/total", "loss/class", "loss/box", "train/lr", "train/img_per_s",
+                "train/loss_scale"):
+        assert tag in tags["scalars"], tag
+    loss = events.Scalars("loss/total")
+    assert [e.step for e in loss] == [r["global_step"] for r in steps]
+    np.testing.assert_allclose([e.value for e in loss], [r["loss"] for r in steps], rtol=1e-6)
+    np.testing.assert_allclose([e.value for e in events.Scalars("train/lr")],
+                               [r["lr"] for r in steps], rtol=1e-6)
+    for key in ("mAP", "AP50"):
+        np.testing.assert_allclose([e.value for e in events.Scalars(f"eval/{key}")],
+                                   [r[key] for r in evals], rtol=1e-6, atol=1e-7)
+    pictures = [tag for tag in tags["images"] if tag.startswith("eval/image_")]
+    assert len(pictures) == 4
+    first = events.Images(pictures[0])
+    assert len(first) == 2 and first[0].width > 0 and first[0].height > 0
+
+
 def test_sigterm_then_resume_gives_the_same_weights(uninterrupted, demo_root, tmp_path):
     straight, _ = uninterrupted
     out = tmp_path / "run"

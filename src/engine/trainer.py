@@ -7,7 +7,7 @@ import itertools
 import math
 import os
 import time
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from mindspore import Tensor
@@ -18,7 +18,7 @@ from src.data.feed import feed_settings
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
-from src.device import Run, current_rss_mb, save_run_config, start_run
+from src.device import Run, save_run_config, start_run
 from src.engine.agreement import (
     check_ranks_agree,
     collective_failures_named,
@@ -29,23 +29,21 @@ from src.engine.checkpoint import (
     Position,
     checkpoint_name,
     find_resume_checkpoint,
-    prune_checkpoints,
     restore,
     save_checkpoint,
     state_entries,
 )
 from src.engine.evaluation import Evaluation
+from src.engine.hooks import EpochEnd, HookBase, default_hooks
 from src.engine.pretrained import load_pretrained
 from src.engine.progress import Progress, format_duration
-from src.engine.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER, claim_run_folder
+from src.engine.run_folder import CURVE_NAME, claim_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.signals import StopRequest
 from src.engine.step_feed import host_steps, loop_plan, sunk_steps
 from src.engine.train_step import create_train_step
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
-from src.model.weights import copy_weights
-from src.visualize import plot_training_curves
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
 
@@ -93,7 +91,8 @@ class Trainer:
     ``run()`` trains the remaining epochs and returns a summary dict.
     """
 
-    def __init__(self, config, run: Run, prepared, eval_split=None, classes_given: bool = True):
+    def __init__(self, config, run: Run, prepared, eval_split=None, classes_given: bool = True,
+                 hooks: Optional[Sequence[HookBase]] = None):
         self.config, self.run_info, self.prepared = config, run, prepared
         self.output_dir, self.main = run.output_dir, run.is_main
         self.say = print if self.main else (lambda *args, **kwargs: None)
@@ -139,6 +138,15 @@ class Trainer:
         self.skipped_steps = 0
         self.checkpoint = None
         self.epoch_losses = []
+        self.hooks = []
+        self.register_hooks(default_hooks(config, self.main, self.evaluation, self.output_dir)
+                            if hooks is None else hooks)
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Add ``hooks`` (run after those already registered); each gets this trainer."""
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
 
     def _start_position(self):
         """(Position to continue from, the checkpoint resumed or None)."""
@@ -198,10 +206,13 @@ class Trainer:
             finite = bool(finite.asnumpy())
             position.global_step += 1
             position.step_in_epoch += 1
-            self.log.write("step", epoch=epoch, global_step=position.global_step, loss=loss,
-                           cls_loss=cls_loss, loc_loss=loc_loss, lr=lr, finite=finite,
-                           loss_scale=float(scale.asnumpy()), step_seconds=round(per_step, 4),
-                           img_per_s=round(images_per_step / per_step, 3))
+            row = {"epoch": epoch, "global_step": position.global_step, "loss": loss,
+                   "cls_loss": cls_loss, "loc_loss": loc_loss, "lr": lr, "finite": finite,
+                   "loss_scale": float(scale.asnumpy()), "step_seconds": round(per_step, 4),
+                   "img_per_s": round(images_per_step / per_step, 3)}
+            self.log.write("step", **row)
+            for hook in self.hooks:
+                hook.after_step(row)
             bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
                        **{"img/s": images_per_step / per_step})
             if finite:
@@ -259,51 +270,11 @@ class Trainer:
             bar.close()
         return losses, skipped, False
 
-    def evaluate(self, epoch: int) -> None:
-        """Evaluation during training: the network's weights into the evaluation's copy, eval.py's
-        scoring and report (into <output_dir>/eval), the log's 'eval' row, best.ckpt on a new
-        best mAP."""
-        copy_weights(self.network, self.evaluation.net)
-        print(f"eval epoch {epoch}: scoring {self.evaluation.images} images of "
-              f"{self.evaluation.prepared.source.name}", flush=True)
-        results = self.evaluation(os.path.join(self.output_dir, EVAL_FOLDER), {"epoch": epoch},
-                                  desc=f"eval epoch {epoch}")
-        self.log.write("eval", epoch=epoch, global_step=self.position.global_step,
-                       mAP=results["mAP"], AP50=results["AP50"], AP75=results["AP75"])
-        note = ""
-        if results["mAP"] > self.best_map:
-            self.best_map = results["mAP"]
-            note = f"; new best, saved {self.save(BEST_NAME)}"
-        print(f"eval epoch {epoch}: mAP {results['mAP']:.4f}, AP50 {results['AP50']:.4f}{note}",
-              flush=True)
-
-    def wants_evaluation(self, epoch: int) -> bool:
-        config = self.config
-        return bool(self.evaluation) and epoch >= config.eval_start_epoch and (
-            epoch % config.eval_interval == 0 or epoch == config.epoch_size)
-
     def end_of_epoch(self, epoch: int, losses: list, skipped: int, seconds: float) -> None:
-        """Log, print, checkpoint, evaluate and plot after a complete epoch."""
-        config = self.config
-        mean_loss = float(np.mean(losses)) if losses else float("nan")
-        self.epoch_losses.append(mean_loss)
-        self.log.write("epoch", epoch=epoch, global_step=self.position.global_step,
-                       mean_loss=mean_loss, seconds=round(seconds, 2), skipped_steps=skipped,
-                       rss_mb=round(current_rss_mb(), 1))
-        images = (len(losses) + skipped) * config.batch_size * self.run_info.world
-        self.say(f"epoch {epoch}/{config.epoch_size}: mean loss {mean_loss:.4f}, "
-                 f"{seconds:.1f} s ({images / seconds:.2f} img/s)"
-                 f"{f', {skipped} non-finite steps skipped' if skipped else ''}, about "
-                 f"{format_duration((config.epoch_size - epoch) * seconds)} left", flush=True)
-        if epoch % config.save_checkpoint_epochs == 0 or epoch == config.epoch_size:
-            self.checkpoint = self.save(checkpoint_name(epoch, self.steps_per_epoch))
-            if self.main:
-                prune_checkpoints(self.output_dir, config.keep_checkpoint_max)
-            self.say(f"Saved checkpoint {self.checkpoint}", flush=True)
-        if self.wants_evaluation(epoch):
-            self.evaluate(epoch)
-        if self.main:
-            plot_training_curves(self.log.rows(), os.path.join(self.output_dir, CURVE_NAME))
+        """Every hook's job after a complete epoch (``src.engine.hooks``), in order."""
+        end = EpochEnd(epoch, losses, skipped, seconds)
+        for hook in self.hooks:
+            hook.after_epoch(end)
 
     def run(self) -> dict:
         """Train the remaining epochs; returns a summary dict (paths, losses, time), or the
@@ -331,6 +302,8 @@ class Trainer:
                     self.end_of_epoch(epoch, losses, skipped, time.time() - epoch_start)
         finally:
             steps.close()   # the run's pipeline (and device queue) released, also on a stop
+            for hook in self.hooks:
+                hook.after_train()
             self.log.close()
         total = time.time() - run_start
         losses = self.epoch_losses
