@@ -225,12 +225,15 @@ class Config:
                                    "(losses, learning rate, speed, evaluations with pictures): "
                                    "tensorboard --logdir <output_dir>", section="train")
     # --- data (spec 7)
-    dataset: str = _key("coco", "dataset format: coco, voc, or other (the TXT format)",
-                        choices=("coco", "voc", "other"), section="data")
+    dataset: str = _key("coco", "dataset format: coco, voc, yolo (Ultralytics / Roboflow "
+                                "export: data.yaml, images/, labels/), or other (the TXT format)",
+                        choices=("coco", "voc", "yolo", "other"), section="data")
     coco_root: str = _key("", "COCO root (annotations/, train2017/, val2017/); --data_url sets it",
                           section="data")
     voc_root: str = _key("", "Pascal VOC root; --data_url sets it for --dataset voc",
                          section="data")
+    yolo_data: str = _key("", "a YOLO dataset's data.yaml, or the folder holding it; --data_url "
+                              "sets it for --dataset yolo", section="data")
     image_dir: str = _key("", "image folder of the TXT ('other') format; --data_url sets it",
                           section="data")
     anno_path: str = _key("", "annotation file of the TXT ('other') format", section="data")
@@ -411,7 +414,7 @@ class Config:
     @property
     def data_root(self) -> str:
         """Root folder of the selected dataset format."""
-        return {"coco": self.coco_root, "voc": self.voc_root, "other": self.image_dir}[self.dataset]
+        return getattr(self, DATA_URL_KEYS[self.dataset])
 
 
 def _plain(value):
@@ -522,7 +525,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
             kwargs["metavar"] = "|".join(f.metadata["choices"])
         groups[section].add_argument(*names, **kwargs)
     parser.add_argument("--data_url", dest="data_url",
-                        help="dataset root for --dataset (sets coco_root, voc_root or image_dir)")
+                        help="dataset root for --dataset (sets coco_root, voc_root, "
+                             "yolo_data or image_dir)")
     derived = parser.add_argument_group("derived (accepted when they agree with the keys)")
     for name, source in DERIVED_FROM.items():
         derived.add_argument(f"--{name}", dest=name, help=f"follows from {source}")
@@ -544,6 +548,10 @@ def parse_config(argv: Optional[list] = None, description: str = "",
         parser.error(str(exc))
 
 
+# The key --data_url sets, by --dataset.
+DATA_URL_KEYS = {"coco": "coco_root", "voc": "voc_root", "yolo": "yolo_data", "other": "image_dir"}
+
+
 def config_from_values(args: dict, overrides: Optional[dict] = None) -> Config:
     """Config from a {key: raw value} mapping of flags (see ``parse_config``)."""
     args = dict(args)
@@ -560,7 +568,7 @@ def config_from_values(args: dict, overrides: Optional[dict] = None) -> Config:
             values[name] = _coerce(f"--{name}", raw, defaults[name])
     if data_url is not None:
         dataset = values.get("dataset", defaults["dataset"])
-        values[{"coco": "coco_root", "voc": "voc_root", "other": "image_dir"}[dataset]] = data_url
+        values[DATA_URL_KEYS[dataset]] = data_url
     if "DEVICE_ID" in os.environ and "device_id" not in args:
         values["device_id"] = _coerce("DEVICE_ID", os.environ["DEVICE_ID"], 0)
     return _make(values)

@@ -1,9 +1,10 @@
-"""The configured dataset's reader: COCO json, Pascal VOC xml, or the TXT format, each giving
-one ``DatasetSource`` (``src.data.records``)."""
+"""The configured dataset's reader: COCO json, Pascal VOC xml, a YOLO dataset (data.yaml), or
+the TXT format, each giving one ``DatasetSource`` (``src.data.records``)."""
 from src.data.coco import read_coco
 from src.data.records import DatasetError, DatasetSource
 from src.data.txt import read_txt
 from src.data.voc import read_voc
+from src.data.yolo import read_yolo
 
 
 def read_source(config, split: str) -> DatasetSource:
@@ -20,6 +21,11 @@ def read_source(config, split: str) -> DatasetSource:
                                "with Annotations/ and JPEGImages/)")
         name = config.voc_train_set if split == "train" else config.voc_val_set
         return read_voc(config.voc_root, name, config.classes)
+    if config.dataset == "yolo":
+        if not config.yolo_data:
+            raise DatasetError("no dataset given: pass --data_url DIR (a YOLO dataset: the "
+                               "folder holding data.yaml, or the file)")
+        return read_yolo(config.yolo_data, split, config.classes)
     anno_path = config.anno_path if split == "train" else (config.val_anno_path or
                                                             config.anno_path)
     if not config.image_dir or not anno_path:

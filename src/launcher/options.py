@@ -15,7 +15,7 @@ USAGE = (
     f"   or: bash {SCRIPT} --worker_num N [--local_worker_num M] [--master_addr HOST] "
     "[--master_port PORT] [--node_rank R] [--timeout S] [--comm_timeout S] DATASET DATASET_PATH "
     "MINDRECORD_PATH TRAIN_OUTPUT_PATH [PRE_TRAINED_PATH] [-- train.py flags]")
-DATASETS = ("coco", "voc", "other")
+DATASETS = ("coco", "voc", "yolo", "other")
 # Flags (only before the positional arguments) and their defaults.
 FLAGS = MappingProxyType({
     "--worker_num": "", "--local_worker_num": "", "--master_addr": "127.0.0.1",
