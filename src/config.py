@@ -47,10 +47,12 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key and the source."""
 
 
-def _key(default, help_text, *, flags=(), choices=None, check=None, section="run"):
-    """A config field with its command-line help, extra flag names, allowed values and check."""
+def _key(default, help_text, *, flags=(), choices=None, check=None, allowed="",
+         section="run"):
+    """A config field with its command-line help, extra flag names, allowed values and check
+    (``allowed`` says in words what the check accepts; the checks below say it themselves)."""
     meta = {"help": help_text, "flags": tuple(flags), "choices": choices, "check": check,
-            "section": section}
+            "allowed": allowed or ALLOWED.get(check, ""), "section": section}
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
@@ -66,6 +68,9 @@ def _non_negative(value):
 
 def _fraction(value):
     return 0.0 <= value <= 1.0
+
+
+ALLOWED = {_positive: "above 0", _non_negative: "0 or above", _fraction: "from 0 to 1"}
 
 
 def _finite(value):
@@ -84,7 +89,8 @@ class Config:
     num_classes: int = _key(0, "classes including background; 0: from the data (training, "
                                "evaluation), else from the checkpoint (predict, export), else "
                                f"{COCO_NUM_CLASSES} (COCO's 80 + background, the reference's)",
-                            check=lambda v: v == 0 or v >= 2, section="model")
+                            check=lambda v: v == 0 or v >= 2, allowed="0 or at least 2",
+                            section="model")
     classes: tuple = _key((), "class names, 'background' first; empty: from the data (COCO "
                               "categories, VOC object names, class_1.. for TXT)", section="model")
     extras_out_channels: tuple = _key((256, 512, 512, 256, 256, 256),
@@ -94,11 +100,13 @@ class Config:
                                       "log((1-p)/p) on background (RetinaNet's prior, e.g. "
                                       "0.01); 0: zero biases, as the reference, every score "
                                       "starting at 0.5",
-                                 check=lambda v: 0.0 <= v < 0.5, section="model")
+                                 check=lambda v: 0.0 <= v < 0.5,
+                                 allowed="from 0 up to (not including) 0.5", section="model")
     bn_momentum: float = _key(0.0, "momentum m of every BatchNorm's running statistics "
                                    "(running = m * running + (1 - m) * batch); 0: the "
                                    "reference's, 0.9 in the backbone and 0.97 in the heads",
-                              check=lambda v: 0.0 <= v < 1.0, section="model")
+                              check=lambda v: 0.0 <= v < 1.0,
+                              allowed="from 0 up to (not including) 1", section="model")
     conv_impl: str = _key("auto", "convolutions: auto (our oneDNN kernels on CPU when built, "
                                   "else MindSpore's), mindspore, or onednn",
                           choices=("auto", "mindspore", "onednn"), section="model")
@@ -318,6 +326,13 @@ class Config:
                                      "(this repository's network), or the checkpoint exported "
                                      "to ONNX and run by onnxruntime or openvino",
                         choices=("mindspore", "onnxruntime", "openvino"), section="run")
+    quantize: str = _key("none", "int8: eval.py and predict.py run the checkpoint quantized "
+                                 "to int8 (NNCF post-training quantization, OpenVINO; "
+                                 "calibrated on --calibration_images training images, cached "
+                                 "beside the checkpoint)", choices=("none", "int8"),
+                         section="run")
+    calibration_images: int = _key(300, "training images that calibrate --quantize int8",
+                                   check=_positive, section="run")
     malloc_arenas: int = _key(0, "glibc malloc arenas of the process (0: one per core): bounds "
                                  "the memory that new data-pipeline threads (each epoch's "
                                  "MindRecord reader, each evaluation) would otherwise add "
@@ -326,19 +341,24 @@ class Config:
     progress: str = _key("auto", "auto: a progress bar on a terminal, periodic lines otherwise",
                          choices=("auto", "bar", "lines", "off"), section="run")
 
-    def validate(self) -> "Config":
-        """Check values and their agreement; raise ConfigError naming the key."""
+    def validate(self, sources: Optional[dict] = None) -> "Config":
+        """Check values and their agreement; raise ConfigError naming the key, where its value
+        came from (``sources``: key -> '<file>: key' or '--key') and what it may be."""
+        sources = sources or {}
         for f in fields(self):
             value = getattr(self, f.name)
             choices, check = f.metadata["choices"], f.metadata["check"]
+            label = sources.get(f.name, f.name)
             if not _finite(value):
                 shown = "holds a value that is" if isinstance(value, tuple) else "is"
-                raise ConfigError(f"{f.name}: {_plain(value)} {shown} not a finite number "
+                raise ConfigError(f"{label}: {_plain(value)} {shown} not a finite number "
                                   f"({f.metadata['help']})")
             if choices and value not in choices:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+                raise ConfigError(f"{label}: {value!r} is not one of {', '.join(choices)}")
             if check and not check(value):
-                raise ConfigError(f"{f.name}: {value!r} is out of range ({f.metadata['help']})")
+                allowed = f": it must be {f.metadata['allowed']}" if f.metadata["allowed"] else ""
+                raise ConfigError(f"{label}: {value!r} is out of range{allowed} "
+                                  f"({f.metadata['help']})")
         maps = len(self.feature_size)
         for name in ("extras_out_channels", "steps", "aspect_ratios"):
             if len(getattr(self, name)) != maps:
@@ -558,28 +578,33 @@ def config_from_values(args: dict, overrides: Optional[dict] = None) -> Config:
     defaults = {f.name: f.default for f in fields(Config)}
     values = dict(overrides or {})
     config_file = args.get("config")
+    sources = {}
     if config_file:
-        values.update(load_yaml(config_file))
+        from_file = load_yaml(config_file)
+        values.update(from_file)
+        sources.update({name: f"{config_file}: {name}" for name in from_file})
     data_url = args.pop("data_url", None)
     for name, raw in args.items():
         if name in DERIVED_KEYS:
             values[name] = _claim("command line", name, raw)
         else:
             values[name] = _coerce(f"--{name}", raw, defaults[name])
+            sources[name] = f"--{name}"
     if data_url is not None:
         dataset = values.get("dataset", defaults["dataset"])
         values[DATA_URL_KEYS[dataset]] = data_url
     if "DEVICE_ID" in os.environ and "device_id" not in args:
         values["device_id"] = _coerce("DEVICE_ID", os.environ["DEVICE_ID"], 0)
-    return _make(values)
+        sources["device_id"] = "DEVICE_ID"
+    return _make(values, sources)
 
 
-def _make(values: dict) -> Config:
+def _make(values: dict, sources: Optional[dict] = None) -> Config:
     claims = {name: values.pop(name) for name in DERIVED_KEYS if name in values}
     platform = str(values.get("run_platform", "auto"))
     spelled = {p.lower(): p for p in ("auto", "CPU", "GPU", "Ascend")}
     values["run_platform"] = spelled.get(platform.lower(), platform)
-    config = Config(**values).validate()
+    config = Config(**values).validate(sources)
     for name, claim in claims.items():
         actual = DERIVED_KEYS[name](config)
         if claim.value != actual:
@@ -592,8 +617,10 @@ def _make(values: dict) -> Config:
 def load_config(path: Optional[str] = None, **changes) -> Config:
     """A Config from defaults, an optional YAML file and keyword changes (for Python callers)."""
     values = load_yaml(path) if path else {}
+    sources = {name: f"{path}: {name}" for name in values}
     defaults = {f.name: f.default for f in fields(Config)}
     for name, value in changes.items():
+        sources.pop(name, None)
         if name in DERIVED_KEYS:
             values[name] = _claim("load_config", name, value)
             continue
@@ -602,4 +629,4 @@ def load_config(path: Optional[str] = None, **changes) -> Config:
         values[name] = _coerce(name, value, defaults[name])
     if path:
         values["config"] = path
-    return _make(values)
+    return _make(values, sources)

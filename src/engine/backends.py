@@ -2,6 +2,8 @@
 network, or the same checkpoint exported to ONNX (``src.deploy.export_model``, in-graph decoder
 included) and run by onnxruntime or OpenVINO, the engines CPU users deploy SSD with.
 
+``--quantize int8``: OpenVINO on the checkpoint quantized by NNCF (``src.engine.quantize``).
+
 Each is a ``Detector``: images (B, 3, H, W) float32, normalised -> (boxes (B, A, 4) corner form
 normalised, scores (B, A, C)) numpy, the inference network's outputs, so that every engine feeds
 the one post-processing path (``src.detections``). The ONNX engines take a fixed batch size
@@ -73,6 +75,11 @@ def create_detector(config, checkpoint_path: Optional[str], backend: str = "mind
     ``build_inference_network``."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    if config.quantize == "int8":
+        if backend == "onnxruntime":
+            raise ValueError("--quantize int8 runs on OpenVINO (NNCF's int8 model): use "
+                             "--backend openvino or leave --backend out")
+        return int8_detector(config, checkpoint_path, batch_size)
     if backend == "mindspore":
         import mindspore as ms
 
@@ -95,6 +102,15 @@ def create_detector(config, checkpoint_path: Optional[str], backend: str = "mind
         else:
             run, precision = _openvino_model(path, threads, config.conv_dtype)
     return Detector(backend, run, batch_size, precision=precision)
+
+
+def int8_detector(config, checkpoint_path: Optional[str], batch_size: int) -> Detector:
+    """OpenVINO running the int8 model of ``checkpoint_path`` (``src.engine.quantize``)."""
+    from src.engine.quantize import int8_model
+
+    path = int8_model(config, checkpoint_path, batch_size)
+    run, _ = _openvino_model(path, engine_threads(config), "float32")
+    return Detector("openvino", run, batch_size, precision="int8")
 
 
 def _onnxruntime_session(path: str, threads: int):

@@ -114,7 +114,8 @@ class Trainer:
         self.train_step, self.plan = create_train_step(config, self.network, self.lr_table,
                                                        run.platform, run.world, self.uint8)
         optimizer = self.train_step.optimizer
-        self.evaluation = Evaluation(config, eval_split, fold_bn=False) \
+        # The network being trained, in float32: an int8 model is made from a checkpoint.
+        self.evaluation = Evaluation(config.replace(quantize="none"), eval_split, fold_bn=False) \
             if eval_split and self.main else None
         self.position, self.resumed_from = self._start_position()
         optimizer.global_step.set_data(Tensor(np.array([self.position.global_step], np.int32)))
