@@ -74,7 +74,7 @@ def generate_default_boxes(img_size: int = 300,
         raise ValueError(f"steps ({len(steps)}), aspect_ratios ({len(aspect_ratios)}) and "
                          f"feature_size ({maps}) need one entry per feature map")
     scales = [min_scale + (max_scale - min_scale) * k / (maps - 1) for k in range(maps)] + [1.0]
-    rows = []
+    rows: list = []
     for k, side in enumerate(feature_size):
         cells_per_unit = img_size / steps[k]
         sizes = box_sizes(scales[k], scales[k + 1], aspect_ratios[k])

@@ -538,7 +538,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         if section not in groups:
             groups[section] = parser.add_argument_group(section)
         names = [f"--{f.name}", *f.metadata["flags"]]
-        kwargs = {"dest": f.name, "help": f"{f.metadata['help']} (default: {_plain(f.default)})"}
+        kwargs: dict = {"dest": f.name,
+                        "help": f"{f.metadata['help']} (default: {_plain(f.default)})"}
         if isinstance(f.default, bool):
             kwargs.update(nargs="?", const="true", metavar="true|false")
         elif f.metadata["choices"]:

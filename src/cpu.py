@@ -185,7 +185,7 @@ def parse_cpuinfo(text: str, cap: Optional[str] = None,
     running as ``machine`` (None: this one's, ``platform.machine()``). Off x86-64, x86 fields
     in the text (an emulator's host) are not taken for the processor's own."""
     arch = (machine or platform.machine() or "unknown").lower()
-    fields = {}
+    fields: dict = {}
     for line in text.splitlines():
         if not line.strip():
             if fields:

@@ -30,7 +30,8 @@ class DetectionStore:
 
     def __init__(self, category_ids: Sequence[int]):
         self.category_ids = np.asarray(category_ids, np.int64)
-        self._images = []      # (image id, boxes (k, 4) int32, scores (k,) int32, classes (k,))
+        # (image id, boxes (k, 4) int32, scores (k,) int32, classes (k,)) per image
+        self._images: list = []
         self._count = 0
 
     def add(self, img_id: int, xywh: np.ndarray, scores: np.ndarray,

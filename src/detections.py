@@ -111,9 +111,10 @@ class PostProcessor:
             False: ``batched_nms``, the same result).
     """
 
-    def __init__(self, category_ids, min_score=0.1, nms_threshold=0.6, max_per_class=100,
-                 max_per_image=0, plus_one=True, use_kernel: Optional[bool] = None):
-        self.category_ids = np.asarray(category_ids)
+    def __init__(self, category_ids: Sequence[int], min_score=0.1, nms_threshold=0.6,
+                 max_per_class=100, max_per_image=0, plus_one=True,
+                 use_kernel: Optional[bool] = None):
+        self.category_ids = tuple(int(c) for c in category_ids)
         self.min_score = float(min_score)
         self.nms_threshold = float(nms_threshold)
         self.max_per_class = int(max_per_class)
@@ -168,6 +169,7 @@ class PostProcessor:
         scores = np.ascontiguousarray(scores, np.float32)
         capacity = self.max_per_class * max(scores.shape[1] - 1, 0)
         anchor, classes = np.empty(capacity, np.int64), np.empty(capacity, np.int64)
+        assert self.kernel is not None
         count = self.kernel(boxes, scores, len(scores), scores.shape[1], height, width,
                             self.min_score, self.nms_threshold, self.max_per_class,
                             int(self.plus_one), anchor, classes)

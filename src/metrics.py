@@ -26,7 +26,7 @@ class CocoResult:
     stats: np.ndarray
     summary: str
     per_class: dict = field(default_factory=dict)
-    recall: np.ndarray = None
+    recall: Optional[np.ndarray] = None
     precision50: dict = field(default_factory=dict)
 
 
@@ -107,8 +107,8 @@ def coco_evaluate(annotation_file: str, detections: DetectionStore, img_ids: Seq
         detections.write_json(detections_path)
     ground_truth = load_coco_ground_truth(annotation_file, library)
     category_ids = sorted(ground_truth.getCatIds())
-    counts = detections.category_counts()
-    counts = [counts.get(c, 0) for c in category_ids]
+    per_category = detections.category_counts()
+    counts = [per_category.get(c, 0) for c in category_ids]
     if not sum(counts):
         return CocoResult(np.zeros(len(STAT_NAMES)),
                           "No detections above the score threshold: mAP is 0.\n")

@@ -212,8 +212,8 @@ def decode_error(message: str, files) -> DatasetError:
     bad = undecodable_images(scope)
     if not bad and shard:
         scope, bad = files, undecodable_images(files)
-    cause = re.search(r"Error raised by (.+?)(?: Dump the abnormal image|\n|$)", message)
-    cause = f" (MindSpore: Error raised by {cause.group(1).strip()})" if cause else ""
+    raised = re.search(r"Error raised by (.+?)(?: Dump the abnormal image|\n|$)", message)
+    cause = f" (MindSpore: Error raised by {raised.group(1).strip()})" if raised else ""
     prefix, manifest = _manifest_of(scope[0])
     where = os.path.join(os.path.dirname(scope[0]), prefix or os.path.basename(scope[0]))
     if not bad:
@@ -221,7 +221,7 @@ def decode_error(message: str, files) -> DatasetError:
                             "second pass decoded every image of it; the file system may have "
                             "failed: run again")
     names = _file_names(os.path.dirname(scope[0]), prefix, bad[:MAX_NAMED])
-    named = listed([f"image id {i}" + (f" ({names[i]})" if names.get(i) else "") for i in bad],
+    shown = listed([f"image id {i}" + (f" ({names[i]})" if names.get(i) else "") for i in bad],
                    MAX_NAMED)
     settings = manifest.get("description", {}).get("settings", {})
     if settings.get("check_images", False) is False:
@@ -232,7 +232,7 @@ def decode_error(message: str, files) -> DatasetError:
     else:
         advice = ("the check at conversion decoded it without error (with PIL), MindSpore's "
                   "decoder does not: re-encode or remove it from the dataset")
-    return DatasetError(f"MindRecord set {where}: {named} cannot be decoded{cause}; "
+    return DatasetError(f"MindRecord set {where}: {shown} cannot be decoded{cause}; "
                         f"{advice}")
 
 

@@ -1,5 +1,6 @@
 """The one record type every dataset reader produces, the source it came from, and problems."""
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +45,10 @@ class ImageRecord:
     path: str
     height: int
     width: int
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
-    ignored: np.ndarray = None
+    # Any array-like in; numpy arrays after __post_init__.
+    boxes: Any = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: Any = field(default_factory=lambda: np.zeros((0,), np.int32))
+    ignored: Any = None
     file_name: str = ""
 
     def __post_init__(self):

@@ -200,8 +200,10 @@ def read_yolo(location: str, split: str, classes: tuple = ()) -> DatasetSource:
                            f"given {list(classes)[1:]}; leave --classes out (data.yaml names "
                            "them)")
     key = SPLIT_KEYS[split]
-    records, problems, digest = [], [], []
-    images = []
+    records: list = []
+    problems: list = []
+    digest: list = []
+    images: list = []
     for source in split_sources(data, data_file, key):
         images += image_paths(source)
     label_folders = set()
@@ -236,7 +238,7 @@ def read_yolo(location: str, split: str, classes: tuple = ()) -> DatasetSource:
 def orphan_labels(folders: set, images: list) -> list:
     """An error for each label file in ``folders`` that no image of the split has."""
     wanted = {os.path.normcase(label_path(path)) for path in images}
-    problems = []
+    problems: list = []
     for folder in sorted(folders):
         if not os.path.isdir(folder):
             continue

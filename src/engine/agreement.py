@@ -166,7 +166,8 @@ def disagreement(table: Sequence[dict]) -> Optional[str]:
         return None
     reference = max(groups, key=lambda values: (len(groups[values]), -groups[values][0]))
     names, base = dict(COMPARED), _ranks(groups[reference])
-    lines, differing = [], set()
+    lines: list = []
+    differing: set = set()
     for values, ranks in groups.items():
         if values == reference:
             continue

@@ -9,7 +9,7 @@ checkpoint, evaluation with best.ckpt, the loss curves, TensorBoard's event file
 """
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class EpochEnd:
 class HookBase:
     """A job of the training run; every method may be left as it is (nothing)."""
 
-    trainer = None
+    trainer: Any = None   # the Trainer, set when it takes the hook
 
     def after_step(self, row: dict) -> None:
         """``row``: the step's log row (global_step, loss and its parts, lr, loss scale,
@@ -204,7 +204,7 @@ class TensorBoardHook(HookBase):
 
 
 def default_hooks(config, main: bool, evaluation=None,
-                  output_dir: Optional[str] = None) -> Sequence[HookBase]:
+                  output_dir: str = ".") -> Sequence[HookBase]:
     """The run's jobs: on every process the epoch report and the checkpoint (which writes on
     the main process only); on the main process the evaluation (when ``evaluation`` is given),
     the curves and, with ``tensorboard`` on, the event files."""

@@ -137,9 +137,9 @@ class Trainer:
                             default=-1.0) if self.main else -1.0
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
-        self.checkpoint = None
-        self.epoch_losses = []
-        self.hooks = []
+        self.checkpoint: Optional[str] = None
+        self.epoch_losses: list = []
+        self.hooks: list = []
         self.register_hooks(default_hooks(config, self.main, self.evaluation, self.output_dir)
                             if hooks is None else hooks)
 
@@ -254,7 +254,9 @@ class Trainer:
         progress = self.config.progress if self.main else "off"
         bar = Progress(self.steps_per_epoch - first_batch,
                        f"epoch {epoch}/{self.config.epoch_size}", progress)
-        losses, skipped, pending, tick = [], 0, [], time.time()
+        losses: list = []
+        pending: list = []
+        skipped, tick = 0, time.time()
         try:
             for outputs in itertools.islice(run_steps, self.steps_per_epoch - first_batch):
                 pending.append(outputs)

@@ -103,7 +103,8 @@ def load(path: str) -> RankTable:
         raise _problem(path, f"is not valid json ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("server_list"), list):
         raise _problem(path, "has no 'server_list' list")
-    devices, seen = [], {}
+    devices: list = []
+    seen: dict = {}
     for i, server in enumerate(data["server_list"]):
         where = f"server_list[{i}]"
         if not isinstance(server, dict) or "server_id" not in server:

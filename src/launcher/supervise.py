@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from src.launcher.processes import ranks_by_pid
 
@@ -28,7 +28,7 @@ class Signals:
 
     def __init__(self) -> None:
         self.received: list[int] = []
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "Signals":
         for number in (signal.SIGINT, signal.SIGTERM):
@@ -152,7 +152,8 @@ def supervise_ranks(command: Sequence[str], ranks: Sequence[tuple[int, Mapping[s
                 stopped_at = time.monotonic()
                 for process in running:
                     _send(process, signal.SIGTERM)
-            elif failed is not None and time.monotonic() - stopped_at > grace:
+            elif failed is not None and stopped_at is not None and \
+                    time.monotonic() - stopped_at > grace:
                 for process in running:
                     _send(process, signal.SIGKILL, group=True)
             time.sleep(poll)

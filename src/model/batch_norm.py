@@ -35,14 +35,14 @@ def fused_ops(residual):
         backward = _custom("BatchNormAddActBackward",
                            lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma, x), 4)
 
-        def bprop(x, res, gamma, beta, mean, var, settings, out, dout):
+        def bprop_with_residual(x, res, gamma, beta, mean, var, settings, out, dout):
             dx, dgamma, dbeta, dres = backward(dout[0], x, out[0], gamma, out[1], out[2],
                                                settings)
             return (dx, dres, dgamma, dbeta, ops.zeros_like(mean), ops.zeros_like(var),
                     ops.zeros_like(settings))
 
         return _custom("BatchNormAddActForward",
-                       lambda x, res, gamma, *rest: (x,) + (gamma,) * 4, 5, bprop)
+                       lambda x, res, gamma, *rest: (x,) + (gamma,) * 4, 5, bprop_with_residual)
     backward = _custom("BatchNormActBackward",
                        lambda dy, x, y, gamma, mean, invstd, s: (x, gamma, gamma), 3)
 

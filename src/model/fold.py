@@ -72,7 +72,8 @@ def fold_batch_norm(network):
         children = dict(cell.name_cells())
         for name, conv in children.items():
             bn_name = "bn" + name[len("conv"):] if name.startswith("conv") else None
-            if bn_name in children and _foldable(conv, children[bn_name]):
+            if bn_name is not None and bn_name in children and _foldable(conv,
+                                                                          children[bn_name]):
                 bn = children[bn_name]
                 scale, shift, activation = _affine(bn)
                 if getattr(bn, "takes_residual", False):  # bn(conv(x), r) -> conv'(x, r)

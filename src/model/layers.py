@@ -131,7 +131,7 @@ class Layers:
         gives (N, OH, OW, O); MindSpore's always NCHW."""
         if not self.ours:
             return nn.Conv2d(*args, **kwargs)
-        return OneDnnConv2d(*args, compute_dtype=self.dtype, input_grad=input_grad,
+        return OneDnnConv2d(*args, compute_dtype=self.dtype, input_grad=input_grad,  # type: ignore[misc]
                             blocked_input=self.block != PLAIN and blocked_input,
                             blocked_output=self.block != PLAIN and blocked_output,
                             nhwc_output=nhwc_output, block=self.block or None,

@@ -91,13 +91,13 @@ class ConvOps:
                                     lambda dy, x, xb, w, g: (x, w, [w[0]]),
                                     lambda dy, x, xb, w, g: (x, x, x))
 
-            def bprop(x, w, b, g, out, dout):
+            def bprop_with_bias(x, w, b, g, out, dout):
                 dx, dw, db = self.backward(dout[0], x, out[1], w, g)
                 return dx, dw, db, ops.zeros_like(g)
 
             self.forward = _custom(
                 "ConvForwardBias",
-                shapes, both, bprop)
+                shapes, both, bprop_with_bias)
         else:
             self.backward = _custom("ConvBackward", lambda dy, x, xb, w, g: (x, w),
                                     lambda dy, x, xb, w, g: (x, x))
@@ -233,8 +233,9 @@ class OneDnnConv2d(nn.Cell):
         weight = self.weight.asnumpy() * scale.reshape(-1, 1, 1, 1)
         copy.weight.set_data(Tensor(weight.astype(np.float32)))
         if has_bias:
-            bias = (self.bias.asnumpy() if self.has_bias else 0.0) * scale + (
+            bias = (self.bias.asnumpy() if self.bias is not None else 0.0) * scale + (
                 0.0 if shift is None else shift)
+            assert copy.bias is not None   # has_bias
             copy.bias.set_data(Tensor(np.asarray(bias, np.float32)))
         return copy
 

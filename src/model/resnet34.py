@@ -44,7 +44,7 @@ class BasicBlock(nn.Cell):
     def construct(self, x):
         identity = x
         if self.down_sample:
-            identity = self.down_sample_layer(x)
+            identity = self.down_sample_layer(x)  # type: ignore[misc]
         out = self.bn1(self.conv1(x))
         return self.bn2(self.conv2(out), identity)
 

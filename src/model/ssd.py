@@ -54,7 +54,7 @@ class SSDFeatureExtractor(nn.Cell):
 
     def construct(self, x):
         feature = self.module(x)
-        features = (feature,)
+        features: tuple = (feature,)
         for block in self.additional_blocks:
             feature = block(feature)
             features += (feature,)
@@ -100,8 +100,8 @@ class MultiBox(nn.Cell):
         return ops.reshape(ops.concat(flat, axis=1), (batch, self.num_boxes, -1))
 
     def construct(self, features):
-        loc = ()
-        cls = ()
+        loc: tuple = ()
+        cls: tuple = ()
         for i, feature in enumerate(features):
             loc += (self.multi_loc_layers[i](feature),)
             cls += (self.multi_cls_layers[i](feature),)

@@ -58,7 +58,7 @@ class _StateDictUnpickler(pickle.Unpickler):
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str, swap: bool):
         super().__init__(file)
         self.archive, self.prefix, self.path, self.swap = archive, prefix, path, swap
-        self.bfloat16 = set()
+        self.bfloat16: set = set()
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
