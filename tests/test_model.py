@@ -197,10 +197,10 @@ def test_in_graph_decoder_matches_numpy(network):
 
 
 def test_summary_states_the_reference_numbers(network):
-    from src.engine.precision import precision_plan
+    from src.engine.run_plan import create_run_plan
     from src.engine.trainer import model_summary
 
-    text = model_summary(Config(), network, "CPU", precision_plan(Config(), "CPU"), 117266, 3664,
+    text = model_summary(Config(), network, create_run_plan(Config(), "CPU"), 117266, 3664,
                          "out")
     assert "12,703,542 trainable parameters, 8,732 default boxes, input 3x300x300" in text
     assert "81 classes" in text and "Device: CPU, GRAPH_MODE, fp32, loss scale 1 (static)" in text

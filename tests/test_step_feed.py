@@ -154,8 +154,8 @@ def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatc
     trainer.config = Config(epoch_size=3, batch_size=2, progress="off")
     trainer.run_info = types.SimpleNamespace(world=1, rank=0)
     trainer.prepared = types.SimpleNamespace(files=["unused.mindrecord"])
-    trainer.coder, trainer.processes, trainer.uint8 = None, False, False
-    trainer.loop, trainer.main, trainer.say = LoopPlan(sink, 1), True, lambda *a, **k: None
+    trainer.coder, trainer.main, trainer.say = None, True, lambda *a, **k: None
+    trainer.plan = types.SimpleNamespace(loop=LoopPlan(sink, 1), processes=False, uint8=False)
     trainer.steps_per_epoch, trainer.lr_table = 4, np.zeros(12, np.float32)
     trainer.position = Position(2, 1, 5) if resumed else Position(0, 4, 0)
     trainer.output_dir, trainer.log, trainer.checkpoint = "unused", Log(), None
@@ -202,3 +202,24 @@ def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatc
         assert (made[0].arguments["epoch"], made[0].arguments["epochs"],
                 made[0].arguments["skip"]) == (1, 3, 0)
         assert ends == [(e, [float(v) for v in range(4 * e - 4, 4 * e)]) for e in (1, 2, 3)]
+
+
+def test_the_run_plan_settles_every_auto_once_per_platform():
+    """create_run_plan: CPU trains fp32 from host-fed float32 batches in threads, read every
+    step; GPU fp16 with processes, uint8 and the sink, read every 10; a refusal of the parts
+    (a sink on CPU) comes from the plan, before anything is built."""
+    from src.engine.run_plan import create_run_plan
+
+    cpu = create_run_plan(Config(conv_impl="mindspore"), "CPU")
+    assert (cpu.precision.precision, cpu.processes, cpu.uint8, cpu.loop.sink) == (
+        "fp32", False, False, False)
+    assert cpu.layers.impl == "mindspore" and cpu.workers == Config().workers
+    assert cpu.describe_feed() == f"{Config().workers} worker threads, float32 images"
+    gpu = create_run_plan(Config(conv_impl="mindspore"), "GPU")
+    assert (gpu.precision.precision, gpu.precision.dynamic, gpu.processes, gpu.uint8) == (
+        "fp16", True, True, True)
+    assert gpu.describe_feed().endswith("uint8 images normalised on the device, through the "
+                                        f"data sink; steps read back every "
+                                        f"{ACCELERATOR_READ_EVERY}")
+    with pytest.raises(ValueError, match="--data_sink on"):
+        create_run_plan(Config(data_sink="on"), "CPU")

@@ -2,6 +2,7 @@
 update; plus the optimizer of the reference (Momentum 0.9, weight decay on non-BN parameters).
 """
 import os
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
@@ -236,13 +237,14 @@ def fusion_splits(params, groups: int = 4) -> list:
 
 
 def create_train_step(config, network, lr_table, platform: str, world: int = 1,
-                      uint8_input: bool = False) -> tuple:
+                      uint8_input: bool = False,
+                      precision: Optional[PrecisionPlan] = None) -> tuple:
     """The train step of ``config`` for a detector on ``platform``: its precision plan applied
-    (``src.engine.precision``), the reference's loss and optimizer; ``uint8_input``: images
-    come as uint8 and are normalised in the graph. Returns (TrainStep in training mode,
-    PrecisionPlan)."""
+    (``precision``, else ``src.engine.precision.precision_plan``'s), the reference's loss and
+    optimizer; ``uint8_input``: images come as uint8 and are normalised in the graph. Returns
+    (TrainStep in training mode, PrecisionPlan)."""
     ours = network.layers.ours
-    plan: PrecisionPlan = precision_plan(config, platform, ours)
+    plan: PrecisionPlan = precision or precision_plan(config, platform, ours)
     # A fixed scale is divided out by the optimizer, as the reference's nn.Momentum did.
     folded = 1.0 if plan.dynamic else plan.loss_scale
     optimizer = create_optimizer(network, lr_table, config.momentum, config.weight_decay,

@@ -13,8 +13,8 @@ import numpy as np
 from mindspore import Tensor
 
 from src.box_coder import BoxCoder
+from src.config import Config
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
-from src.data.feed import feed_settings
 from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
@@ -39,8 +39,9 @@ from src.engine.pretrained import load_pretrained
 from src.engine.progress import Progress, format_duration
 from src.engine.run_folder import CURVE_NAME, claim_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
+from src.engine.run_plan import RunPlan, create_run_plan
 from src.engine.signals import StopRequest
-from src.engine.step_feed import host_steps, loop_plan, sunk_steps
+from src.engine.step_feed import host_steps, sunk_steps
 from src.engine.train_step import create_train_step
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
@@ -52,30 +53,27 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stays non-finite); the message says why and where."""
 
 
-def model_summary(config, network, platform, plan, images, steps_per_epoch,
-                  output_dir, lr=None, world=1, classes_given=True):
+def model_summary(config: Config, network, plan: RunPlan, images: int, steps_per_epoch: int,
+                  output_dir: str, lr: Optional[float] = None, world: int = 1,
+                  classes_given: bool = True) -> str:
     """The lines printed before training starts."""
     height, width = config.img_shape
     top = lr if lr is not None else peak_lr(config)
-    processes, uint8 = feed_settings(config, platform)
-    loop = loop_plan(config, platform)
+    platform = plan.platform
     return "\n".join([
         f"SSD-ResNet34: {count_trainable_params(network):,} trainable parameters, "
         f"{config.num_ssd_boxes:,} default boxes, input 3x{height}x{width}, "
         f"{config.class_count} classes (background included"
         f"{'' if classes_given else '; from the data'})",
-        f"Device: {platform}, GRAPH_MODE, {plan.describe()}, "
+        f"Device: {platform}, GRAPH_MODE, {plan.precision.describe()}, "
         f"convolutions: {conv_description(network)}, "
         f"{ONEDNN_ISA_VARIABLE}={os.environ.get(ONEDNN_ISA_VARIABLE, '(not set)')}",
         *([f"CPU: {cpu_info().describe()}"] if platform == "CPU" else []),
         f"Data: {images} images, batch {config.batch_size}"
         + (f" per device x {world} devices = global batch {config.batch_size * world}"
            if world > 1 else "")
-        + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs; {config.workers} "
-        f"worker {'processes' if processes else 'threads'}, "
-        f"{'uint8 images normalised on the device' if uint8 else 'float32 images'}"
-        f"{', through the data sink' if loop.sink else ''}"
-        f"{f'; steps read back every {loop.read_every}' if loop.read_every > 1 else ''}",
+        + f", {steps_per_epoch} steps/epoch, {config.epoch_size} epochs; "
+        + plan.describe_feed(),
         f"Schedule: lr {config.lr_init:g} -> {top:g}{'' if config.lr else ' (scaled to the batch)'}"
         f" over {config.warmup_epochs:g} warm-up epochs, cosine to {top * config.lr_end_rate:g};"
         f" momentum {config.momentum:g}, weight decay {config.weight_decay:g}",
@@ -102,24 +100,24 @@ class Trainer:
             raise DatasetError(f"{per_rank_images} training images per device make no full "
                                f"batch of --batch_size {config.batch_size}")
         self.coder = BoxCoder.from_config(config)
-        self.network = build_ssd(config)
+        self.plan = create_run_plan(config, run.platform)
+        self.network = build_ssd(config, self.plan.layers)
         if config.pre_trained:
             load_pretrained(config, self.network, self.say)
         if config.freeze_bn:
             self.say(f"--freeze_bn: {freeze_batch_norm(self.network)} BatchNorm layers use "
                      "running statistics")
         self.lr_table = lr_from_config(config, self.steps_per_epoch, run.world)
-        self.processes, self.uint8 = feed_settings(config, run.platform)
-        self.loop = loop_plan(config, run.platform)
-        self.train_step, self.plan = create_train_step(config, self.network, self.lr_table,
-                                                       run.platform, run.world, self.uint8)
+        self.train_step, _ = create_train_step(config, self.network, self.lr_table,
+                                               run.platform, run.world, self.plan.uint8,
+                                               precision=self.plan.precision)
         optimizer = self.train_step.optimizer
         # The network being trained, in float32: an int8 model is made from a checkpoint.
         self.evaluation = Evaluation(config.replace(quantize="none"), eval_split, fold_bn=False) \
             if eval_split and self.main else None
         self.position, self.resumed_from = self._start_position()
         optimizer.global_step.set_data(Tensor(np.array([self.position.global_step], np.int32)))
-        self.say(model_summary(config, self.network, run.platform, self.plan,
+        self.say(model_summary(config, self.network, self.plan,
                                prepared.images, self.steps_per_epoch,
                                self.output_dir, float(self.lr_table.max()), run.world,
                                classes_given), flush=True)
@@ -177,7 +175,7 @@ class Trainer:
                                     shard_id=self.run_info.rank,
                                     num_workers=config.workers, seed=config.seed,
                                     epoch=first_epoch, crop_rule=config.crop_rule,
-                                    processes=self.processes, uint8=self.uint8,
+                                    processes=self.plan.processes, uint8=self.plan.uint8,
                                     epochs=config.epoch_size - first_epoch + 1, skip=first_batch)
 
     def save(self, name: str) -> str:
@@ -239,7 +237,7 @@ class Trainer:
         epoch ``first_epoch``: one pipeline (and one data sink) for the whole run, released
         when the generator is closed."""
         data, files = self.run_data(first_epoch, first_batch), self.prepared.files
-        if self.loop.sink:
+        if self.plan.loop.sink:
             total = (self.config.epoch_size - first_epoch + 1) * self.steps_per_epoch
             return sunk_steps(self.train_step, data, files, total - first_batch)
         return host_steps(self.train_step, data, files)
@@ -261,7 +259,7 @@ class Trainer:
             for outputs in itertools.islice(run_steps, self.steps_per_epoch - first_batch):
                 pending.append(outputs)
                 last = self.position.step_in_epoch + len(pending) >= self.steps_per_epoch
-                if len(pending) < self.loop.read_every and not last:
+                if len(pending) < self.plan.loop.read_every and not last:
                     continue
                 skipped += self.record(pending, epoch, bar, time.time() - tick, losses)
                 pending, tick = [], time.time()
