@@ -26,7 +26,7 @@ import importlib.util
 import os
 import sys
 
-from src.cli import parse_runnable_config
+from src.cli import parse_runnable_config, run_interruptible
 from src.measure import (  # imports MindSpore only inside its functions
     ALL_MODES,
     INFER_PEERS,
@@ -81,10 +81,14 @@ def main(argv=None):
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
-    run(config, modes, args.steps, args.warmup,
-        args.twin, args.twin_python, args.eval_images, args.epochs, stress, args.overfit_steps,
-        peers)
-    return 0
+
+    def work() -> int:
+        run(config, modes, args.steps, args.warmup, args.twin, args.twin_python,
+            args.eval_images, args.epochs, stress, args.overfit_steps, peers)
+        return 0
+
+    return run_interruptible(work, "benchmark.py", "the JSON lines printed so far are the modes "
+                             "measured; the mode under way printed none")
 
 
 if __name__ == "__main__":

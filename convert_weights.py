@@ -34,7 +34,9 @@ def main(argv=None):
         for name, why in sorted(skipped.items()):
             print(f"  {name}: {why}")
 
-    return run(convert, __doc__, rest, overrides={"run_platform": "CPU"})
+    return run(convert, __doc__, rest, overrides={"run_platform": "CPU"},
+               what="convert_weights.py",
+               kept="nothing was written (--output appears only once complete)")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 [--opencv true]
 
 Writes <file_name>.mindir / .onnx / .air. Input (batch, 3, 300, 300) normalised image; outputs
-boxes (batch, 8732, 4) and scores (batch, 8732, num_classes). With --opencv true an ONNX export
-is also written as <file_name>.opencv.onnx, the form the C++ program runs with OpenCV.
-Config flags (--num_classes, --config ...) describe the model, as for training.
+boxes (batch, 8732, 4) and scores (batch, 8732, num_classes). The batch is export.py's own
+--batch_size (default 1): a training config's batch_size (--config configs/demo.yaml) is not
+taken. With --opencv true an ONNX export is also written as <file_name>.opencv.onnx, the form the
+C++ program runs with OpenCV. Config flags (--num_classes, --config ...) describe the model, as
+for training. Files are written whole or not at all, readable as the umask allows; the folder
+they go into keeps its mode.
 """
 import argparse
 import sys
@@ -21,24 +24,26 @@ def main(argv=None):
     parser.add_argument("--file_format", default="MINDIR", type=str.upper,
                         choices=("MINDIR", "ONNX", "AIR"))
     parser.add_argument("--opencv", default="false", choices=("true", "false"))
+    parser.add_argument("--batch_size", type=int, default=1)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not 1 <= args.batch_size <= 1024:
+        parser.error(f"--batch_size {args.batch_size}: an export takes 1 to 1024 images")
 
     def export(config):
         from src.deploy import export_model, opencv_compatible
         from src.device import init_device
 
-        if config.batch_size > 1024:
-            raise ConfigError("--batch_size above 1024 is not a sensible export size")
         platform = init_device(config.run_platform, config.device_id, config.seed)
         path = export_model(config, args.ckpt_file, args.file_name, args.file_format,
-                            config.batch_size, platform)
-        print(f"Exported {path} (batch {config.batch_size}, {args.file_format})")
+                            args.batch_size, platform)
+        print(f"Exported {path} (batch {args.batch_size}, {args.file_format})")
         if args.opencv == "true":
             if args.file_format != "ONNX":
                 raise ConfigError("--opencv true needs --file_format ONNX")
             print(f"OpenCV form: {opencv_compatible(path, args.file_name + '.opencv.onnx')}")
 
-    return run(export, __doc__, rest, overrides={"batch_size": 1})
+    return run(export, __doc__, rest, what="export.py",
+               kept="nothing was written (an export appears under its name only once complete)")
 
 
 if __name__ == "__main__":

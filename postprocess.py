@@ -30,7 +30,10 @@ def main(argv: Optional[list] = None) -> int:
 
         return evaluate_result_files(config, args.result_path, args.img_path, args.anno_file)
 
-    return run(score, __doc__, rest)
+    return run(score, __doc__, rest, what="postprocess.py",
+               default_output_dir="outputs/postprocess",
+               kept="none of its results are in {output_dir} (they are written once scored; an "
+                    "earlier run's are as they were)")
 
 
 if __name__ == "__main__":

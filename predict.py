@@ -2,8 +2,8 @@
 [MORE ...] [--output_dir DIR] [--run_platform CPU] [--draw_threshold 0.5]
 [--num_classes N --classes ...]
 
-Writes each image with boxes, class names and scores drawn (<name>.jpg: the input's whole file
-name plus .jpg, so a.jpg and a.png give a.jpg.jpg and a.png.jpg) and detections.json (COCO
+Writes each image with boxes, class names and scores drawn, under the input's own file name
+and in its format (a.jpg gives a.jpg, a.png gives a.png), and detections.json (COCO
 result records, boxes as [x, y, w, h] in pixels, with file_name and class) into --output_dir
 (default outputs/predict), which must not be the folder of the inputs. Pixels are taken as
 stored: EXIF orientation is ignored, as in training and evaluation.
@@ -28,7 +28,9 @@ def main(argv: Optional[list] = None) -> int:
 
         return draw(config, args.image, args.draw_threshold)
 
-    return run(predict, __doc__, rest)
+    return run(predict, __doc__, rest, what="predict.py", default_output_dir="outputs/predict",
+               kept="the pictures finished so far are in {output_dir}; detections.json is "
+                    "written at the end, so it is not there (or is the earlier run's)")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,21 @@ def main(argv=None) -> int:
         parser.error(f"--seeds {args.seeds!r}: expected distinct seeds >= 0, comma-separated")
     if any(f.split("=")[0] in ("--seed", "--checkpoint_path") for f in flags):
         parser.error("--seed and --checkpoint_path are set per run by seeds.py")
+    from src.cli import run_interruptible
     from src.engine.seeds import SeedRunError, run_seeds
 
-    try:
-        run_seeds(seeds, args.output_dir, flags)
-    except SeedRunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    def work() -> int:
+        try:
+            run_seeds(seeds, args.output_dir, flags)
+        except SeedRunError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_interruptible(
+        work, "seeds.py", f"the seeds finished so far are in {args.output_dir}/seed-<n>; the "
+        "run under way stopped as train.py and eval.py stop (its own line is above)",
+        mindspore=False)
 
 
 if __name__ == "__main__":

@@ -667,16 +667,24 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if args.min_size > args.max_size:
         parser.error(f"--min_size ({args.min_size}) must not exceed --max_size ({args.max_size})")
-    try:
-        summary = generate(args.out, args.num_train, args.num_val, args.seed,
-                           min_size=args.min_size, max_size=args.max_size,
-                           max_objects=args.max_objects, empty_fraction=args.empty_fraction,
-                           quality=args.quality)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(summary_line(summary))
-    return 0
+    def work() -> int:
+        try:
+            summary = generate(args.out, args.num_train, args.num_val, args.seed,
+                               min_size=args.min_size, max_size=args.max_size,
+                               max_objects=args.max_objects,
+                               empty_fraction=args.empty_fraction, quality=args.quality)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(summary_line(summary))
+        return 0
+
+    from src.cli import run_interruptible
+
+    return run_interruptible(
+        work, "src.demo_data", f"{args.out} holds the files written so far and stays marked as "
+        "this generator's (incomplete), so the same command completes it",
+        mindspore=False)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ Exported graph: input (B, 3, 300, 300) float32, normalised as in evaluation; out
 (B, 8732, 4) normalised clipped (ymin, xmin, ymax, xmax) and scores (B, 8732, C) sigmoid. No NMS
 inside: the same ``src.detections`` post-processing runs on every engine's outputs.
 """
-import os
-
 import numpy as np
+
+from src.files import atomic_path
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
@@ -37,12 +37,13 @@ def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch
     net = build_inference_network(config, checkpoint_path, layers=Layers())
     sample = ms.Tensor(np.random.default_rng(0).uniform(
         -1, 1, (batch_size, 3, *config.img_shape)).astype(np.float32))
-    os.makedirs(os.path.dirname(os.path.abspath(file_name)) or ".", exist_ok=True)
-    ms.export(net, sample, file_name=file_name, file_format=file_format)
     path = file_name if file_name.endswith(FORMATS[file_format]) else \
         file_name + FORMATS[file_format]
-    if not os.path.isfile(path):
-        raise ExportError(f"MindSpore reported no error but {path} was not written")
+    # Written in a private hidden folder next to ``path`` and moved into place once complete:
+    # MindSpore's ONNX writer sets the mode of the folder it writes into to 0700 (with a bare
+    # --file_name, the current folder), and a half-written export is never left under the name.
+    with atomic_path(path, private=True) as tmp:
+        ms.export(net, sample, file_name=tmp, file_format=file_format)
     return path
 
 
@@ -120,5 +121,6 @@ def opencv_compatible(onnx_path, out_path):
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
-    onnx.save(model, out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, tmp)
     return out_path

@@ -564,7 +564,10 @@ def run_twin(script, python, config, steps, warmup):
     command = [python, script, "--mode", "all", "--batch", str(config.batch_size),
                "--threads", str(os.cpu_count() or 1), "--steps", str(steps),
                "--warmup", str(warmup)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    from src.interrupts import sigterm_unblocked
+
+    with sigterm_unblocked():      # else the twin would inherit SIGTERM blocked
+        result = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode or not lines:
         raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}):\n"

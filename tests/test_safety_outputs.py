@@ -42,8 +42,8 @@ def test_predict_decodes_pixels_as_stored_like_mindspore(tmp_path):
 def test_picture_names_keep_a_jpg_and_a_png_apart():
     from src.engine.predictor import picture_name
 
-    assert picture_name("in/a.jpg") == "a.jpg.jpg" and picture_name("in/a.png") == "a.png.jpg"
-    assert picture_name("shot.1.JPG") == "shot.1.JPG.jpg"
+    assert picture_name("in/a.jpg") == "a.jpg" and picture_name("in/a.png") == "a.png"
+    assert picture_name("shot.1.JPG") == "shot.1.JPG"
 
 
 def inputs(folder, *names):
@@ -73,8 +73,8 @@ def test_predict_refuses_an_output_file_that_is_an_input(tmp_path):
 
     files = inputs(tmp_path / "in", "a.jpg", "b.jpg")
     (tmp_path / "out").mkdir()
-    os.symlink(files[1], tmp_path / "out" / "a.jpg.jpg")
-    with pytest.raises(ValueError, match=r"a\.jpg\.jpg is the input .*b\.jpg \(a link\)"):
+    os.symlink(files[1], tmp_path / "out" / "a.jpg")
+    with pytest.raises(ValueError, match=r"out/a\.jpg is the input .*b\.jpg \(a link\)"):
         check_outputs(files, str(tmp_path / "out"))
 
 

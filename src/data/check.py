@@ -7,8 +7,10 @@ It opens every image (fully decoded, so truncated files are caught; or only its 
 ``--check_images false``), takes the real image size, clips boxes to the image and drops boxes
 without area, and reports: image and box counts, per-class counts, a box-size histogram, and
 each problem with its file and line or record. Errors (an image that is missing or cannot be
-decoded, an annotation that cannot be parsed, an unknown class, a repeated image) make a sample
-unusable; warnings say what was fixed.
+decoded, an annotation that cannot be parsed, an unknown class, a box whose far corner is above
+or left of its near one, a repeated image, no image at all) make a sample (or the split)
+unusable; warnings say what was fixed (a box clipped to its image, a box without area there
+dropped).
 """
 import os
 import sys
@@ -21,10 +23,17 @@ from tqdm import tqdm
 from src.config import parse_config
 from src.data.readers import read_source
 from src.data.records import ERROR, WARNING, DatasetError, DatasetSource, Problem
+from src.text import listed
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
 SIZE_EDGES = (0, 16, 32, 64, 96, 128, 256, 512, float("inf"))
 CLIP_TOLERANCE = 1.0
+NO_IMAGES_ADVICE = {
+    "TXT": "the file is empty or holds only blank and '#' lines; each image is a line "
+           "'path x1,y1,x2,y2,class ...'",
+    "COCO": "its 'images' list is empty",
+    "VOC": "the split's list (ImageSets/Main/<split>.txt) names no image",
+}
 
 
 @dataclass
@@ -110,11 +119,17 @@ def clip_boxes(record, problems, sample):
     if len(record.labels) == 0:
         return 0, 0
     boxes = record.boxes
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    for k in np.nonzero(inverted)[0]:
+        problems.append(Problem(ERROR, record.path, f"box {k + 1}", (
+            f"its far corner is above or left of its near one (y1,x1,y2,x2 = "
+            f"{np.round(boxes[k], 1).tolist()}): a malformed annotation (swapped columns, or "
+            "x,y,w,h given for corners)"), sample))
     limit = np.array([record.height, record.width, record.height, record.width], np.float32)
     clipped = np.clip(boxes, 0, limit)
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1]) & ~inverted
     moved = np.abs(clipped - boxes).max(axis=1) > CLIP_TOLERANCE
-    for k in np.nonzero(~keep)[0]:
+    for k in np.nonzero(~keep & ~inverted)[0]:
         problems.append(Problem(WARNING, record.path, f"box {k + 1}",
                                 f"no area inside the {record.width}x{record.height} image "
                                 f"(y1,x1,y2,x2 = {np.round(boxes[k], 1).tolist()}): dropped",
@@ -127,7 +142,7 @@ def clip_boxes(record, problems, sample):
     record.boxes = clipped[keep]
     record.labels = record.labels[keep]
     record.ignored = record.ignored[keep]
-    return int((keep & moved).sum()), int((~keep).sum())
+    return int((keep & moved).sum()), int((~keep & ~inverted).sum())
 
 
 def histogram(sizes):
@@ -138,14 +153,34 @@ def histogram(sizes):
     return [(label, int(n)) for label, n in zip(labels, counts)]
 
 
-def check_source(source, num_classes=None, decode_images=True, workers=2, progress=True):
-    """Check a DatasetSource in place (sizes filled in, boxes clipped); returns a report."""
+def class_count_problem(source, num_classes, classes_of=""):
+    """The error of a class count ``num_classes`` (background included) that is not the
+    data's: fixed by --num_classes when it came from the flag; when it came from a checkpoint
+    (``classes_of`` describes it), no flag fixes it."""
+    names = listed(source.class_names[1:])
+    count = source.num_classes - 1
+    data = (f"the data has {count} class{'' if count == 1 else 'es'} ({source.num_classes} "
+            f"with background: {names})")
+    if classes_of:
+        return (f"{data}, but {classes_of}: a checkpoint is scored on data of the classes it "
+                "was trained for. Evaluate it on such data, or evaluate a checkpoint trained on "
+                "these classes")
+    return f"{data} but num_classes is {num_classes}: pass --num_classes {source.num_classes}"
+
+
+def check_source(source, num_classes=None, decode_images=True, workers=2, progress=True,
+                 classes_of=""):
+    """Check a DatasetSource in place (sizes filled in, boxes clipped); returns a report.
+    ``classes_of``: where ``num_classes`` came from when not from the flag (a checkpoint), for
+    the message when it is not the data's class count."""
     problems = list(source.problems)
     if num_classes is not None and num_classes != source.num_classes:
+        problems.append(Problem(ERROR, source.annotation_file, "",
+                                class_count_problem(source, num_classes, classes_of)))
+    if not source.records:
         problems.append(Problem(ERROR, source.annotation_file, "", (
-            f"the data has {source.num_classes - 1} classes ({source.num_classes} with "
-            f"background) but num_classes is {num_classes}: pass --num_classes "
-            f"{source.num_classes}")))
+            f"no image in {source.name}: nothing to train or evaluate on; "
+            f"{NO_IMAGES_ADVICE.get(source.name.partition(' ')[0], 'is it the right file?')}")))
     seen, clipped, dropped = {}, 0, 0
     for sample, record in enumerate(source.records):
         key = os.path.normcase(os.path.abspath(record.path))
@@ -226,19 +261,25 @@ def main(argv=None):
             print("error: --split must be train, eval or both", file=sys.stderr)
             return 2
     config = parse_config(argv, __doc__)
-    status = 0
-    for name in (("train", "eval") if split == "both" else (split,)):
-        try:
-            source = read_source(config, name)
-        except DatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        report = check_source(source, config.num_classes or None, config.check_images,
-                              config.workers)
-        print(report.format(max_problems=1000))
-        status = max(status, 1 if report.errors else 0)
-    return status
+
+    def work() -> int:
+        status = 0
+        for name in (("train", "eval") if split == "both" else (split,)):
+            try:
+                source = read_source(config, name)
+            except DatasetError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            report = check_source(source, config.num_classes or None, config.check_images,
+                                  config.workers)
+            print(report.format(max_problems=1000))
+            status = max(status, 1 if report.errors else 0)
+        return status
+
+    from src.cli import run_interruptible
+
+    return run_interruptible(work, "the data check", "it writes nothing", mindspore=False)
 
 
 if __name__ == "__main__":

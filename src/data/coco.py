@@ -3,8 +3,9 @@
 Class indices come from the file's own categories, sorted by id: index i (1..K) stands for the
 i-th category, and ``DatasetSource.category_ids`` maps it back (COCO's 80 ids among 1..90).
 Boxes stay float pixels. Crowd boxes become ignore regions (neither targets nor background).
-Annotations that cannot be used are reported as problems with their index and id; images are
-checked (and boxes clipped) by ``src.data.check``.
+Annotations that cannot be used (a negative width or height among them: a malformed box, not
+one to drop) are reported as problems with their index and id; images are checked (and boxes
+clipped) by ``src.data.check``.
 """
 import json
 import os
@@ -128,6 +129,13 @@ def read_coco(root, split, instances_pattern="annotations/instances_{}.json"):
         if category not in index_of_category:
             problems.append(Problem(ERROR, path, where, f"has category_id {category}, which is "
                                     "not in 'categories'", images[img_id]["sample"]))
+            continue
+        if w < 0 or h < 0:
+            problems.append(Problem(ERROR, path, where, (
+                f"bbox [{x:g}, {y:g}, {w:g}, {h:g}] has a negative "
+                f"{' and '.join(n for n, v in (('width', w), ('height', h)) if v < 0)}: a "
+                "malformed box (COCO's bbox is [x, y, width, height]; corners x1, y1, x2, y2 "
+                "given?)"), images[img_id]["sample"]))
             continue
         crowd = bool(ann.get("iscrowd", 0))
         images[img_id]["rows"].append((y, x, y + h, x + w, index_of_category[category], crowd))

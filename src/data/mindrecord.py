@@ -40,7 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 from src.data.records import DatasetError
-from src.files import write_json
+from src.files import file_mode, write_json
+from src.interrupts import Interrupted
 
 SCHEMA = {
     "img_id": {"type": "int64", "shape": [1]},
@@ -273,7 +274,7 @@ class _StopSignals:
 
     def _exception(self) -> BaseException:
         if self.received == signal.SIGINT:
-            return KeyboardInterrupt()
+            return Interrupted(signal.SIGINT, reported=True)   # __exit__ prints the line
         return SystemExit(128 + self.received)
 
     def __exit__(self, exc_type, exc, _tb):
@@ -357,6 +358,7 @@ def _write_staged(records, directory, prefix, shards, description, staging, extr
     remove_set(directory, prefix)
     sizes = {}
     for name in sorted(os.listdir(staging)):
+        os.chmod(os.path.join(staging, name), file_mode())  # FileWriter makes them 0600
         sizes[name] = os.path.getsize(os.path.join(staging, name))
         os.replace(os.path.join(staging, name), os.path.join(directory, name))
     manifest = {"description": {"format_version": FORMAT_VERSION, **description},

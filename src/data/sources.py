@@ -82,7 +82,7 @@ def with_data_classes(config, source, log=print):
     return config.replace(num_classes=source.num_classes)
 
 
-def prepare_split(config, split, output_dir, progress=True, log=print):
+def prepare_split(config, split, output_dir, progress=True, log=print, classes_of=""):
     """Read a split, and check and convert it unless a current set exists; returns a
     PreparedSplit that holds the set. Raises DatasetError (with the check's report) on unusable
     data; a ``num_classes`` that disagrees with the data is one more problem of that report.
@@ -90,7 +90,9 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
     A set that must be replaced while another process holds it (a running job reads it) is
     left as it is, with a DatasetError saying so (``refuse_if_held``), before the check; this
     process's own holds (e.g. an earlier split of the same set) do not count. The hold is
-    taken before the conversion lock is let go, so no conversion can come in between."""
+    taken before the conversion lock is let go, so no conversion can come in between.
+    ``classes_of`` says where ``num_classes`` came from when not from the flag (eval.py: the
+    checkpoint), for the report's message when the data has another class count."""
     source = read_source(config, split)
     disagrees = bool(config.num_classes) and config.num_classes != source.num_classes
     directory = config.mindrecord_dir or os.path.join(output_dir, "mindrecord")
@@ -110,7 +112,7 @@ def prepare_split(config, split, output_dir, progress=True, log=print):
             if not disagrees:     # else the check below stops on num_classes, writing nothing
                 refuse_if_held(directory, prefix, holders)
             report = check_source(source, config.num_classes or None, config.check_images,
-                                  config.workers, progress)
+                                  config.workers, progress, classes_of)
             usable = apply_policy(source, report, config.skip_bad_samples,
                                   config.skip_empty_images)
             log(report.format())

@@ -113,6 +113,13 @@ def read_voc(root, split, classes=()):
                 problems.append(Problem(ERROR, path, f"object {number}", f"class '{name}' is not "
                                         f"among the classes {list(class_names[1:])}", sample))
                 continue
+            if xmax < xmin or ymax < ymin:
+                problems.append(Problem(ERROR, path, f"object {number}", (
+                    f"<bndbox> xmin {xmin:g} ymin {ymin:g} xmax {xmax:g} ymax {ymax:g}: "
+                    + " and ".join(text for text, bad in (("xmax < xmin", xmax < xmin),
+                                                           ("ymax < ymin", ymax < ymin)) if bad)
+                    + ", a malformed box (swapped values?)"), sample))
+                continue
             boxes.append((ymin - 1, xmin - 1, ymax, xmax))
             labels.append(index_of[name])
             ignored.append(difficult)

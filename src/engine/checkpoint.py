@@ -16,7 +16,7 @@ import mindspore as ms
 import numpy as np
 
 from src.anchors import box_settings
-from src.files import atomic_path
+from src.files import WriteError, atomic_path, describe_write_error
 from src.model.inference import INFERENCE_ADVICE
 from src.model.weights import (
     DEFAULT_BOXES,
@@ -44,13 +44,20 @@ def checkpoint_name(epoch: int, step_in_epoch: int) -> str:
 def save_checkpoint(cell, path: str, extra: Optional[dict] = None) -> str:
     """Save all parameters of ``cell`` (plus ``extra`` scalars) to ``path`` atomically.
 
-    The file is first written under a hidden temporary name in the same folder and renamed once
-    complete, so a crash never leaves a truncated file under a checkpoint's name.
+    MindSpore writes the file in a private hidden folder next to ``path`` (``atomic_path``'s
+    ``private``: its own ``.tmp`` file goes there too), which is renamed onto ``path`` once
+    complete and removed with whatever is in it on any error, so a crash or a full disk never
+    leaves a truncated file under a checkpoint's name nor a partial one taking the disk's
+    space. The file is read-only (as MindSpore makes it) for everyone the umask lets read it.
     """
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, private=True) as tmp:
             ms.save_checkpoint(cell, tmp, append_dict=dict(extra or {}))
-    except (OSError, RuntimeError) as exc:
+    except WriteError as exc:
+        cause = describe_write_error(path, exc.cause, "checkpoint ") if exc.cause else str(exc)
+        raise CheckpointError(f"{cause}. The checkpoints already written are kept as they were "
+                              "(--resume auto continues from the newest)") from exc
+    except RuntimeError as exc:
         raise CheckpointError(f"cannot write checkpoint {path} ({exc}); a full disk? The "
                               "checkpoints already written are kept as they were") from exc
     return path
@@ -97,23 +104,40 @@ def state_entries(config, **state) -> dict:
 CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"  # (boxes per cell of map 0 x classes,)
 
 
+def checkpoint_class_count(config, path: str) -> Optional[int]:
+    """Classes (background included) a detector checkpoint was trained for: its stored class
+    names, else its first class head's width / boxes per cell of ``config``; None when it holds
+    no class head."""
+    names = read_class_names(path)
+    if names:
+        return len(names)
+    try:
+        found = ms.load_checkpoint(path, choice_func=lambda n: n.endswith(CLASS_HEAD_BIAS))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot be read as a MindSpore checkpoint ({exc})") \
+            from exc
+    head = next(iter(found.values()), None)
+    if head is None:
+        return None
+    return int(head.shape[0]) // int(config.num_default[0])
+
+
+def describe_checkpoint_classes(path: str, count: int) -> str:
+    """'the checkpoint PATH was trained for N classes (N+1 with background: a, b ...)'."""
+    names = read_class_names(path)
+    shown = f": {listed(names[1:])}" if names and len(names) == count else ""
+    classes = "1 class" if count == 2 else f"{count - 1} classes"
+    return f"the checkpoint {path} was trained for {classes} ({count} with background{shown})"
+
+
 def with_checkpoint_classes(config, path: str, log: Callable = print):
     """``config`` with ``num_classes`` read from a detector checkpoint when it was not given
     (0): its stored class names, else its first class head's width / boxes per cell."""
     if config.num_classes:
         return config
-    names = read_class_names(path)
-    count = len(names) if names else None
+    count = checkpoint_class_count(config, path)
     if count is None:
-        try:
-            found = ms.load_checkpoint(path, choice_func=lambda n: n.endswith(CLASS_HEAD_BIAS))
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot be read as a MindSpore checkpoint ({exc})") \
-                from exc
-        head = next(iter(found.values()), None)
-        if head is None:
-            return config.replace(num_classes=config.class_count)
-        count = int(head.shape[0]) // int(config.num_default[0])
+        return config.replace(num_classes=config.class_count)
     log(f"num_classes {count}: from the checkpoint {path}")
     return config.replace(num_classes=count)
 

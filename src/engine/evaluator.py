@@ -1,7 +1,6 @@
 """eval.py and postprocess.py: a checkpoint, or the C++ program's result files, scored with
 COCO mAP (``src.engine.evaluation``)."""
 import os
-import shutil
 import time
 
 import numpy as np
@@ -10,22 +9,49 @@ from src.cpu import cpu_info
 from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
 from src.device import save_run_config, start_run
-from src.engine.checkpoint import check_inference_boxes
+from src.engine.checkpoint import (
+    check_inference_boxes,
+    checkpoint_class_count,
+    describe_checkpoint_classes,
+)
 from src.engine.evaluation import Evaluation, score_and_report
+from src.files import copy_atomic
 from src.metrics import load_coco_ground_truth
+from src.model.weights import CheckpointError
 from src.text import listed
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
+
+
+def checkpoint_classes(config, path: str) -> tuple:
+    """(``config`` with the checkpoint's class count, a description of where it came from for
+    the data check's message, '' when the checkpoint does not say). eval.py scores a
+    checkpoint with the class count it was trained for: ``--num_classes`` may only repeat it,
+    and data with another count is refused naming both (no flag of eval.py changes a
+    checkpoint's class head)."""
+    check_inference_boxes(config, path)
+    count = checkpoint_class_count(config, path) if os.path.isfile(path) else None
+    if count is None:
+        return config, ""
+    trained = describe_checkpoint_classes(path, count)
+    if config.num_classes and config.num_classes != count:
+        raise CheckpointError(
+            f"--num_classes {config.num_classes}, but {trained}: eval.py scores a checkpoint "
+            "with the class count it was trained for. Leave --num_classes out (it is read from "
+            "the checkpoint)")
+    if not config.num_classes:
+        print(f"num_classes {count}: from the checkpoint {path}", flush=True)
+    return config.replace(num_classes=count), trained
 
 
 def evaluate(config) -> dict:
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
-    check_inference_boxes(config, config.checkpoint_path)
+    config, classes_of = checkpoint_classes(config, config.checkpoint_path)
     run = start_run(config, DEFAULT_OUTPUT_DIR)
     output_dir, platform = run.output_dir, run.platform
-    prepared = prepare_split(config, "eval", output_dir)
+    prepared = prepare_split(config, "eval", output_dir, classes_of=classes_of)
     config = with_data_classes(config, prepared.source)
     save_run_config(config, run)
     evaluation = Evaluation(config, prepared, config.checkpoint_path, backend=config.backend)
@@ -38,7 +64,7 @@ def evaluate(config) -> dict:
     detections = evaluation.infer()
     seconds = time.time() - start
     print(f"{detections.image_count} images in {seconds:.1f} s ({len(detections)} detections)")
-    shutil.copyfile(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
+    copy_atomic(prepared.ground_truth, os.path.join(output_dir, "ground_truth.json"))
     return evaluation.score(detections, output_dir,
                             {"checkpoint": os.path.abspath(config.checkpoint_path),
                              "seconds": round(seconds, 2)})

@@ -7,8 +7,10 @@ Conventions:
   evaluation, the sizes of the data check and postprocess.py (PIL), and COCO's own ``width`` and
   ``height`` do. Boxes are in that frame and the pictures are drawn in it (a phone photo taken
   upright may show turned on its side).
-* Output names: the picture of input ``<name>`` (its whole file name, extension included) is
-  ``<name>.jpg``, so ``a.jpg`` and ``a.png`` give ``a.jpg.jpg`` and ``a.png.jpg``.
+* Output names: the picture of an input keeps its file name and extension, and its format
+  (``a.png`` gives ``a.png``, a PNG; ``a.jpg`` gives ``a.jpg``), so ``a.jpg`` and ``a.png`` stay
+  apart; the same file name twice among the inputs is refused. Pictures are written whole or
+  not at all (``src.files.atomic_path``).
 * Inputs are never written over: an output folder that is the folder of an input, or an output
   file that is an input (a link), is refused before anything is written.
 """
@@ -27,7 +29,7 @@ from src.engine.checkpoint import (
     read_class_names,
     with_checkpoint_classes,
 )
-from src.files import write_json
+from src.files import write_atomic, write_json
 from src.text import listed
 from src.visualize import draw_detections
 
@@ -58,8 +60,17 @@ def read_image(path: str) -> np.ndarray:
 
 
 def picture_name(path: str) -> str:
-    """The output picture's file name for input ``path``: its whole file name plus ``.jpg``."""
-    return f"{os.path.basename(path)}.jpg"
+    """The output picture's file name for input ``path``: the input's own file name."""
+    return os.path.basename(path)
+
+
+def write_picture(target: str, picture: np.ndarray, source: str) -> str:
+    """``picture`` encoded in the format of ``target``'s extension, written atomically."""
+    extension = os.path.splitext(target)[1].lower()
+    done, encoded = cv2.imencode(extension, picture)
+    if not done:
+        raise OSError(f"{target}: cannot be encoded as {extension} (the picture of {source})")
+    return write_atomic(target, lambda f: f.write(encoded.tobytes()), "wb")
 
 
 def check_outputs(files: list, output_dir: str) -> None:
@@ -71,8 +82,8 @@ def check_outputs(files: list, output_dir: str) -> None:
         if os.path.realpath(os.path.dirname(os.path.abspath(path))) == folder:
             raise ValueError(
                 f"--output_dir {output_dir} is the folder of the input {path}; predict.py "
-                f"never writes into its inputs' folder (pictures are <name>.jpg, plus "
-                f"detections.json and config.yaml): pass another --output_dir")
+                f"never writes into its inputs' folder (pictures are named as their inputs, "
+                f"plus detections.json and config.yaml): pass another --output_dir")
     inputs = {os.path.realpath(path): path for path in files}
     outputs = [picture_name(path) for path in files] + ["detections.json", "config.yaml"]
     for name in outputs:
@@ -95,8 +106,8 @@ def class_names_for(config) -> list:
 
 def predict(config, image_paths, draw_threshold: float = 0.5) -> dict:
     """Detect objects in images (files or folders' images; no file name twice); writes
-    ``<name>.jpg`` pictures and
-    detections.json (the module's conventions: pixels as stored, inputs never overwritten).
+    pictures named as their inputs and detections.json (the module's conventions: pixels as
+    stored, inputs never overwritten).
 
     Every detection above ``min_score`` (after NMS) goes into the json, as eval.py's COCO
     result records (``image_id`` = the image's position, 1-based; ``category_id`` = the class
@@ -129,9 +140,7 @@ def predict(config, image_paths, draw_threshold: float = 0.5) -> dict:
                                                             image.shape[:2])
         shown = found_scores > draw_threshold
         picture = draw_detections(image, found[shown], found_scores[shown], classes[shown], names)
-        target = os.path.join(output_dir, picture_name(path))
-        if not cv2.imwrite(target, picture):
-            raise OSError(f"{target}: cannot be written (the picture of {path})")
+        write_picture(os.path.join(output_dir, picture_name(path)), picture, path)
         store = postprocessor.new_store()
         store.add(len(results) + 1, yxyx_to_xywh(found), found_scores, classes)
         records = store.records()

@@ -5,7 +5,7 @@ import os
 import warnings
 from typing import Optional
 
-from src.files import write_atomic
+from src.files import WriteError, describe_write_error, write_atomic
 
 LOG_NAME = "train_log.jsonl"
 
@@ -54,9 +54,16 @@ class RunLog:
         return read_log(self.path)
 
     def write(self, kind: str, **fields) -> None:
+        """Append one row (a full disk: a WriteError naming the log; a torn last line is left
+        out when the run resumes)."""
         if self.file:
-            self.file.write(json.dumps({"kind": kind, **fields}) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps({"kind": kind, **fields}) + "\n")
+                self.file.flush()
+            except OSError as exc:
+                raise WriteError(describe_write_error(
+                    self.path, exc, kept="its rows so far are kept (a torn last line is left out "
+                    "by --resume auto)"), exc) from exc
 
     def close(self) -> None:
         if self.file:

@@ -4,6 +4,7 @@ standard deviation."""
 import glob
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -19,10 +20,20 @@ class SeedRunError(RuntimeError):
 
 
 def _run(args: list, what: str) -> None:
-    result = subprocess.run([sys.executable, *args], cwd=ROOT)
-    if result.returncode:
-        raise SeedRunError(f"{what} exited with status {result.returncode} (its output is "
-                           "above)")
+    """Run one script; a stop signal waits for it to stop (Ctrl-C reaches it too, being in
+    the same process group; any other signal is passed on), so that it finishes what it
+    writes (train.py saves a checkpoint)."""
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT)
+    try:
+        status = process.wait()
+    except KeyboardInterrupt as stop:
+        number = getattr(stop, "number", signal.SIGINT)
+        if number != signal.SIGINT:
+            process.send_signal(number)
+        process.wait()
+        raise
+    if status:
+        raise SeedRunError(f"{what} exited with status {status} (its output is above)")
 
 
 def last_checkpoint(folder: str) -> str:

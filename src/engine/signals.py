@@ -3,14 +3,19 @@ import signal
 
 import numpy as np
 
+from src.interrupts import Interrupted, raise_outside_mindspore, stop_at_once
+
 
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary; a second
-    Ctrl-C stops at once. In a distributed run the ranks agree (an all-reduce of the flag after
-    every step), so all of them stop after the same step."""
+    Ctrl-C stops the run (``Interrupted``, raised once MindSpore's code returns: never inside a
+    graph compilation, see ``src.interrupts``), a third at once. In a distributed run the ranks
+    agree (an all-reduce of the flag after every step), so all of them stop after the same
+    step."""
 
     def __init__(self, world: int = 1):
         self.requested = None
+        self.stopping = False
         self.previous = {}
         self.any_rank = None
         if world > 1:
@@ -23,12 +28,16 @@ class StopRequest:
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
-    def handle(self, signum, _frame):
+    def handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if self.stopping:
+                stop_at_once(signum)
+            self.stopping = True
+            raise_outside_mindspore(Interrupted(signum), frame)
+            return
         self.requested = signal.Signals(signum).name
         print(f"\n{self.requested} received: saving a checkpoint after this step "
-              "(Ctrl-C again to stop at once)", flush=True)
+              "(Ctrl-C again to stop without it)", flush=True)
 
     def agreed(self) -> bool:
         """Whether this step is the last one (on every rank)."""
