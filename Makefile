@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make demo   set up .venv, make the demo data, train briefly, evaluate
 #   make test   set up .venv, run the whole test suite
-# (how long each takes depends on the processor: README, Quick start)
+# (how long each takes depends on the processor: README, What make demo shows; docs/tests.md)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -70,7 +70,7 @@ demo: setup
 	@echo "  pictures:   $(DEMO_OUT)/predict/*.jpg (4 validation images, boxes scored above 0.3)"
 	@echo "What the numbers mean: 4 short epochs on 160 images only start the detector (mAP about 0.04,"
 	@echo "AP50 about 0.11: many loose, low-scored boxes); make demo-long trains longer and benchmark.py"
-	@echo "--mode overfit shows the whole chain fitting 8 images (README, Demo results)."
+	@echo "--mode overfit shows the whole chain fitting 8 images (docs/demo.md)."
 
 demo-long: setup
 	$(PY) -m src.demo_data --out $(DEMO_DATA)-long --num_train 480 --num_val 80 --seed 1

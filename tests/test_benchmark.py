@@ -113,7 +113,7 @@ def test_bad_stress_sizes_are_refused():
 
 
 def test_overfit_mode_trains_and_scores_the_same_images():
-    """Two steps only (the measured run is in README): the real batch, train step and
+    """Two steps only (the measured run is in docs/demo.md): the real batch, train step and
     evaluation run, and the fields are there; the loss of a trained step is finite."""
     result = run_script(["benchmark.py", "--mode", "overfit", "--overfit_steps", "2",
                          "--device_target", "CPU"])

@@ -94,7 +94,7 @@ def test_infer_script_refuses_a_folder_holding_an_earlier_run(tmp_path):
 
 def test_check_aarch64_refuses_a_bad_setting_before_touching_anything(tmp_path):
     """make check-aarch64's script checks its settings (root, an x86-64 host, the train-step
-    flag) before installing or building anything (the emulated run itself: README)."""
+    flag) before installing or building anything (the emulated run itself: docs/platforms.md)."""
     root = tmp_path / "arm64-root"
     result = bash("scripts/check_aarch64.sh",
                   env={"AARCH64_TRAIN_STEP": "yes", "AARCH64_ROOT": str(root)})
