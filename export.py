@@ -19,12 +19,15 @@ from src.config import ConfigError
 
 def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--ckpt_file", required="-h" not in sys.argv and "--help" not in sys.argv)
-    parser.add_argument("--file_name", default="ssd")
+    parser.add_argument("--ckpt_file", required="-h" not in sys.argv and "--help" not in sys.argv,
+                        help="the checkpoint to export")
+    parser.add_argument("--file_name", default="ssd", help="output path without its extension")
     parser.add_argument("--file_format", default="MINDIR", type=str.upper,
-                        choices=("MINDIR", "ONNX", "AIR"))
-    parser.add_argument("--opencv", default="false", choices=("true", "false"))
-    parser.add_argument("--batch_size", type=int, default=1)
+                        choices=("MINDIR", "ONNX", "AIR"), help="the graph's format")
+    parser.add_argument("--opencv", default="false", choices=("true", "false"),
+                        help="also write <file_name>.opencv.onnx for the C++ program")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="images per call of the exported graph (1 to 1024)")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 1 <= args.batch_size <= 1024:
         parser.error(f"--batch_size {args.batch_size}: an export takes 1 to 1024 images")
@@ -43,7 +46,8 @@ def main(argv=None):
             print(f"OpenCV form: {opencv_compatible(path, args.file_name + '.opencv.onnx')}")
 
     return run(export, __doc__, rest, what="export.py",
-               kept="nothing was written (an export appears under its name only once complete)")
+               kept="nothing was written (an export appears under its name only once complete)",
+               own=parser)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ from src.cli import run
 def main(argv: Optional[list] = None) -> int:
     helping = "-h" in sys.argv or "--help" in sys.argv
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--result_path", "--img_path", "--anno_file"):
-        parser.add_argument(flag, required=not helping)
-    parser.add_argument("--drop", action="store_true")
+    for flag, text in (("--result_path", "the C++ program's result folder"),
+                       ("--img_path", "the images it ran on"),
+                       ("--anno_file", "their COCO annotation file")):
+        parser.add_argument(flag, required=not helping, help=text)
+    parser.add_argument("--drop", action="store_true",
+                        help="the reference's protocol: only images without crowd boxes")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.drop:
         rest = [*rest, "--drop_crowd", "true"]
@@ -33,7 +36,8 @@ def main(argv: Optional[list] = None) -> int:
     return run(score, __doc__, rest, what="postprocess.py",
                default_output_dir="outputs/postprocess",
                kept="none of its results are in {output_dir} (they are written once scored; an "
-                    "earlier run's are as they were)")
+                    "earlier run's are as they were)",
+               own=parser)
 
 
 if __name__ == "__main__":

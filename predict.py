@@ -24,9 +24,13 @@ from src.cli import run
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--image", nargs="+",
-                        required="-h" not in sys.argv and "--help" not in sys.argv)
-    parser.add_argument("--draw_threshold", type=float, default=0.5)
-    parser.add_argument("--recursive", choices=("true", "false"), default="false")
+                        required="-h" not in sys.argv and "--help" not in sys.argv,
+                        help="image files, videos, folders or glob patterns (see above)")
+    parser.add_argument("--draw_threshold", type=float, default=0.5,
+                        help="draw detections scoring above this (all above --min_score go "
+                             "into detections.json)")
+    parser.add_argument("--recursive", choices=("true", "false"), default="false",
+                        help="folders' subfolders too, and '**' in patterns")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 0 <= args.draw_threshold <= 1:
         parser.error("--draw_threshold must be within 0..1")
@@ -37,7 +41,8 @@ def main(argv: Optional[list] = None) -> int:
 
     return run(predict, __doc__, rest, what="predict.py", default_output_dir="outputs/predict",
                kept="the pictures finished so far are in {output_dir}; detections.json is "
-                    "written at the end, so it is not there (or is the earlier run's)")
+                    "written at the end, so it is not there (or is the earlier run's)",
+               own=parser)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ The order matters: the config is parsed first (``src.config`` imports no MindSpo
 ``prepare_process`` sets what oneDNN and our kernels read when they load, and only then is the
 entry function's module imported (and MindSpore with it).
 """
+import argparse
 import importlib
 import os
 import sys
@@ -26,11 +27,12 @@ def is_expected(exc: BaseException) -> bool:
 
 
 def parse_runnable_config(argv: Optional[list], description: str,
-                          overrides: Optional[dict] = None) -> Config:
+                          overrides: Optional[dict] = None, script: str = "",
+                          own: Optional[argparse.ArgumentParser] = None) -> Config:
     """parse_config, ``prepare_process``, then the checks of what this machine can run
     (``hardware_problem``): an unusable setting exits with status 2 and its message, before
     any work."""
-    config = parse_config(argv, description, overrides)
+    config = parse_config(argv, description, overrides, script, own)
     prepare_process(config)
     problem = hardware_problem(config)
     if problem:
@@ -75,7 +77,7 @@ def run_interruptible(work: Callable[[], int], what: str, kept: str = "",
 
 def run(entry: Entry, description: str, argv: Optional[list] = None,
         overrides: Optional[dict] = None, what: str = "", kept: str = "",
-        default_output_dir: str = "") -> int:
+        default_output_dir: str = "", own: Optional[argparse.ArgumentParser] = None) -> int:
     """Parse flags into a Config, call the entry function with it, turn expected failures into
     messages.
 
@@ -83,14 +85,16 @@ def run(entry: Entry, description: str, argv: Optional[list] = None,
     module that does not import MindSpore at its top. ``overrides`` are this script's own
     defaults. ``what`` names the script in the line a stop signal prints (default: the
     program's file name), ``kept`` says what stays written then; ``{output_dir}`` in it becomes
-    the output folder (``--output_dir``, else ``default_output_dir``).
+    the output folder (``--output_dir``, else ``default_output_dir``). --help lists ``own``
+    (the script's own flags, parsed by it) and the config keys the script reads
+    (``src.config.SCRIPT_KEYS``).
 
     Exit status: 0 on success, 1 when the run fails on its input (bad data, checkpoint ...),
     2 for unusable flags (argparse's convention) or flags this machine cannot run, 128 + the
     signal on a stop signal (130 on Ctrl-C, 143 on SIGTERM), with one line saying so.
     """
-    config = parse_runnable_config(argv, description, overrides)
     what = what or os.path.basename(sys.argv[0] or "the program")
+    config = parse_runnable_config(argv, description, overrides, what, own)
     kept = kept.format(output_dir=config.output_dir or default_output_dir or "its output folder")
 
     def work() -> int:

@@ -524,30 +524,105 @@ def load_yaml(path: str) -> dict:
     return values
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+# --help's groups, in order, and the group of each key (by its section, but for the keys below).
+HELP_GROUPS = ("data", "model", "training", "evaluation", "device", "distributed", "run")
+SECTION_GROUPS = {"data": "data", "model": "model", "anchors": "model", "boxes": "model",
+                  "loss": "training", "train": "training", "postprocess": "evaluation",
+                  "run": "run"}
+KEY_GROUPS = {
+    **dict.fromkeys(("distribute", "device_num", "loss_norm", "all_reduce_fusion"),
+                    "distributed"),
+    **dict.fromkeys(("run_platform", "device_id", "ascend_precision_mode", "jit_level",
+                     "conv_impl", "conv_dtype", "layout_block", "conv_algorithm", "conv_threads",
+                     "malloc_arenas", "precision", "amp_level", "loss_scale", "loss_scale_mode",
+                     "data_sink", "data_workers", "input_dtype", "num_parallel_workers"),
+                    "device"),
+    **dict.fromkeys(("eval_batch_size", "eval_interval", "eval_start_epoch", "checkpoint_path",
+                     "backend", "quantize", "calibration_images"), "evaluation")}
+# What each entry script reads: its --help shows these groups without the keys named after
+# them. Other keys stay accepted (a YAML config written for training carries them all) and
+# change nothing there.
+TRAINING_ONLY = ("precision", "amp_level", "loss_scale", "loss_scale_mode", "data_sink",
+                 "data_workers", "input_dtype", "eval_interval", "eval_start_epoch",
+                 "ascend_precision_mode")
+SCRIPT_KEYS = {
+    "train.py": (HELP_GROUPS, ("checkpoint_path", "backend", "quantize", "calibration_images")),
+    "eval.py": (("data", "model", "evaluation", "device", "run"), TRAINING_ONLY),
+    "predict.py": (("model", "evaluation", "device", "run"),
+                   TRAINING_ONLY + ("coco_evaluator", "drop_crowd")),
+    "export.py": (("model", "device", "run"),
+                  TRAINING_ONLY + ("checkpoint_path", "backend", "progress")),
+    "postprocess.py": (("model", "evaluation", "run"),
+                       ("eval_batch_size", "eval_interval", "eval_start_epoch",
+                        "checkpoint_path", "backend", "quantize", "calibration_images")),
+}
+
+
+def help_group(name: str) -> str:
+    """The --help group of config key ``name``."""
+    section = {f.name: f.metadata["section"] for f in fields(Config)}[name]
+    return KEY_GROUPS.get(name, SECTION_GROUPS[section])
+
+
+def shown_in_help(name: str, script: str) -> bool:
+    """Whether ``script``'s --help lists config key ``name`` (every key when the script is not
+    in SCRIPT_KEYS)."""
+    if script not in SCRIPT_KEYS:
+        return True
+    groups, hidden = SCRIPT_KEYS[script]
+    return help_group(name) in groups and name not in hidden
+
+
+def build_parser(description: str, script: str = "",
+                 own: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per config key plus the reference's flag names.
 
     Flags not given on the command line are absent from the parsed namespace, so YAML values are
-    only overridden by what the user typed.
+    only overridden by what the user typed. --help lists, group by group (``HELP_GROUPS``),
+    the keys ``script`` reads, each with its default, after ``own``: the script's own flags
+    (parsed before, by the script).
     """
     parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
-                                     allow_abbrev=False)
-    groups = {}
+                                     allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    taken: set = set()   # the script's own flags: they win over a config key's same name
+    if own is not None:
+        taken = {s for action in own._actions for s in action.option_strings}
+        mine = parser.add_argument_group(f"{script or 'this script'}'s own flags")
+        for action in own._actions:   # listed for --help; the script has parsed them already
+            if not action.option_strings:
+                continue
+            default = "" if action.default in (None, False, argparse.SUPPRESS) else \
+                f" (default: {action.default})"
+            copied: dict = {"dest": f"own_{action.dest}",
+                            "help": (action.help or "see above") + default}
+            if action.nargs == 0:
+                copied["action"] = "store_true"
+            else:
+                copied["metavar"] = ("|".join(action.choices) if action.choices else
+                                     action.metavar or action.dest.upper())
+                if action.nargs:
+                    copied["nargs"] = action.nargs
+            mine.add_argument(*action.option_strings, **copied)
+    groups = {name: parser.add_argument_group(name) for name in HELP_GROUPS}
     for f in fields(Config):
-        section = f.metadata["section"]
-        if section not in groups:
-            groups[section] = parser.add_argument_group(section)
-        names = [f"--{f.name}", *f.metadata["flags"]]
+        names = [n for n in (f"--{f.name}", *f.metadata["flags"]) if n not in taken]
+        if not names:
+            continue
+        shown = shown_in_help(f.name, script)
         kwargs: dict = {"dest": f.name,
-                        "help": f"{f.metadata['help']} (default: {_plain(f.default)})"}
+                        "help": f"{f.metadata['help']} (default: {_plain(f.default)})"
+                        if shown else argparse.SUPPRESS}
         if isinstance(f.default, bool):
             kwargs.update(nargs="?", const="true", metavar="true|false")
         elif f.metadata["choices"]:
             kwargs["metavar"] = "|".join(f.metadata["choices"])
-        groups[section].add_argument(*names, **kwargs)
-    parser.add_argument("--data_url", dest="data_url",
-                        help="dataset root for --dataset (sets coco_root, voc_root, "
-                             "yolo_data or image_dir)")
+        (groups[help_group(f.name)] if shown else parser).add_argument(*names, **kwargs)
+    data_shown = script not in SCRIPT_KEYS or "data" in SCRIPT_KEYS[script][0]
+    (groups["data"] if data_shown else groups["run"]).add_argument(
+        "--data_url", dest="data_url",
+        help="dataset root for --dataset (sets coco_root, voc_root, yolo_data or image_dir)"
+        + ("" if data_shown else "; here only for --quantize int8's calibration images"))
     derived = parser.add_argument_group("derived (accepted when they agree with the keys)")
     for name, source in DERIVED_FROM.items():
         derived.add_argument(f"--{name}", dest=name, help=f"follows from {source}")
@@ -555,13 +630,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Optional[list] = None, description: str = "",
-                 overrides: Optional[dict] = None) -> Config:
+                 overrides: Optional[dict] = None, script: str = "",
+                 own: Optional[argparse.ArgumentParser] = None) -> Config:
     """Parse flags (and the YAML named by --config) into a validated Config.
 
     ``overrides`` are script-specific defaults applied before the YAML file, e.g. an output folder.
+    ``script`` and ``own``: what --help lists (``build_parser``).
     Errors print the usage line and exit with status 2, as argparse does.
     """
-    parser = build_parser(description)
+    parser = build_parser(description, script, own)
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     try:
         return config_from_values(args, overrides)
