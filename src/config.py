@@ -542,6 +542,8 @@ KEY_GROUPS = {
 # What each entry script reads: its --help shows these groups without the keys named after
 # them. Other keys stay accepted (a YAML config written for training carries them all) and
 # change nothing there.
+POSTPROCESS_KEYS = ("min_score", "nms_threshold", "max_boxes", "max_detections_per_image",
+                    "drop_crowd", "coco_evaluator", "nms_plus_one")
 TRAINING_ONLY = ("precision", "amp_level", "loss_scale", "loss_scale_mode", "data_sink",
                  "data_workers", "input_dtype", "eval_interval", "eval_start_epoch",
                  "ascend_precision_mode")
@@ -550,8 +552,9 @@ SCRIPT_KEYS = {
     "eval.py": (("data", "model", "evaluation", "device", "run"), TRAINING_ONLY),
     "predict.py": (("model", "evaluation", "device", "run"),
                    TRAINING_ONLY + ("coco_evaluator", "drop_crowd")),
-    "export.py": (("model", "device", "run"),
-                  TRAINING_ONLY + ("checkpoint_path", "backend", "progress")),
+    "export.py": (("model", "evaluation", "device", "run"),
+                  TRAINING_ONLY + POSTPROCESS_KEYS + ("eval_batch_size", "checkpoint_path",
+                                                      "backend", "progress")),
     "postprocess.py": (("model", "evaluation", "run"),
                        ("eval_batch_size", "eval_interval", "eval_start_epoch",
                         "checkpoint_path", "backend", "quantize", "calibration_images")),

@@ -29,7 +29,8 @@ def sections(text):
     ("predict.py", {"--checkpoint_path", "--min_score", "--backend", "--quantize"},
      {"--lr", "--dataset", "--mindrecord_dir", "--distribute", "--coco_evaluator"},
      ["--epoch_size", "3"]),
-    ("export.py", {"--num_classes", "--min_scale", "--run_platform"},
+    ("export.py", {"--num_classes", "--min_scale", "--run_platform", "--quantize",
+                   "--calibration_images"},
      {"--lr", "--dataset", "--min_score", "--checkpoint_path", "--backend"},
      ["--min_score", "0.2"]),
 ])

@@ -55,6 +55,30 @@ def test_the_int8_model_is_reused_only_when_checkpoint_images_batch_and_versions
     assert not leftovers
 
 
+def test_export_writes_the_cached_int8_model_whole(demo_root, tmp_path, monkeypatch):
+    """export.py --quantize int8: <file_name>.xml and .bin, copies of the cached model (made
+    once: a second export reuses it)."""
+    made = []
+
+    def fake_quantize(config, checkpoint_path, batch_size, batches, folder):
+        made.append(batch_size)
+        for suffix, data in ((".xml", b"<net/>"), (".bin", b"weights")):
+            with open(os.path.join(folder, "model" + suffix), "wb") as f:
+                f.write(data)
+
+    monkeypatch.setattr(quantize, "quantize_into", fake_quantize)
+    checkpoint = tmp_path / "ssd.ckpt"
+    checkpoint.write_bytes(b"weights")
+    config = demo_config(demo_root, calibration_images=2)
+    for name in ("a", "b"):
+        path = quantize.export_int8(config, str(checkpoint), str(tmp_path / "out" / name), 8)
+        assert path == str(tmp_path / "out" / f"{name}.xml")
+        assert open(path, "rb").read() == b"<net/>"
+        assert (tmp_path / "out" / f"{name}.bin").read_bytes() == b"weights"
+    assert made == [8]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.bin", "a.xml", "b.bin", "b.xml"]
+
+
 def test_quantizing_without_training_images_says_so(tmp_path):
     config = Config(coco_root=str(tmp_path), quantize="int8")
     with pytest.raises(ValueError, match="--quantize int8 calibrates on training images, and "

@@ -144,3 +144,17 @@ def quantize_into(config, checkpoint_path: Optional[str], batch_size: int, batch
         model = openvino.Core().read_model(onnx_path)
         quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
         openvino.save_model(quantized, os.path.join(folder, "model.xml"))
+
+
+def export_int8(config, checkpoint_path: str, file_name: str, batch_size: int) -> str:
+    """The int8 model of ``checkpoint_path`` (made, or taken from its cache) as
+    ``<file_name>.xml`` and ``.bin``, each written whole (the .bin first, so an .xml is never
+    there without its weights); returns the .xml's path."""
+    from src.files import atomic_path
+
+    made = int8_model(config, checkpoint_path, batch_size)
+    stem = file_name[:-4] if file_name.endswith(".xml") else file_name
+    for suffix in (".bin", ".xml"):
+        with atomic_path(stem + suffix) as tmp:
+            shutil.copyfile(os.path.splitext(made)[0] + suffix, tmp)
+    return stem + ".xml"
