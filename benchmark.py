@@ -19,7 +19,11 @@ peer_<name>_bs8_img_per_s, peer_<name>_precision, bs1/bs8_speedup_vs_<name>). --
 torchvision (postprocess mode, where torch and torchvision are installed): the detection step
 beside torchvision.ops.batched_nms on the same candidates, both with torchvision's IoU
 (peer_torchvision_ms_per_image, postprocess_exact_iou_ms_per_image, speedup_vs_torchvision,
-peer_torchvision_detections_differing). Prints one JSON line per mode.
+peer_torchvision_detections_differing). --int8 true (infer mode): also the int8 model of the
+same weights (--quantize int8: NNCF, OpenVINO; calibrated on --calibration_images images of the
+configured training data, or of generated demo data): int8_bs1_ms, int8_bs8_img_per_s,
+int8_speedup_bs8 (over our float32 in the same run), int8_backend. Prints one JSON line per
+mode.
 """
 import argparse
 import importlib.util
@@ -53,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--twin", default=None)
     parser.add_argument("--twin_python", default="python3")
     parser.add_argument("--peers", default="")
+    parser.add_argument("--int8", default="false", choices=("true", "false"))
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         stress = tuple(int(n) for n in args.stress_images.split(","))
@@ -78,13 +83,16 @@ def main(argv=None):
         if importlib.util.find_spec(peer) is None:
             parser.error(f"--peers {peer}: the package {peer} is not installed in "
                          f"{sys.executable}'s environment (pip install {PEER_PACKAGES[peer]})")
+    if args.int8 == "true" and "infer" not in modes:
+        parser.error(f"--int8 true measures the int8 model in --mode infer, not --mode {args.mode}")
     if args.twin and not os.path.isfile(args.twin):
         parser.error(f"--twin {args.twin}: no such file")
     config = parse_runnable_config(rest, __doc__, overrides={"batch_size": 8})
 
     def work() -> int:
         run(config, modes, args.steps, args.warmup, args.twin, args.twin_python,
-            args.eval_images, args.epochs, stress, args.overfit_steps, peers)
+            args.eval_images, args.epochs, stress, args.overfit_steps, peers,
+            args.int8 == "true")
         return 0
 
     return run_interruptible(work, "benchmark.py", "the JSON lines printed so far are the modes "

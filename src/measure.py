@@ -140,12 +140,15 @@ def benchmark_train(config, steps, warmup):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def benchmark_infer(config, steps, warmup, peers=()):
+def benchmark_infer(config, steps, warmup, peers=(), int8=False, workdir=None):
     """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput,
     images in and boxes and scores out as numpy (``src.engine.backends``); then each engine of
     ``peers`` (onnxruntime, openvino) on the same weights exported to ONNX, with as many
     threads and the arithmetic of ``conv_dtype`` where it offers it (``peer_<name>_precision``
-    says which ran), and our ratios to it (above 1: we are faster)."""
+    says which ran), and our ratios to it (above 1: we are faster). ``int8``: also the int8
+    model (``--quantize int8``: NNCF, OpenVINO) of the same weights, calibrated on the
+    configured training split or, without one, on demo data made in ``workdir``;
+    ``int8_speedup_bs8`` is its batch-8 throughput over ours."""
     from src.engine.backends import create_detector, engine_threads
 
     result = {"mode": "infer", "threads": engine_threads(config)}
@@ -168,7 +171,39 @@ def benchmark_infer(config, steps, warmup, peers=()):
                 result[f"peer_{name}_bs1_ms"] / result["infer_bs1_ms"], 3)
             result[f"bs8_speedup_vs_{name}"] = round(
                 result["infer_bs8_img_per_s"] / result[f"peer_{name}_bs8_img_per_s"], 3)
+    if int8:
+        result.update(benchmark_int8(config, steps, warmup, workdir, result))
     result["peak_rss_mb"] = round(peak_rss_mb())
+    return result
+
+
+def benchmark_int8(config, steps, warmup, workdir, ours) -> dict:
+    """int8 batch-1 latency and batch-8 throughput (``benchmark_infer``'s ``int8``)."""
+    from src.engine.backends import create_detector
+    from src.engine.quantize import versions
+
+    if not config.data_root:
+        from src.demo_data import generate
+
+        root = os.path.join(workdir or tempfile.mkdtemp(prefix="ssd-int8-"), "calibration")
+        generate(root, max(config.calibration_images, 8), 1, seed=0)
+        config = config.replace(dataset="coco", coco_root=root)
+    quantized = config.replace(quantize="int8")
+    result = {}
+    for batch in (1, 8):
+        detector = create_detector(quantized, config.checkpoint_path or None, "openvino", batch)
+        image = np.random.default_rng(0).normal(
+            size=(batch, 3, *config.img_shape)).astype(np.float32)
+        median = statistics.median(timed(lambda d=detector, x=image: d(x), steps, warmup))
+        if batch == 1:
+            result["int8_bs1_ms"] = round(median * 1000, 2)
+        else:
+            result["int8_bs8_img_per_s"] = round(8 / median, 3)
+    made = versions()
+    result["int8_speedup_bs8"] = round(result["int8_bs8_img_per_s"] /
+                                       ours["infer_bs8_img_per_s"], 3)
+    result["int8_backend"] = f"openvino {made['openvino']} (NNCF {made['nncf']})"
+    result["int8_calibration_images"] = config.calibration_images
     return result
 
 
@@ -589,7 +624,7 @@ def compare_with_twin(ours, twin):
 
 
 def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
-        epochs=30, stress_images=(50, 200), overfit_steps=400, peers=()):
+        epochs=30, stress_images=(50, 200), overfit_steps=400, peers=(), int8=False):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a
     'compare' line gives the ratios."""
@@ -604,7 +639,7 @@ def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval
             elif mode == "train":
                 result = benchmark_train(config, steps, warmup)
             elif mode == "infer":
-                result = benchmark_infer(config, steps, warmup, infer_peers)
+                result = benchmark_infer(config, steps, warmup, infer_peers, int8, workdir)
             elif mode == "eval":
                 result = benchmark_eval(config, workdir, eval_images)
             elif mode == "epochs":

@@ -27,7 +27,8 @@ def test_all_modes_print_their_fields():
     result = run_script(["benchmark.py", "--mode", "all", "--batch_size", "2", "--steps", "1",
                          "--warmup", "0", "--device_target", "CPU", "--eval_images", "12",
                          "--eval_batch_size", "2", "--stress_images", "4,12",
-                         "--peers", "onnxruntime,openvino"])
+                         "--peers", "onnxruntime,openvino", "--int8", "true",
+                         "--calibration_images", "4"])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [line["mode"] for line in lines] == [
@@ -49,6 +50,12 @@ def test_all_modes_print_their_fields():
         assert infer[f"bs1_speedup_vs_{peer}"] == pytest.approx(
             infer[f"peer_{peer}_bs1_ms"] / infer["infer_bs1_ms"], rel=0.01)
     assert infer["threads"] == (len(os.sched_getaffinity(0)))
+    # the int8 model of the same weights, calibrated on generated images
+    assert infer["int8_bs1_ms"] > 0 and infer["int8_bs8_img_per_s"] > 0
+    assert infer["int8_speedup_bs8"] == pytest.approx(
+        infer["int8_bs8_img_per_s"] / infer["infer_bs8_img_per_s"], rel=0.01)
+    assert infer["int8_backend"].startswith("openvino ") and "NNCF" in infer["int8_backend"]
+    assert infer["int8_calibration_images"] == 4
     train = lines[1]
     assert train["params"] == 12_703_542 and train["train_img_per_s"] > 0
     assert lines[0]["data_img_per_s"] > 0 and lines[6]["postprocess_ms_per_image"] > 0
