@@ -76,7 +76,8 @@ def test_only_rank_zero_writes_and_logs(runs):
     assert "epoch 1/1: mean loss" in rank0 and "epoch 1/1" not in rank1
     assert "Saved checkpoint" not in rank1
     outputs = sorted(n for n in os.listdir(root / "two") if n != "logs")
-    assert outputs == ["config.yaml", "loss_curve.png", "ssd-1_3.ckpt", "train_log.jsonl"]
+    assert outputs == [".train.lock", "config.yaml", "loss_curve.png", "ssd-1_3.ckpt",
+                       "tensorboard", "train_log.jsonl"]   # .train.lock: rank 0 holds the folder
     steps = [json.loads(line) for line in open(root / "two" / "train_log.jsonl")]
     assert [r["global_step"] for r in steps if r["kind"] == "step"] == [1, 2, 3]
     assert len(os.listdir(root / "mindrecord")) > 0
