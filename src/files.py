@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 FULL_DISK = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -32,7 +32,7 @@ class WriteError(OSError):
     """A result file that could not be written; the message names it, the cause and the fix,
     and says that the earlier file (if any) is unchanged."""
 
-    def __init__(self, message: str, cause: OSError = None):
+    def __init__(self, message: str, cause: Optional[OSError] = None):
         super().__init__(message)
         self.cause = cause
         self.errno = cause.errno if cause is not None else None
@@ -152,7 +152,8 @@ def _remove(holder, tmp) -> None:
 def write_atomic(path: str, write: Callable, mode: str = "w") -> str:
     """Open a temporary file in ``mode``, call ``write(file)``, then move it onto ``path``."""
     with atomic_path(path) as tmp:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
             write(f)
     return path
 

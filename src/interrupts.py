@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 # Packages whose Python code a stop must not be raised into (their files' folders).
@@ -189,11 +189,11 @@ class Interrupts:
                  take_sigterm: bool = True):
         self.stop_now = stop_now or stop_at_once
         self.take_sigterm = take_sigterm
-        self.previous = {}
-        self.pending = None
-        self.watcher = None
+        self.previous: dict = {}
+        self.pending: Optional[int] = None
+        self.watcher: Any = None
         self.blocked = False
-        self.notice = None
+        self.notice: Any = None
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():

@@ -9,6 +9,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -151,9 +152,9 @@ def benchmark_infer(config, steps, warmup, peers=(), int8=False, workdir=None):
     ``int8_speedup_bs8`` is its batch-8 throughput over ours."""
     from src.engine.backends import create_detector, engine_threads
 
-    result = {"mode": "infer", "threads": engine_threads(config)}
+    result: dict = {"mode": "infer", "threads": engine_threads(config)}
     for name in ("mindspore", *peers):
-        detector = None
+        detector: Any = None
         for batch in (1, 8):
             if detector is None or name != "mindspore":    # ONNX: one export per batch size
                 detector = create_detector(config, config.checkpoint_path or None, name, batch)
@@ -256,7 +257,7 @@ def stress_ground_truth(path, images, rng):
     1-14 boxes an image (COCO val has 7.3 on average)."""
     from src.files import write_json
 
-    annotations = []
+    annotations: list = []
     for img_id in range(1, images + 1):
         for _ in range(int(rng.integers(1, 15))):
             x, y = rng.uniform(0, 600), rng.uniform(0, 440)

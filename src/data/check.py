@@ -181,7 +181,8 @@ def check_source(source, num_classes=None, decode_images=True, workers=2, progre
         problems.append(Problem(ERROR, source.annotation_file, "", (
             f"no image in {source.name}: nothing to train or evaluate on; "
             f"{NO_IMAGES_ADVICE.get(source.name.partition(' ')[0], 'is it the right file?')}")))
-    seen, clipped, dropped = {}, 0, 0
+    seen: dict = {}
+    clipped, dropped = 0, 0
     for sample, record in enumerate(source.records):
         key = os.path.normcase(os.path.abspath(record.path))
         if key in seen:

@@ -79,7 +79,7 @@ def read_coco(root, split, instances_pattern="annotations/instances_{}.json"):
     index_of_category = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
     image_dir = os.path.join(root, split)
 
-    images = {}
+    images: dict = {}
     for k, image in enumerate(data["images"]):
         name = image.get("file_name") if isinstance(image, dict) else None
         where = f"images[{k}]" + (f" ({name})" if isinstance(name, str) else "")

@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Optional, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -85,7 +85,7 @@ def current_set(directory, prefix, description):
     return manifest
 
 
-def staging_name(prefix: str, pid: int) -> str:
+def staging_name(prefix: str, pid: object) -> str:
     """The hidden folder a process writes a set into before moving it into place."""
     return f".{prefix}.partial-{pid}"
 
@@ -158,7 +158,7 @@ class SetHold:
 
     def __init__(self, directory: str, prefix: str):
         self.path = hold_path(directory, prefix, holder_id())
-        self._file = open(self.path, "a+", encoding="utf-8")  # readable and writable: on NFS
+        self._file: Optional[TextIO] = open(self.path, "a+", encoding="utf-8")  # on NFS
         try:                                                  # flock works only like this
             fcntl.flock(self._file, fcntl.LOCK_SH)
         except BaseException:
@@ -247,8 +247,8 @@ class _StopSignals:
 
     def __init__(self, what: str):
         self.what = what
-        self.previous = {}
-        self.received = None
+        self.previous: dict = {}
+        self.received: Optional[int] = None
         self.deferred = False
 
     def __enter__(self):
@@ -275,7 +275,7 @@ class _StopSignals:
     def _exception(self) -> BaseException:
         if self.received == signal.SIGINT:
             return Interrupted(signal.SIGINT, reported=True)   # __exit__ prints the line
-        return SystemExit(128 + self.received)
+        return SystemExit(128 + (self.received or 0))
 
     def __exit__(self, exc_type, exc, _tb):
         for number, handler in self.previous.items():

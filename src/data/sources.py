@@ -49,7 +49,8 @@ class PreparedSplit:
 
 def coco_ground_truth(source):
     """COCO instances json of checked records: ids = class indices, ignored boxes as crowd."""
-    images, annotations = [], []
+    images: list = []
+    annotations: list = []
     for record in source.records:
         images.append({"id": int(record.img_id), "file_name": record.file_name,
                        "height": int(record.height), "width": int(record.width)})

@@ -126,7 +126,8 @@ def read_txt(image_dir, anno_path, num_classes, classes=()):
     if not os.path.isdir(image_dir):
         raise DatasetError(f"image folder not found: {image_dir} (--image_dir)")
     known = len(classes) if classes else (num_classes or None)
-    records, problems = [], []
+    records: list = []
+    problems: list = []
     try:
         with open(anno_path, encoding="utf-8") as f:
             lines = f.read().splitlines()

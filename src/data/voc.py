@@ -50,10 +50,8 @@ def parse_annotation(path):
         raise ValueError(f"not valid XML: {exc}") from exc
     file_name = (root.findtext("filename") or "").strip()
     size = root.find("size")
-    width = int(float(size.findtext("width"))) if size is not None and size.findtext("width") \
-        else 0
-    height = int(float(size.findtext("height"))) if size is not None and size.findtext("height") \
-        else 0
+    width = int(float(size.findtext("width") or 0)) if size is not None else 0
+    height = int(float(size.findtext("height") or 0)) if size is not None else 0
     objects = []
     for k, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -61,7 +59,7 @@ def parse_annotation(path):
         if not name or box is None:
             raise ValueError(f"object {k + 1} lacks <name> or <bndbox>")
         try:
-            xmin, ymin, xmax, ymax = (float(box.findtext(tag)) for tag in
+            xmin, ymin, xmax, ymax = (float(box.findtext(tag) or "missing") for tag in
                                       ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"object {k + 1} ({name}): <bndbox> needs numeric xmin, ymin, "
@@ -73,7 +71,7 @@ def parse_annotation(path):
 
 def class_names_in(root):
     """Sorted object names of every annotation file under ROOT/Annotations."""
-    names = set()
+    names: set = set()
     annotation_dir = os.path.join(root, ANNOTATIONS)
     for entry in sorted(os.listdir(annotation_dir)):
         if entry.endswith(".xml"):

@@ -95,7 +95,7 @@ def read_state(params: dict, path: str) -> dict:
 def state_entries(config, **state) -> dict:
     """append_dict entries of a training checkpoint: the position (ints), class names and the
     default-box settings of ``config`` (``src.anchors.box_settings``), as JSON strings."""
-    entries = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
+    entries: dict = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
     entries[STATE_PREFIX + "class_names"] = json.dumps(list(state["class_names"]))
     entries[DEFAULT_BOXES] = json.dumps(box_settings(config))
     return entries

@@ -90,7 +90,8 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
     output_dir = config.output_dir or os.path.join("outputs", "postprocess")
     os.makedirs(output_dir, exist_ok=True)
     ground_truth = load_coco_ground_truth(anno_file)
-    by_name, records = {}, {}
+    by_name: dict = {}
+    records: dict = {}
     for image in ground_truth.dataset["images"]:
         name = os.path.basename(image["file_name"])
         if name in by_name:
@@ -103,7 +104,7 @@ def evaluate_result_files(config, result_path: str, img_path: str, anno_file: st
     anchors = config.num_ssd_boxes
     names = sorted(name for name in os.listdir(img_path)
                    if not name.startswith(".") and os.path.isfile(os.path.join(img_path, name)))
-    by_stem = {}
+    by_stem: dict = {}
     for name in names:
         if name in by_name or name.lower().endswith(cpp_image_suffixes):
             stem = os.path.splitext(name)[0]

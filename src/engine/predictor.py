@@ -151,8 +151,8 @@ class VideoOutput:
         self._stack = contextlib.ExitStack()
         temporary = self._stack.enter_context(atomic_path(target))
         extension = os.path.splitext(target)[1].lower()
-        self.writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*VIDEO_CODECS[extension]),
-                                      fps, size)
+        codec = cv2.VideoWriter.fourcc(*VIDEO_CODECS[extension])
+        self.writer = cv2.VideoWriter(temporary, codec, fps, size)
         if not self.writer.isOpened():
             self._stack.close()
             raise OSError(f"{target}: OpenCV cannot write {extension} video here (the picture "
@@ -208,13 +208,13 @@ def frame_count(item: Input) -> int:
         capture.release()
 
 
-def class_names_for(config) -> list:
+def class_names_for(config) -> tuple:
     """--classes, else the names stored in the checkpoint, else class_1, class_2 ..."""
     if config.classes:
         return tuple(config.classes)
     stored = read_class_names(config.checkpoint_path)
     if stored and len(stored) == config.num_classes:
-        return stored
+        return tuple(stored)
     return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
 
 

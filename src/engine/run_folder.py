@@ -30,7 +30,7 @@ EVAL_FOLDER = "eval"   # evaluation during training writes eval.py's files here
 CONFIG_NAME = "config.yaml"
 PREVIOUS_PREFIX = "previous-"
 LOCK_NAME = ".train.lock"
-_HELD = {}   # real path of a folder -> the open lock file this process holds it by
+_HELD: dict = {}   # real path of a folder -> the open lock file this process holds it by
 
 
 class RunFolderError(RuntimeError):

@@ -68,7 +68,7 @@ def run_seeds(seeds: Sequence[int], output_dir: str, flags: Sequence[str]) -> di
         print(json.dumps({"run": runs[-1]}), flush=True)
     summary = {"seeds": list(seeds), "flags": list(flags)}
     for key in ("mAP", "AP50"):
-        mean, std = spread(r[key] for r in runs)
+        mean, std = spread([r[key] for r in runs])
         summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
     print(json.dumps({"summary": summary}), flush=True)
     write_json({**summary, "runs": runs}, os.path.join(output_dir, "seeds.json"), indent=1)

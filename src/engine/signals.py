@@ -1,5 +1,6 @@
 """Stop requests: SIGINT/SIGTERM during training end the run cleanly after the current step."""
 import signal
+from typing import Optional
 
 import numpy as np
 
@@ -14,9 +15,9 @@ class StopRequest:
     step."""
 
     def __init__(self, world: int = 1):
-        self.requested = None
+        self.requested: Optional[str] = None
         self.stopping = False
-        self.previous = {}
+        self.previous: dict = {}
         self.any_rank = None
         if world > 1:
             from mindspore import ops
