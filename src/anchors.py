@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from src.config import Config
+
 # The settings that place the default boxes and decode offsets against them: stored in every
 # training checkpoint, so that inference and resuming can refuse other boxes.
 BOX_KEYS = ("img_shape", "feature_size", "steps", "min_scale", "max_scale", "aspect_ratios",
@@ -91,7 +93,7 @@ def generate_default_boxes(img_size: int = 300,
     return DefaultBoxes(cyxhw=exact.astype(np.float32), yxyx=yxyx.astype(np.float32))
 
 
-def default_boxes_from_config(config) -> DefaultBoxes:
+def default_boxes_from_config(config: Config) -> DefaultBoxes:
     """The default boxes a Config describes; checks the generator's count against the one the
     config derives (``num_ssd_boxes``: the heads are built for that many)."""
     boxes = generate_default_boxes(config.img_shape[0], config.feature_size, config.steps,
@@ -102,12 +104,12 @@ def default_boxes_from_config(config) -> DefaultBoxes:
     return boxes
 
 
-def box_settings(config) -> dict:
+def box_settings(config: Config) -> dict:
     """{key: value} of ``BOX_KEYS`` as JSON values (tuples become lists)."""
     return json.loads(json.dumps({key: getattr(config, key) for key in BOX_KEYS}))
 
 
-def box_differences(stored: dict, config) -> list:
+def box_differences(stored: dict, config: Config) -> list:
     """``stored`` box settings (as ``box_settings`` writes them) against ``config``'s: one
     ``(key, stored value, config's value)`` per key that differs; keys ``stored`` lacks are
     not compared."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from src.anchors import DefaultBoxes, default_boxes_from_config
 from src.boxes import iou_matrix
+from src.config import Config
 
 
 class BoxCoder:
@@ -36,7 +37,7 @@ class BoxCoder:
         self.center_scale, self.size_scale = (np.float32(s) for s in prior_scaling)
 
     @classmethod
-    def from_config(cls, config) -> "BoxCoder":
+    def from_config(cls, config: Config) -> "BoxCoder":
         """The coder a Config describes: its default boxes, match_threshold, prior_scaling."""
         return cls(default_boxes_from_config(config), config.match_threshold,
                    config.prior_scaling)

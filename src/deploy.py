@@ -7,6 +7,7 @@ inside: the same ``src.detections`` post-processing runs on every engine's outpu
 """
 import numpy as np
 
+from src.config import Config
 from src.files import atomic_path
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -16,7 +17,7 @@ class ExportError(RuntimeError):
     """An export that cannot be made here; the message says why."""
 
 
-def export_model(config, checkpoint_path, file_name, file_format="MINDIR", batch_size=1,
+def export_model(config: Config, checkpoint_path, file_name, file_format="MINDIR", batch_size=1,
                  platform="CPU"):
     """Write ``<file_name>.<mindir|onnx|air>``; returns its path."""
     import mindspore as ms

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from src.boxes import area, coordinates, intersection, yxyx_to_xywh
+from src.config import Config
 from src.detection_store import DetectionStore
 
 
@@ -126,7 +127,7 @@ class PostProcessor:
                                "(make builds it): its NMS cannot be used")
 
     @classmethod
-    def from_config(cls, config, category_ids: Sequence[int]) -> "PostProcessor":
+    def from_config(cls, config: Config, category_ids: Sequence[int]) -> "PostProcessor":
         return cls(category_ids, config.min_score, config.nms_threshold, config.max_boxes,
                    config.max_detections_per_image, config.nms_plus_one)
 

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from platform import machine
 
+from src.config import Config
 from src.cpu import ONEDNN_ISA_VARIABLE, X86_64, cpu_info, unknown_cap_problem
 from src.prerequisites import prerequisite_problem
 
@@ -67,7 +68,7 @@ def kernel_library_usable():
     return status == "current"
 
 
-def cap_onednn_isa(config):
+def cap_onednn_isa(config: Config):
     """Cap oneDNN at AVX2 when ``config`` runs MindSpore's own CPU convolutions, unless the user
     set the variable; returns the value in effect (None: no cap).
 
@@ -115,7 +116,7 @@ def limit_malloc_arenas(arenas: int) -> int:
     return arenas if mallopt(M_ARENA_MAX, arenas) == 1 else 0
 
 
-def prepare_process(config):
+def prepare_process(config: Config):
     """What must be settled before MindSpore loads, from the config alone: the oneDNN cap
     (``cap_onednn_isa``), the thread count of our kernels (``conv_threads``, read by the kernel
     library from ``KERNEL_THREADS_VARIABLE`` when it loads; 0 lets it take every core) and the
@@ -126,7 +127,7 @@ def prepare_process(config):
     return cap_onednn_isa(config)
 
 
-def hardware_problem(config):
+def hardware_problem(config: Config):
     """Why this machine cannot run what ``config`` asks for (None when it can), found before
     any work: bfloat16 convolutions on a CPU (or under an ``ONEDNN_MAX_CPU_ISA`` cap) without
     native bfloat16 arithmetic, or a cap value oneDNN would ignore; then what the device and the
@@ -243,7 +244,7 @@ class Run:
         return self.rank == 0
 
 
-def start_run(config, default_output_dir: str, distribute: bool = False,
+def start_run(config: Config, default_output_dir: str, distribute: bool = False,
               save: bool = True) -> Run:
     """Device set-up (and joining a distributed job), plus the run's output folder with its
     resolved ``config.yaml`` written by the main process (unless ``save`` is False: the caller
@@ -258,7 +259,7 @@ def start_run(config, default_output_dir: str, distribute: bool = False,
     return run
 
 
-def save_run_config(config, run):
+def save_run_config(config: Config, run):
     """The run's resolved ``config.yaml`` (main process only); again when a value is resolved
     later (num_classes from the data)."""
     if run.is_main:

@@ -12,6 +12,8 @@ import numpy as np
 from mindspore import Tensor, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
+from src.config import Config
+
 
 def warmup_cosine_lr(lr_init: float, lr_max: float, lr_end: float, warmup_epochs: float,
                      total_epochs: int, steps_per_epoch: int) -> np.ndarray:
@@ -33,7 +35,7 @@ REFERENCE_LR = 0.075
 REFERENCE_GLOBAL_BATCH = 256
 
 
-def peak_lr(config, world_size: int = 1) -> float:
+def peak_lr(config: Config, world_size: int = 1) -> float:
     """``--lr`` if given, else the reference's 0.075 for 8 x 32 images scaled linearly to this
     run's global batch (``batch_size`` x devices)."""
     if config.lr > 0:
@@ -41,7 +43,7 @@ def peak_lr(config, world_size: int = 1) -> float:
     return REFERENCE_LR * config.batch_size * world_size / REFERENCE_GLOBAL_BATCH
 
 
-def lr_from_config(config, steps_per_epoch: int, world_size: int = 1) -> np.ndarray:
+def lr_from_config(config: Config, steps_per_epoch: int, world_size: int = 1) -> np.ndarray:
     top = peak_lr(config, world_size)
     return warmup_cosine_lr(config.lr_init, top, top * config.lr_end_rate, config.warmup_epochs,
                             config.epoch_size, steps_per_epoch)

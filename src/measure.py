@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from src.config import Config
 from src.cpu import cpu_info, usable_cores
 from src.device import current_rss_mb, init_device, peak_rss_mb
 
@@ -23,7 +24,7 @@ INFER_PEERS = ("onnxruntime", "openvino")
 POSTPROCESS_PEERS = ("torchvision",)
 
 
-def environment(config, platform):
+def environment(config: Config, platform):
     """Where the numbers came from: versions, device, cores, the processor (model, features,
     the ISA oneDNN runs, the ONEDNN_MAX_CPU_ISA cap ('' when none)) and which convolution
     implementation the model was built with."""
@@ -50,7 +51,7 @@ def timed(function, repeats, warmup):
     return seconds
 
 
-def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
+def benchmark_data(config: Config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
     """Training pipeline throughput on generated JPEGs (read, decode, crop, resize, flip,
     colour jitter, encode to the default boxes, normalise or not): the configured feed
     (``data_img_per_s``), then 1, 2 and all cores' worth of workers as threads and as
@@ -103,7 +104,7 @@ def benchmark_data(config, workdir, images=96, batches=10, warmup=2, size=(640, 
             "batch_size": config.batch_size, "batches": batches}
 
 
-def synthetic_batch(config, batch_size):
+def synthetic_batch(config: Config, batch_size):
     """A training batch of random images with three encoded boxes each."""
     from src.box_coder import BoxCoder
 
@@ -117,7 +118,7 @@ def synthetic_batch(config, batch_size):
             np.stack([t[2] for t in targets]))
 
 
-def benchmark_train(config, steps, warmup):
+def benchmark_train(config: Config, steps, warmup):
     """One full training step (forward, loss, backward, update) of the real model."""
     import mindspore as ms
 
@@ -141,7 +142,7 @@ def benchmark_train(config, steps, warmup):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def benchmark_infer(config, steps, warmup, peers=(), int8=False, workdir=None):
+def benchmark_infer(config: Config, steps, warmup, peers=(), int8=False, workdir=None):
     """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput,
     images in and boxes and scores out as numpy (``src.engine.backends``); then each engine of
     ``peers`` (onnxruntime, openvino) on the same weights exported to ONNX, with as many
@@ -178,7 +179,7 @@ def benchmark_infer(config, steps, warmup, peers=(), int8=False, workdir=None):
     return result
 
 
-def benchmark_int8(config, steps, warmup, workdir, ours) -> dict:
+def benchmark_int8(config: Config, steps, warmup, workdir, ours) -> dict:
     """int8 batch-1 latency and batch-8 throughput (``benchmark_infer``'s ``int8``)."""
     from src.engine.backends import create_detector
     from src.engine.quantize import versions
@@ -208,7 +209,7 @@ def benchmark_int8(config, steps, warmup, workdir, ours) -> dict:
     return result
 
 
-def benchmark_eval(config, workdir, images):
+def benchmark_eval(config: Config, workdir, images):
     """Memory of eval.py's path on generated demo-style val images: data pipeline, inference,
     post-processing, COCOeval. Resident memory is read after every batch: what the first
     batch leaves is the working set; growth after it would scale with the number of images."""
@@ -271,7 +272,7 @@ def stress_ground_truth(path, images, rng):
                 "categories": [{"id": c, "name": f"class_{c}"} for c in COCO_CATEGORY_IDS]}, path)
 
 
-def eval_stress(config, workdir, images, samples=4):
+def eval_stress(config: Config, workdir, images, samples=4):
     """Evaluation's worst case at ``images`` images (run in a process of its own, so that its
     peak memory is its own): an untrained 81-class model's outputs (``samples`` of them,
     reused image after image), post-processed (8,000 detections an image), written as
@@ -317,7 +318,7 @@ def eval_stress(config, workdir, images, samples=4):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def benchmark_eval_stress(config, workdir, sizes):
+def benchmark_eval_stress(config: Config, workdir, sizes):
     """``eval_stress`` at each size, each in a fresh process; adds how the time and memory per
     image grow from the smallest size to each larger one."""
     import multiprocessing
@@ -335,7 +336,7 @@ def benchmark_eval_stress(config, workdir, sizes):
     return results
 
 
-def synthetic_outputs(config, rng, untrained=False, classes=None):
+def synthetic_outputs(config: Config, rng, untrained=False, classes=None):
     """Decoded boxes (anchors jittered a little) and class scores: a trained detector's, mostly
     near zero (Beta(0.5, 40)) so that a few hundred pass score > 0.1; or with ``untrained``
     an untrained model's sigmoid scores, near 0.5 for every class, so that all
@@ -352,7 +353,7 @@ def synthetic_outputs(config, rng, untrained=False, classes=None):
     return boxes, scores.astype(np.float32)
 
 
-def network_outputs(config, workdir, count=4):
+def network_outputs(config: Config, workdir, count=4):
     """Decoded boxes and scores of the checkpoint's network on generated demo images."""
     import cv2
     import mindspore as ms
@@ -423,7 +424,7 @@ def differing_detections(ours: tuple, theirs: tuple) -> int:
     return len(keys(ours) ^ keys(theirs))
 
 
-def benchmark_postprocess(config, images, warmup, workdir, peers=()):
+def benchmark_postprocess(config: Config, images, warmup, workdir, peers=()):
     """Post-processing (thresholds, NMS, COCO records) per image at the configured settings,
     on the outputs of --checkpoint_path's network if given, else on synthetic outputs.
     With the peer ``torchvision``: our detection step and the same step done by
@@ -455,7 +456,7 @@ def benchmark_postprocess(config, images, warmup, workdir, peers=()):
             **(compare_nms_with_torchvision(config, samples, images, warmup) if peers else {})}
 
 
-def compare_nms_with_torchvision(config, samples, images, warmup):
+def compare_nms_with_torchvision(config: Config, samples, images, warmup):
     """The torchvision peer's fields of ``benchmark_postprocess``."""
     import torch
 
@@ -485,7 +486,7 @@ def compare_nms_with_torchvision(config, samples, images, warmup):
     return result
 
 
-def benchmark_epochs(config, workdir, epochs):
+def benchmark_epochs(config: Config, workdir, epochs):
     """Memory across epochs of the real training loop (train.py's): one step an epoch on
     ``batch_size`` generated images, ``epochs`` epochs; resident memory after each epoch from
     the training log, and its growth per epoch (a least-squares slope) after the first few."""
@@ -516,7 +517,7 @@ def benchmark_epochs(config, workdir, epochs):
             "growth_from_epoch": settled + 1, "malloc_arenas": config.malloc_arenas}
 
 
-def overfit_batch(config, prepared):
+def overfit_batch(config: Config, prepared):
     """Every image of a prepared split as one training batch, without augmentation: images as
     evaluation feeds them (resize, normalise) and their boxes encoded by the real BoxCoder."""
     from src.box_coder import BoxCoder
@@ -533,7 +534,7 @@ def overfit_batch(config, prepared):
     return (np.stack(images), *(np.stack([t[k] for t in targets]) for k in range(3)))
 
 
-def benchmark_overfit(config, workdir, steps, images=8, check_every=25):
+def benchmark_overfit(config: Config, workdir, steps, images=8, check_every=25):
     """Proof that the whole chain learns: from random weights, ``images`` generated demo images
     as one batch (no augmentation) trained for up to ``steps`` steps (warm-up and cosine decay
     of --lr, default 0.02, over them), scored every ``check_every`` steps on the same images by
@@ -592,7 +593,7 @@ def benchmark_overfit(config, workdir, steps, images=8, check_every=25):
             "history": history, "peak_rss_mb": round(peak_rss_mb())}
 
 
-def run_twin(script, python, config, steps, warmup):
+def run_twin(script, python, config: Config, steps, warmup):
     """The PyTorch twin's result dict (its last JSON line), run with our batch, steps and
     thread count (``../shared/bench/torch_twin.py``; it needs a Python with torch)."""
     import subprocess
@@ -624,7 +625,7 @@ def compare_with_twin(ours, twin):
     return ratios
 
 
-def run(config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
+def run(config: Config, modes, steps=5, warmup=2, twin=None, twin_python="python3", eval_images=40,
         epochs=30, stress_images=(50, 200), overfit_steps=400, peers=(), int8=False):
     """Run the modes; returns their result dicts (each also printed as one JSON line).
     With ``twin`` (the PyTorch twin's script), the twin runs right after ours and a

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
+from src.config import Config
 from src.data.feed import feed_settings
 
 # MindSpore 2.10's wheel holds GPU plugins for these CUDA versions only (mindspore/lib/plugin/
@@ -336,7 +337,7 @@ def check_ascend(host: Host) -> Finding:
     return Finding()
 
 
-def train_row_bytes(config) -> int:
+def train_row_bytes(config: Config) -> int:
     """Bytes of one row that a training worker process returns (``TrainTransform``): the
     uint8 image at img_shape (normalised later, in the main process, whatever input_dtype
     says), float32 box offsets and int32 labels per default box, num_match, img_id."""
@@ -396,7 +397,8 @@ def check_worker_memory(workers: int, row_bytes: int, host: Host) -> Finding:
     return Finding()
 
 
-def prerequisite_problem(config, platform: str, host: Optional[Host] = None) -> Optional[str]:
+def prerequisite_problem(config: Config, platform: str,
+                         host: Optional[Host] = None) -> Optional[str]:
     """The first prerequisite that ``config`` on ``platform`` lacks on this host (None: all
     there); the checks' notes become warnings."""
     host = host or Host(os.environ)

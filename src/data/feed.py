@@ -1,9 +1,10 @@
 """How training batches are fed on a platform: worker threads or processes, float32 or uint8
 images. Imports no MindSpore, so that the checks before MindSpore starts
 (``src.prerequisites``) apply the same rule as the pipeline (``src.data.pipeline``)."""
+from src.config import Config
 
 
-def feed_settings(config, platform: str) -> tuple:
+def feed_settings(config: Config, platform: str) -> tuple:
     """(worker processes?, uint8 images?) of ``config``'s data_workers and input_dtype on
     ``platform``: auto is threads and float32 on CPU (the model trains there; threads were
     faster), processes and uint8 on GPU and Ascend (an accelerator needs hundreds of images a

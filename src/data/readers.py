@@ -1,5 +1,6 @@
 """The configured dataset's reader: COCO json, Pascal VOC xml, a YOLO dataset (data.yaml), or
 the TXT format, each giving one ``DatasetSource`` (``src.data.records``)."""
+from src.config import Config
 from src.data.coco import read_coco
 from src.data.records import DatasetError, DatasetSource
 from src.data.txt import read_txt
@@ -7,7 +8,7 @@ from src.data.voc import read_voc
 from src.data.yolo import read_yolo
 
 
-def read_source(config, split: str) -> DatasetSource:
+def read_source(config: Config, split: str) -> DatasetSource:
     """Records of the 'train' or 'eval' split of the configured dataset (not yet checked)."""
     if config.dataset == "coco":
         if not config.coco_root:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from src.boxes import yxyx_to_xywh
+from src.config import Config
 from src.data.check import apply_policy, check_source
 from src.data.mindrecord import (
     SetHold,
@@ -67,14 +68,14 @@ def coco_ground_truth(source):
             "annotations": annotations, "categories": categories}
 
 
-def conversion_settings(config, source):
+def conversion_settings(config: Config, source):
     """Everything besides the input files that changes what a converted set contains."""
     return {"shards": config.mindrecord_shards, "class_names": list(source.class_names),
             "skip_bad_samples": config.skip_bad_samples,
             "skip_empty_images": config.skip_empty_images, "check_images": config.check_images}
 
 
-def with_data_classes(config, source, log=print):
+def with_data_classes(config: Config, source, log=print):
     """``config`` with ``num_classes`` taken from the data when it was not given (0)."""
     if config.num_classes:
         return config
@@ -83,7 +84,7 @@ def with_data_classes(config, source, log=print):
     return config.replace(num_classes=source.num_classes)
 
 
-def prepare_split(config, split, output_dir, progress=True, log=print, classes_of=""):
+def prepare_split(config: Config, split, output_dir, progress=True, log=print, classes_of=""):
     """Read a split, and check and convert it unless a current set exists; returns a
     PreparedSplit that holds the set. Raises DatasetError (with the check's report) on unusable
     data; a ``num_classes`` that disagrees with the data is one more problem of that report.
@@ -129,7 +130,7 @@ def prepare_split(config, split, output_dir, progress=True, log=print, classes_o
                          manifest["records"], manifest.get("check", {}), hold)
 
 
-def check_split(config, split):
+def check_split(config: Config, split):
     """--check_dataset: check a split without converting it; prints the report.
 
     Returns the report's summary; raises DatasetError if it found errors.

@@ -17,13 +17,14 @@ from typing import Optional
 
 import numpy as np
 
+from src.config import Config
 from src.cpu import usable_cores
 
 BACKENDS = ("mindspore", "onnxruntime", "openvino")
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}   # conv_dtype -> OpenVINO's name
 
 
-def engine_threads(config) -> int:
+def engine_threads(config: Config) -> int:
     """Threads of every engine: ``conv_threads``, or one per core this process may use."""
     if config.conv_threads:
         return config.conv_threads
@@ -68,7 +69,7 @@ def _openvino_version() -> str:
     return openvino.__version__.split("-")[0]
 
 
-def create_detector(config, checkpoint_path: Optional[str], backend: str = "mindspore",
+def create_detector(config: Config, checkpoint_path: Optional[str], backend: str = "mindspore",
                     batch_size: int = 1, fold_bn: bool = True) -> Detector:
     """The ``backend`` engine of ``checkpoint_path`` (None: the network's initial weights).
     ``batch_size``: the ONNX engines' fixed batch; ``fold_bn`` (mindspore): see
@@ -104,7 +105,7 @@ def create_detector(config, checkpoint_path: Optional[str], backend: str = "mind
     return Detector(backend, run, batch_size, precision=precision)
 
 
-def int8_detector(config, checkpoint_path: Optional[str], batch_size: int) -> Detector:
+def int8_detector(config: Config, checkpoint_path: Optional[str], batch_size: int) -> Detector:
     """OpenVINO running the int8 model of ``checkpoint_path`` (``src.engine.quantize``)."""
     from src.engine.quantize import int8_model
 

@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 
 from src.anchors import box_settings
+from src.config import Config
 from src.files import WriteError, atomic_path, describe_write_error
 from src.model.inference import INFERENCE_ADVICE
 from src.model.weights import (
@@ -92,7 +93,7 @@ def read_state(params: dict, path: str) -> dict:
             for key in STATE_KEYS}
 
 
-def state_entries(config, **state) -> dict:
+def state_entries(config: Config, **state) -> dict:
     """append_dict entries of a training checkpoint: the position (ints), class names and the
     default-box settings of ``config`` (``src.anchors.box_settings``), as JSON strings."""
     entries: dict = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
@@ -104,7 +105,7 @@ def state_entries(config, **state) -> dict:
 CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"  # (boxes per cell of map 0 x classes,)
 
 
-def checkpoint_class_count(config, path: str) -> Optional[int]:
+def checkpoint_class_count(config: Config, path: str) -> Optional[int]:
     """Classes (background included) a detector checkpoint was trained for: its stored class
     names, else its first class head's width / boxes per cell of ``config``; None when it holds
     no class head."""
@@ -130,7 +131,7 @@ def describe_checkpoint_classes(path: str, count: int) -> str:
     return f"the checkpoint {path} was trained for {classes} ({count} with background{shown})"
 
 
-def with_checkpoint_classes(config, path: str, log: Callable = print):
+def with_checkpoint_classes(config: Config, path: str, log: Callable = print):
     """``config`` with ``num_classes`` read from a detector checkpoint when it was not given
     (0): its stored class names, else its first class head's width / boxes per cell."""
     if config.num_classes:
@@ -142,7 +143,7 @@ def with_checkpoint_classes(config, path: str, log: Callable = print):
     return config.replace(num_classes=count)
 
 
-def check_inference_boxes(config, path: str) -> None:
+def check_inference_boxes(config: Config, path: str) -> None:
     """``build_inference_network``'s default-box check, before any work (it reads only the
     stored settings); a file that cannot be read is left to the weights' loading to report."""
     try:
@@ -199,7 +200,7 @@ RESUME_ADVICE = ("Resume with the settings it was trained with ({flags}), or sta
                  "weights with --pre_trained")
 
 
-def restore(train_step, path: str, steps_per_epoch: int, config) -> "Position":
+def restore(train_step, path: str, steps_per_epoch: int, config: Config) -> "Position":
     """Load a training checkpoint into the train step; returns its Position. Refused when it
     was written with another step count per epoch or other default boxes than ``config``'s."""
     params = read_checkpoint(path)

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from src.config import Config
 from src.data.pipeline import batches, create_eval_dataset
 from src.detection_store import DetectionStore
 from src.detections import PostProcessor
@@ -21,7 +22,7 @@ from src.metrics import (
 from src.visualize import plot_pr_curves
 
 
-def score_and_report(config, ground_truth_path: str, detections: DetectionStore,
+def score_and_report(config: Config, ground_truth_path: str, detections: DetectionStore,
                      output_dir: str, source_note: dict) -> dict:
     """COCOeval of detections (on the store's images, or the reference's subset with
     --drop_crowd; COCOeval of ``config.coco_evaluator``),
@@ -61,7 +62,7 @@ class Evaluation:
     (``src.engine.backends``); ``net`` is the MindSpore network, None with the ONNX engines.
     """
 
-    def __init__(self, config, prepared, checkpoint_path: Optional[str] = None,
+    def __init__(self, config: Config, prepared, checkpoint_path: Optional[str] = None,
                  fold_bn: bool = True, backend: str = "mindspore"):
         self.config, self.prepared = config, prepared
         self.detector = create_detector(config, checkpoint_path, backend,

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 
+from src.config import Config
 from src.cpu import cpu_info
 from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
@@ -23,7 +24,7 @@ from src.text import listed
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "eval")
 
 
-def checkpoint_classes(config, path: str) -> tuple:
+def checkpoint_classes(config: Config, path: str) -> tuple:
     """(``config`` with the checkpoint's class count, a description of where it came from for
     the data check's message, '' when the checkpoint does not say). eval.py scores a
     checkpoint with the class count it was trained for: ``--num_classes`` may only repeat it,
@@ -44,7 +45,7 @@ def checkpoint_classes(config, path: str) -> tuple:
     return config.replace(num_classes=count), trained
 
 
-def evaluate(config) -> dict:
+def evaluate(config: Config) -> dict:
     """eval.py: score ``config.checkpoint_path`` on the eval split; prints and returns results."""
     if not config.checkpoint_path:
         raise ValueError("no checkpoint given: pass --checkpoint_path FILE")
@@ -70,7 +71,7 @@ def evaluate(config) -> dict:
                              "seconds": round(seconds, 2)})
 
 
-def evaluate_result_files(config, result_path: str, img_path: str, anno_file: str) -> dict:
+def evaluate_result_files(config: Config, result_path: str, img_path: str, anno_file: str) -> dict:
     """postprocess.py: COCO mAP of the C++ program's <stem>_0.bin / <stem>_1.bin files.
 
     Images are the files of ``img_path`` that the annotation file lists (matched by the base

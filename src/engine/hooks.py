@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from src.config import Config
 from src.device import current_rss_mb
 from src.engine.checkpoint import checkpoint_name, prune_checkpoints
 from src.engine.progress import format_duration
@@ -203,7 +204,7 @@ class TensorBoardHook(HookBase):
             self._writer.close()
 
 
-def default_hooks(config, main: bool, evaluation=None,
+def default_hooks(config: Config, main: bool, evaluation=None,
                   output_dir: str = ".") -> Sequence[HookBase]:
     """The run's jobs: on every process the epoch report and the checkpoint (which writes on
     the main process only); on the main process the evaluation (when ``evaluation`` is given),

@@ -14,6 +14,8 @@ and the overflow check, decided in one place from the config (``precision_plan``
 """
 from dataclasses import dataclass
 
+from src.config import Config
+
 OUR_CHECK, CONCAT_CHECK, MINDSPORE_CHECK = "ours", "concat", "mindspore"
 FINITE_CHECKS = (OUR_CHECK, CONCAT_CHECK, MINDSPORE_CHECK)
 
@@ -36,7 +38,7 @@ class PrecisionPlan:
         return f"{self.precision}{amp}, loss scale {self.loss_scale:g} ({mode})"
 
 
-def precision_plan(config, platform: str, our_kernels: bool = False) -> PrecisionPlan:
+def precision_plan(config: Config, platform: str, our_kernels: bool = False) -> PrecisionPlan:
     """The plan ``config`` gives on ``platform`` ('CPU', 'GPU', 'Ascend'); ``our_kernels``: the
     network runs our CPU kernel library (its finite-check op is used; it computes float32 or,
     with ``conv_dtype`` bfloat16, bfloat16 multiplies, so fp16 is refused with it)."""

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from src.boxes import yxyx_to_xywh
+from src.config import Config
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
@@ -208,7 +209,7 @@ def frame_count(item: Input) -> int:
         capture.release()
 
 
-def class_names_for(config) -> tuple:
+def class_names_for(config: Config) -> tuple:
     """--classes, else the names stored in the checkpoint, else class_1, class_2 ..."""
     if config.classes:
         return tuple(config.classes)
@@ -218,7 +219,8 @@ def class_names_for(config) -> tuple:
     return ("background",) + tuple(f"class_{i}" for i in range(1, config.num_classes))
 
 
-def predict(config, image_paths, draw_threshold: float = 0.5, recursive: bool = False) -> dict:
+def predict(config: Config, image_paths, draw_threshold: float = 0.5,
+            recursive: bool = False) -> dict:
     """Detect objects in images and videos (files, folders, glob patterns; ``list_inputs``);
     writes pictures and annotated videos named as their inputs, and detections.json (the
     module's conventions: pixels as stored, inputs never overwritten). Images and video frames

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import mindspore as ms
 import numpy as np
 
+from src.config import Config
 from src.files import atomic_path
 from src.model.weight_formats import read_weights
 from src.model.weights import CheckpointError, load_weights, strip_wrappers
@@ -101,7 +102,7 @@ def is_backbone_checkpoint(params: dict) -> bool:
     return not any("multi_box" in n or "feature_extractor" in n for n in params)
 
 
-def load_pretrained(config, network, say: Callable = print) -> None:
+def load_pretrained(config: Config, network, say: Callable = print) -> None:
     """--pre_trained: a detector checkpoint (heads dropped with --filter_weight) or an
     ImageNet-style ResNet-34 backbone checkpoint; prints what was loaded and skipped."""
     path = config.pre_trained

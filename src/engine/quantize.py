@@ -20,12 +20,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from src.config import Config
+
 QUANTIZE_CHOICES = ("none", "int8")
 CACHE_SUFFIX = ".int8"
 RECIPE = "nncf-ptq-1"   # changes when the way a model is made here changes
 
 
-def calibration_batches(config, batch_size: int, count: int) -> tuple:
+def calibration_batches(config: Config, batch_size: int, count: int) -> tuple:
     """(list of (batch_size, 3, H, W) float32 batches of ``count`` training images, the last
     padded with its first image; the number of images; where they came from)."""
     import cv2
@@ -86,7 +88,7 @@ def cache_folder(checkpoint_path: str, key: dict) -> str:
     return os.path.join(checkpoint_path + CACHE_SUFFIX, name)
 
 
-def int8_model(config, checkpoint_path: Optional[str], batch_size: int,
+def int8_model(config: Config, checkpoint_path: Optional[str], batch_size: int,
                log: Callable[[str], None] = print) -> str:
     """model.xml of the int8 model of ``checkpoint_path`` at ``batch_size``: the cached one when
     its key matches, else made now (and cached beside the checkpoint; in a temporary folder
@@ -130,7 +132,7 @@ def int8_model(config, checkpoint_path: Optional[str], batch_size: int,
     return os.path.join(folder, "model.xml")
 
 
-def quantize_into(config, checkpoint_path: Optional[str], batch_size: int, batches: list,
+def quantize_into(config: Config, checkpoint_path: Optional[str], batch_size: int, batches: list,
                   folder: str) -> None:
     """NNCF's post-training quantization of the exported model into ``folder``/model.xml."""
     import nncf
@@ -146,7 +148,7 @@ def quantize_into(config, checkpoint_path: Optional[str], batch_size: int, batch
         openvino.save_model(quantized, os.path.join(folder, "model.xml"))
 
 
-def export_int8(config, checkpoint_path: str, file_name: str, batch_size: int) -> str:
+def export_int8(config: Config, checkpoint_path: str, file_name: str, batch_size: int) -> str:
     """The int8 model of ``checkpoint_path`` (made, or taken from its cache) as
     ``<file_name>.xml`` and ``.bin``, each written whole (the .bin first, so an .xml is never
     there without its weights); returns the .xml's path."""

@@ -3,6 +3,7 @@ are fed and read back, the augmentation workers. Built once (``create_run_plan``
 network, handed to the parts that follow it, and printed once (``RunPlan.describe``)."""
 from dataclasses import dataclass
 
+from src.config import Config
 from src.data.feed import feed_settings
 from src.engine.precision import PrecisionPlan, precision_plan
 from src.engine.step_feed import LoopPlan, loop_plan
@@ -32,7 +33,7 @@ class RunPlan:
                 f"{f'; steps read back every {self.loop.read_every}' if self.loop.read_every > 1 else ''}")  # noqa: E501
 
 
-def create_run_plan(config, platform: str) -> RunPlan:
+def create_run_plan(config: Config, platform: str) -> RunPlan:
     """The plan of ``config`` on ``platform`` ('CPU', 'GPU', 'Ascend'); raises ValueError for a
     combination the platform cannot run (fp16 through our CPU kernels, a data sink on CPU)."""
     layers = Layers.from_config(config, platform)

@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
+from src.config import Config
 from src.data.pipeline import batches, decode_failures_named
 
 SINK_PLATFORMS = ("GPU", "Ascend")
@@ -25,7 +26,7 @@ class LoopPlan:
     read_every: int
 
 
-def loop_plan(config, platform: str) -> LoopPlan:
+def loop_plan(config: Config, platform: str) -> LoopPlan:
     """The loop of ``config``'s data_sink and log_interval on ``platform``: auto sinks on GPU
     and Ascend and reads every ``ACCELERATOR_READ_EVERY`` steps there; on CPU it feeds from the
     host and reads every step (MindSpore 2.10 has no CPU dataset queue, so a sink there is

@@ -10,6 +10,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
 
+from src.config import Config
 from src.device import kernel_op
 from src.engine.precision import (
     CONCAT_CHECK,
@@ -236,7 +237,7 @@ def fusion_splits(params, groups: int = 4) -> list:
     return sorted({c for c in cuts if 0 < c < len(params)})
 
 
-def create_train_step(config, network, lr_table, platform: str, world: int = 1,
+def create_train_step(config: Config, network, lr_table, platform: str, world: int = 1,
                       uint8_input: bool = False,
                       precision: Optional[PrecisionPlan] = None) -> tuple:
     """The train step of ``config`` for a detector on ``platform``: its precision plan applied

@@ -89,8 +89,8 @@ class Trainer:
     ``run()`` trains the remaining epochs and returns a summary dict.
     """
 
-    def __init__(self, config, run: Run, prepared, eval_split=None, classes_given: bool = True,
-                 hooks: Optional[Sequence[HookBase]] = None):
+    def __init__(self, config: Config, run: Run, prepared, eval_split=None,
+                 classes_given: bool = True, hooks: Optional[Sequence[HookBase]] = None):
         self.config, self.run_info, self.prepared = config, run, prepared
         self.output_dir, self.main = run.output_dir, run.is_main
         self.say = print if self.main else (lambda *args, **kwargs: None)
@@ -212,7 +212,7 @@ class Trainer:
             self.log.write("step", **row)
             for hook in self.hooks:
                 hook.after_step(row)
-            bar.update(loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
+            bar.update(1, loss=loss, cls=cls_loss, loc=loc_loss, lr=lr,
                        **{"img/s": images_per_step / per_step})
             if finite:
                 self.nonfinite_in_a_row = 0
@@ -318,7 +318,7 @@ class Trainer:
                 "output_dir": output_dir, "best_map": self.best_map}
 
 
-def train(config) -> dict:
+def train(config: Config) -> dict:
     """train.py: check or convert the data, or train as configured; returns a summary dict."""
     run = start_run(config, DEFAULT_OUTPUT_DIR, distribute=config.distribute, save=False)
     if not (config.check_dataset or config.only_create_dataset):

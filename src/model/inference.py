@@ -6,6 +6,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from src.anchors import default_boxes_from_config
+from src.config import Config
 from src.model.fold import fold_batch_norm
 from src.model.layers import Layers
 from src.model.ssd import build_ssd
@@ -41,7 +42,7 @@ INFERENCE_ADVICE = ("Its offsets would be decoded against boxes it did not learn
                     "{flags})")
 
 
-def build_inference_network(config, checkpoint_path: Optional[str] = None,
+def build_inference_network(config: Config, checkpoint_path: Optional[str] = None,
                             layers: Optional[Layers] = None,
                             fold_bn: bool = True) -> SsdInferWithDecoder:
     """Detector + in-graph decoder in eval mode, weights from ``checkpoint_path`` if given,

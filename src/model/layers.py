@@ -17,6 +17,7 @@ from typing import Optional
 
 from mindspore import nn
 
+from src.config import Config
 from src.cpu import ONEDNN_ISA_VARIABLE, cpu_info
 from src.model.batch_norm import BatchNormAct2d
 from src.model.layout import BLOCKS, PLAIN, blockable
@@ -100,7 +101,7 @@ class Layers:
         return cls(impl, dtype, block, algorithm, bn_momentum)
 
     @classmethod
-    def from_config(cls, config, platform: str) -> "Layers":
+    def from_config(cls, config: Config, platform: str) -> "Layers":
         """The layers ``config`` asks for on ``platform`` (conv_impl, conv_dtype, layout_block,
         conv_algorithm, bn_momentum)."""
         impl = resolve_conv_impl(config.conv_impl, platform)

@@ -14,6 +14,7 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from src.config import Config
 from src.model.layers import Layers
 from src.model.onednn_conv import OneDnnConv2d
 from src.model.resnet34 import ResNet34Backbone
@@ -184,7 +185,7 @@ def count_trainable_params(network: nn.Cell) -> int:
     return int(sum(int(np.prod(p.shape)) for p in network.trainable_params()))
 
 
-def build_ssd(config, layers: Optional[Layers] = None) -> SsdResnet34:
+def build_ssd(config: Config, layers: Optional[Layers] = None) -> SsdResnet34:
     """The detector a Config describes, with the reference's initialisation.
 
     ``layers``: which kernels it runs (default: ``Layers.from_config`` on the device MindSpore

@@ -11,6 +11,7 @@ from typing import Optional
 import mindspore as ms
 
 from src.anchors import box_differences, box_flags
+from src.config import Config
 from src.text import listed
 
 HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
@@ -33,7 +34,7 @@ def read_checkpoint(path):
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
 
 
-def check_default_boxes(params: dict, config, path: str, advice: str) -> None:
+def check_default_boxes(params: dict, config: Config, path: str, advice: str) -> None:
     """CheckpointError when the checkpoint's parameters ``params`` store default-box settings
     (``src.anchors.BOX_KEYS``) other than ``config``'s; checkpoints that store none (the
     reference's, ours before they did) pass. ``advice`` ends the message; ``{flags}`` in it
