@@ -19,6 +19,7 @@ from src.anchors import box_settings
 from src.config import Config
 from src.files import WriteError, atomic_path, describe_write_error
 from src.model.inference import INFERENCE_ADVICE
+from src.model.ssd import CLASS_HEAD_BIAS
 from src.model.weights import (
     DEFAULT_BOXES,
     STATE_PREFIX,
@@ -102,7 +103,6 @@ def state_entries(config: Config, **state) -> dict:
     return entries
 
 
-CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"  # (boxes per cell of map 0 x classes,)
 
 
 def checkpoint_class_count(config: Config, path: str) -> Optional[int]:
@@ -115,6 +115,10 @@ def checkpoint_class_count(config: Config, path: str) -> Optional[int]:
     try:
         found = ms.load_checkpoint(path, choice_func=lambda n: n.endswith(CLASS_HEAD_BIAS))
     except (ValueError, RuntimeError, OSError) as exc:
+        # MindSpore refuses a choice that selects nothing as it refuses an unreadable file
+        read_checkpoint(path)     # CheckpointError if the file cannot be read at all
+        if isinstance(exc, ValueError):
+            return None           # readable, without a class head
         raise CheckpointError(f"{path}: cannot be read as a MindSpore checkpoint ({exc})") \
             from exc
     head = next(iter(found.values()), None)

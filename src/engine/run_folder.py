@@ -28,6 +28,7 @@ CURVE_NAME = "loss_curve.png"
 BEST_NAME = "best.ckpt"
 EVAL_FOLDER = "eval"   # evaluation during training writes eval.py's files here
 CONFIG_NAME = "config.yaml"
+TENSORBOARD_NAME = "tensorboard"   # the TensorBoard hook's event files (src.engine.hooks)
 PREVIOUS_PREFIX = "previous-"
 LOCK_NAME = ".train.lock"
 _HELD: dict = {}   # real path of a folder -> the open lock file this process holds it by
@@ -46,7 +47,8 @@ def run_files(folder: str) -> list:
     if not checkpoints and not os.path.exists(os.path.join(folder, BEST_NAME)) and \
             not os.path.exists(os.path.join(folder, LOG_NAME)):
         return []
-    names = [LOG_NAME, CURVE_NAME, BEST_NAME, EVAL_FOLDER, CONFIG_NAME, *checkpoints]
+    names = [LOG_NAME, CURVE_NAME, BEST_NAME, EVAL_FOLDER, CONFIG_NAME, TENSORBOARD_NAME,
+             *checkpoints]
     return sorted(name for name in set(names) if os.path.exists(os.path.join(folder, name)))
 
 
