@@ -204,3 +204,18 @@ def test_summary_states_the_reference_numbers(network):
                          "out")
     assert "12,703,542 trainable parameters, 8,732 default boxes, input 3x300x300" in text
     assert "81 classes" in text and "Device: CPU, GRAPH_MODE, fp32, loss scale 1 (static)" in text
+
+
+def test_the_head_names_that_checkpoint_code_reads_are_the_built_heads(network):
+    """HEAD_NAMES and CLASS_HEAD_BIAS (read from checkpoints without a network) name the built
+    detector's heads: every head parameter, and the first class head's bias, whose width is
+    boxes per cell of map 0 x classes."""
+    from src.model.ssd import CLASS_HEAD_BIAS, HEAD_NAMES
+
+    names = {p.name: p for p in network.get_parameters()}
+    heads = [n for n in names if "multi_box" in n]
+    assert heads and all(any(h in n for h in HEAD_NAMES) for n in heads)
+    assert {h for h in HEAD_NAMES if any(h in n for n in heads)} == set(HEAD_NAMES)
+    (bias,) = [p for n, p in names.items() if n.endswith(CLASS_HEAD_BIAS)]
+    config = Config()
+    assert bias.shape == (config.num_default[0] * config.class_count,)

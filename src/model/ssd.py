@@ -75,6 +75,14 @@ def separable_head(layers: Layers, channels: int, outputs: int) -> nn.Sequential
                       blocked_input=layers.blockable(channels), nhwc_output=True)])
 
 
+# Parameter names of the heads (the reference's), read by checkpoint code without building a
+# network: every head parameter has one of HEAD_NAMES in its name; CLASS_HEAD_BIAS ends the
+# name of the first class head's pointwise bias, (boxes per cell of map 0 x classes,), from
+# which a checkpoint's class count is read. tests/test_model.py checks them on a built model.
+HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
+CLASS_HEAD_BIAS = "multi_box.multi_cls_layers.0.3.bias"
+
+
 class MultiBox(nn.Cell):
     """Box and class heads on every feature map, flattened location-major and concatenated.
 

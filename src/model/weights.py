@@ -12,9 +12,9 @@ import mindspore as ms
 
 from src.anchors import box_differences, box_flags
 from src.config import Config
+from src.model.ssd import HEAD_NAMES
 from src.text import listed
 
-HEAD_NAMES = ("multi_loc_layers", "multi_cls_layers")
 WRAPPER_PREFIX = "network."
 STATE_PREFIX = "train_state."   # the optimizer already has a parameter named global_step
 DEFAULT_BOXES = STATE_PREFIX + "default_boxes"   # JSON of src.anchors.box_settings
