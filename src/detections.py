@@ -110,18 +110,22 @@ class PostProcessor:
             ``max_per_image`` 0 means no cap.
         use_kernel: NMS by the kernel library's ``SsdClassNms`` (None: where it is built;
             False: ``batched_nms``, the same result).
+        nms: another NMS in ``batched_nms``'s place and signature (pixel boxes, scores,
+            classes, iou_threshold, max_per_class, plus_one -> kept indices, highest score
+            first), e.g. a peer's for a comparison; the kernel is then not used.
     """
 
     def __init__(self, category_ids: Sequence[int], min_score=0.1, nms_threshold=0.6,
                  max_per_class=100, max_per_image=0, plus_one=True,
-                 use_kernel: Optional[bool] = None):
+                 use_kernel: Optional[bool] = None, nms: Optional[Callable] = None):
         self.category_ids = tuple(int(c) for c in category_ids)
         self.min_score = float(min_score)
         self.nms_threshold = float(nms_threshold)
         self.max_per_class = int(max_per_class)
         self.max_per_image = int(max_per_image)
         self.plus_one = bool(plus_one)
-        self.kernel = kernel_nms() if use_kernel is not False else None
+        self.nms = nms or batched_nms
+        self.kernel = kernel_nms() if use_kernel is not False and nms is None else None
         if use_kernel and self.kernel is None:
             raise RuntimeError("the kernel library is not built from the current sources "
                                "(make builds it): its NMS cannot be used")
@@ -153,8 +157,8 @@ class PostProcessor:
             candidate_scores = scores[anchor, classes]
             pixel_boxes = boxes[anchor].astype(np.float64) * np.array(
                 [height, width, height, width])
-            keep = batched_nms(pixel_boxes, candidate_scores, classes, self.nms_threshold,
-                               self.max_per_class, self.plus_one)
+            keep = self.nms(pixel_boxes, candidate_scores, classes, self.nms_threshold,
+                            self.max_per_class, self.plus_one)
         if self.max_per_image > 0:
             keep = keep[:self.max_per_image]
         anchor, classes = anchor[keep], classes[keep]

@@ -386,10 +386,11 @@ def cap_per_class(keep: np.ndarray, classes: np.ndarray, max_per_class: int) -> 
 
 
 def torchvision_detect(post, nms=None):
-    """``post.detect`` done with ``torchvision.ops.batched_nms`` or ``nms`` (numpy boxes
-    (n, 4), scores (n,), classes (n,), threshold -> kept indices, highest score first): the same
-    candidates, pixel boxes in float64, NMS, then the per-class and per-image caps.
-    torchvision's IoU has no '+1', so ``post.plus_one`` must be False."""
+    """``post.detect`` with ``torchvision.ops.batched_nms`` (or ``nms``: numpy boxes (n, 4),
+    scores (n,), classes (n,), threshold -> kept indices, highest score first) as its NMS
+    strategy, capped per class as ours: the same candidates, pixel boxes and caps
+    (``PostProcessor``'s own path). torchvision's IoU has no '+1', so ``post.plus_one`` must be
+    False."""
     if post.plus_one:
         raise ValueError("torchvision's NMS has no '+1' IoU: compare with plus_one=False")
     if nms is None:
@@ -400,18 +401,14 @@ def torchvision_detect(post, nms=None):
             return batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
                                torch.from_numpy(classes), threshold).numpy()
 
-    def detect(boxes, scores, image_hw):
-        scale = np.array([image_hw[0], image_hw[1], image_hw[0], image_hw[1]], np.float64)
-        anchor, column = np.nonzero(scores[:, 1:] > post.min_score)
-        classes = column + 1
-        pixel_boxes = boxes[anchor].astype(np.float64) * scale
-        candidate_scores = scores[anchor, classes]
-        keep = nms(pixel_boxes, candidate_scores, classes, post.nms_threshold)
-        keep = cap_per_class(keep, classes, post.max_per_class)
-        if post.max_per_image > 0:
-            keep = keep[:post.max_per_image]
-        return pixel_boxes[keep], candidate_scores[keep], classes[keep]
-    return detect
+    def strategy(boxes, scores, classes, threshold, max_per_class, plus_one):
+        return cap_per_class(nms(boxes, scores, classes, threshold), classes, max_per_class)
+
+    from src.detections import PostProcessor
+
+    return PostProcessor(post.category_ids, post.min_score, post.nms_threshold,
+                         post.max_per_class, post.max_per_image, post.plus_one,
+                         nms=strategy).detect
 
 
 def differing_detections(ours: tuple, theirs: tuple) -> int:
