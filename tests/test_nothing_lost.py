@@ -157,6 +157,24 @@ def test_a_training_into_a_folder_another_run_holds_is_refused_naming_it(demo_ro
     release_run_folder(str(out))
 
 
+def test_a_data_check_into_a_folder_a_training_holds_is_refused(demo_root, tmp_path):
+    """train.py --check_dataset writes config.yaml into its --output_dir: not into a folder
+    that a training holds (its config.yaml stays the training's)."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=ROOT, out=str(out))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        (out / "config.yaml").write_text("the training's\n")
+        result = run_script(["train.py", "--data_url", demo_root, "--output_dir", str(out),
+                             "--check_dataset", "true", "--run_platform", "CPU"], timeout=600)
+        assert result.returncode == 1 and "is in use by a training run" in result.stderr, \
+            result.stderr[-2000:]
+        assert (out / "config.yaml").read_text() == "the training's\n"
+    finally:
+        holder.communicate("", timeout=60)
+
+
 # --- 3. TXT file names with spaces ------------------------------------------------------------
 
 def test_a_txt_name_with_spaces_is_named_and_a_quoted_one_is_read(tmp_path):

@@ -111,6 +111,16 @@ def _record_holder(handle) -> None:
     handle.flush()
 
 
+def hold_run_folder(folder: str) -> None:
+    """Hold ``folder`` for the rest of this process (``lock_run_folder``) without claiming it
+    for a training: a run that only checks or converts the data and writes config.yaml there
+    is refused, naming the holder, while a training writes into the folder."""
+    handle = lock_run_folder(folder)
+    if handle is not None:
+        _record_holder(handle)
+        _HELD[os.path.realpath(folder)] = handle
+
+
 def release_run_folder(folder: str) -> None:
     """Let go of a folder this process holds (its end does the same)."""
     handle = _HELD.pop(os.path.realpath(folder), None)

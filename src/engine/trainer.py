@@ -37,7 +37,7 @@ from src.engine.evaluation import Evaluation
 from src.engine.hooks import EpochEnd, HookBase, default_hooks
 from src.engine.pretrained import load_pretrained
 from src.engine.progress import Progress, format_duration
-from src.engine.run_folder import CURVE_NAME, claim_run_folder
+from src.engine.run_folder import CURVE_NAME, claim_run_folder, hold_run_folder
 from src.engine.run_log import LOG_NAME, RunLog
 from src.engine.run_plan import RunPlan, create_run_plan
 from src.engine.signals import StopRequest
@@ -326,6 +326,8 @@ def train(config: Config) -> dict:
                                  move=run.is_main)
         if aside:
             print(f"--overwrite: the earlier run's files are in {aside}", flush=True)
+    elif run.is_main:   # it writes config.yaml there: not into a folder a training holds
+        hold_run_folder(run.output_dir)
     save_run_config(config, run)
     if config.device_num and config.device_num != run.world:
         raise ValueError(f"--device_num {config.device_num} but MindSpore reports {run.world} "
