@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Callable, Optional, Union
 
-from src.config import Config, ConfigError, parse_config
+from src.config import Config, ConfigError
+from src.config_loader import parse_config
 from src.device import hardware_problem, prepare_process
 from src.interrupts import Interrupted, Interrupts
 

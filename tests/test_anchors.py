@@ -53,7 +53,8 @@ def test_reference_steps_leave_bottom_right_uncovered_and_fixed_steps_cover_it(b
 
 
 def test_the_box_count_follows_from_the_anchor_settings():
-    from src.config import ConfigError, load_config
+    from src.config import ConfigError
+    from src.config_loader import load_config
 
     config = load_config(feature_size=(19, 10, 5, 3, 2, 1))
     assert config.num_ssd_boxes == len(default_boxes_from_config(config)) == 2268

@@ -1,7 +1,8 @@
 """Config: reference defaults, YAML + command-line precedence, the seed's flags, clear errors."""
 import pytest
 
-from src.config import Config, ConfigError, config_from_values, load_config, load_yaml, parse_config
+from src.config import Config, ConfigError
+from src.config_loader import config_from_values, load_config, load_yaml, parse_config
 from tests.conftest import ROOT, run_script
 
 

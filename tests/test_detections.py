@@ -129,7 +129,7 @@ def test_nms_without_plus_one_uses_plain_pixel_areas():
 def test_nms_plus_one_false_in_the_config_keeps_what_plus_one_suppresses():
     """Through the config (nms_threshold 0.6): 3.5 x 5-pixel boxes 1 pixel apart have IoU
     2.5/4.5 = 0.556 without "+1" (both kept) and 3.5/5.5 = 0.636 with it (one suppressed)."""
-    from src.config import load_config
+    from src.config_loader import load_config
 
     boxes = np.array([[0.0, 0.0, 0.05, 0.035], [0.0, 0.01, 0.05, 0.045]], np.float32)
     scores = np.array([[0.0, 0.9], [0.0, 0.8]], np.float32)

@@ -119,7 +119,7 @@ def test_every_engine_gives_the_mindspore_detections(trained, demo_root):
     import cv2
     import numpy as np
 
-    from src.config import load_config
+    from src.config_loader import load_config
     from src.data.transforms import network_input
     from src.detections import PostProcessor
     from src.device import init_device
@@ -178,7 +178,7 @@ def coco_checkpoint(graph_cpu, tmp_path_factory):
     """An untrained 81-class (COCO's 80 + background) detector checkpoint."""
     import mindspore as ms
 
-    from src.config import load_config
+    from src.config_loader import load_config
     from src.model import build_ssd
 
     path = tmp_path_factory.mktemp("coco_checkpoint") / "ssd_coco.ckpt"
@@ -254,7 +254,7 @@ def exported(trained, tmp_path_factory):
 def live_outputs(checkpoint, images):
     import mindspore as ms
 
-    from src.config import load_config
+    from src.config_loader import load_config
     from src.device import init_device
     from src.model import build_inference_network
 

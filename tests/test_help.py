@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from src.config import HELP_GROUPS, build_parser, parse_config
+from src.config_loader import HELP_GROUPS, build_parser, parse_config
 from tests.conftest import ROOT
 
 

@@ -16,7 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from src.config import Config, ConfigError, load_config
+from src.config import Config, ConfigError
+from src.config_loader import load_config
 from src.data.records import DatasetError
 from tests.conftest import ROOT, run_script
 from tests.test_formats import QUIET, make_coco, make_voc, voc_xml, write_image

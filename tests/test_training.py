@@ -204,7 +204,7 @@ def test_checkpoints_store_their_default_boxes_and_refuse_others(tmp_path, graph
     from mindspore import nn
 
     from src.anchors import box_flags, box_settings
-    from src.config import load_config, parse_config
+    from src.config_loader import load_config, parse_config
     from src.engine.checkpoint import restore, state_entries
     from src.model.inference import INFERENCE_ADVICE
     from src.model.weights import DEFAULT_BOXES, check_default_boxes, read_checkpoint
@@ -288,7 +288,7 @@ def coco_detector_checkpoint(graph_cpu, tmp_path_factory):
     halved, moving variances doubled. Returns (path, {name: value})."""
     import mindspore as ms
 
-    from src.config import load_config
+    from src.config_loader import load_config
     from src.model import build_ssd
 
     network = build_ssd(load_config(num_classes=81))

@@ -12,7 +12,8 @@ import yaml
 
 from src.anchors import generate_default_boxes
 from src.box_coder import BoxCoder
-from src.config import Config, parse_config
+from src.config import Config
+from src.config_loader import parse_config
 from src.data.readers import read_source
 from src.data.records import ERROR, WARNING, DatasetError
 from tests.conftest import ROOT

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from src.config import parse_config
+from src.config_loader import parse_config
 from src.data.readers import read_source
 from src.data.records import ERROR, WARNING, DatasetError, DatasetSource, Problem
 from src.text import listed
