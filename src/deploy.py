@@ -22,8 +22,8 @@ def export_model(config: Config, checkpoint_path, file_name, file_format="MINDIR
     """Write ``<file_name>.<mindir|onnx|air>``; returns its path."""
     import mindspore as ms
 
-    from src.engine.checkpoint import check_inference_boxes, with_checkpoint_classes
     from src.model import Layers, build_inference_network
+    from src.model.metadata import check_inference_boxes, with_checkpoint_classes
 
     file_format = file_format.upper()
     if file_format not in FORMATS:

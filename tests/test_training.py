@@ -205,14 +205,14 @@ def test_checkpoints_store_their_default_boxes_and_refuse_others(tmp_path, graph
 
     from src.anchors import box_flags, box_settings
     from src.config_loader import load_config, parse_config
-    from src.engine.checkpoint import restore, state_entries
-    from src.model.inference import INFERENCE_ADVICE
+    from src.engine.checkpoint import restore
+    from src.model.metadata import INFERENCE_ADVICE, metadata_entries
     from src.model.weights import DEFAULT_BOXES, check_default_boxes, read_checkpoint
 
     demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
     cell = nn.Dense(2, 2)
     path = str(tmp_path / "ssd-1_3.ckpt")
-    save_checkpoint(cell, path, state_entries(demo, epoch=1, step_in_epoch=3, global_step=3,
+    save_checkpoint(cell, path, metadata_entries(demo, epoch=1, step_in_epoch=3, global_step=3,
                                               seed=1, steps_per_epoch=3,
                                               class_names=demo.classes))
     params = read_checkpoint(path)

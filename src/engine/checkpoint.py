@@ -6,22 +6,18 @@ and the loss-scale state, plus the epoch and the data-order seed. Names follow t
 (``network.feature_extractor.module.layer1.0.conv1.weight`` ...), so its checkpoints load too.
 """
 import glob
-import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 
-from src.anchors import box_settings
 from src.config import Config
 from src.files import WriteError, atomic_path, describe_write_error
-from src.model.inference import INFERENCE_ADVICE
-from src.model.ssd import CLASS_HEAD_BIAS
+from src.model.metadata import STATE_KEYS
 from src.model.weights import (
-    DEFAULT_BOXES,
     STATE_PREFIX,
     CheckpointError,
     check_default_boxes,
@@ -31,9 +27,6 @@ from src.text import listed
 
 CHECKPOINT_PREFIX = "ssd"
 _NAME = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)_(\d+)\.ckpt$")
-
-
-STATE_KEYS = ("epoch", "step_in_epoch", "global_step", "seed", "steps_per_epoch")
 
 
 def checkpoint_name(epoch: int, step_in_epoch: int) -> str:
@@ -92,85 +85,6 @@ def read_state(params: dict, path: str) -> dict:
                               "weights)")
     return {key: int(np.asarray(params[STATE_PREFIX + key].asnumpy()).ravel()[0])
             for key in STATE_KEYS}
-
-
-def state_entries(config: Config, **state) -> dict:
-    """append_dict entries of a training checkpoint: the position (ints), class names and the
-    default-box settings of ``config`` (``src.anchors.box_settings``), as JSON strings."""
-    entries: dict = {STATE_PREFIX + key: int(state[key]) for key in STATE_KEYS}
-    entries[STATE_PREFIX + "class_names"] = json.dumps(list(state["class_names"]))
-    entries[DEFAULT_BOXES] = json.dumps(box_settings(config))
-    return entries
-
-
-
-
-def checkpoint_class_count(config: Config, path: str) -> Optional[int]:
-    """Classes (background included) a detector checkpoint was trained for: its stored class
-    names, else its first class head's width / boxes per cell of ``config``; None when it holds
-    no class head."""
-    names = read_class_names(path)
-    if names:
-        return len(names)
-    try:
-        found = ms.load_checkpoint(path, choice_func=lambda n: n.endswith(CLASS_HEAD_BIAS))
-    except (ValueError, RuntimeError, OSError) as exc:
-        # MindSpore refuses a choice that selects nothing as it refuses an unreadable file
-        read_checkpoint(path)     # CheckpointError if the file cannot be read at all
-        if isinstance(exc, ValueError):
-            return None           # readable, without a class head
-        raise CheckpointError(f"{path}: cannot be read as a MindSpore checkpoint ({exc})") \
-            from exc
-    head = next(iter(found.values()), None)
-    if head is None:
-        return None
-    return int(head.shape[0]) // int(config.num_default[0])
-
-
-def describe_checkpoint_classes(path: str, count: int) -> str:
-    """'the checkpoint PATH was trained for N classes (N+1 with background: a, b ...)'."""
-    names = read_class_names(path)
-    shown = f": {listed(names[1:])}" if names and len(names) == count else ""
-    classes = "1 class" if count == 2 else f"{count - 1} classes"
-    return f"the checkpoint {path} was trained for {classes} ({count} with background{shown})"
-
-
-def with_checkpoint_classes(config: Config, path: str, log: Callable = print):
-    """``config`` with ``num_classes`` read from a detector checkpoint when it was not given
-    (0): its stored class names, else its first class head's width / boxes per cell."""
-    if config.num_classes:
-        return config
-    count = checkpoint_class_count(config, path)
-    if count is None:
-        return config.replace(num_classes=config.class_count)
-    log(f"num_classes {count}: from the checkpoint {path}")
-    return config.replace(num_classes=count)
-
-
-def check_inference_boxes(config: Config, path: str) -> None:
-    """``build_inference_network``'s default-box check, before any work (it reads only the
-    stored settings); a file that cannot be read is left to the weights' loading to report."""
-    try:
-        found = ms.load_checkpoint(path, choice_func=lambda n: n == DEFAULT_BOXES)
-    except (ValueError, RuntimeError, OSError):
-        return
-    check_default_boxes(found, config, path, INFERENCE_ADVICE)
-
-
-def read_class_names(path: str) -> Optional[tuple]:
-    """Class names a training checkpoint stores (tuple), or None."""
-    found = {}
-    try:
-        found = ms.load_checkpoint(path, choice_func=lambda n: n == STATE_PREFIX + "class_names")
-    except (ValueError, RuntimeError, OSError):
-        return None
-    value = found.get(STATE_PREFIX + "class_names")
-    if value is None:
-        return None
-    try:
-        return tuple(json.loads(str(value)))
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass

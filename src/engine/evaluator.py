@@ -10,14 +10,14 @@ from src.cpu import cpu_info
 from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
 from src.device import save_run_config, start_run
-from src.engine.checkpoint import (
+from src.engine.evaluation import Evaluation, score_and_report
+from src.files import copy_atomic
+from src.metrics import load_coco_ground_truth
+from src.model.metadata import (
     check_inference_boxes,
     checkpoint_class_count,
     describe_checkpoint_classes,
 )
-from src.engine.evaluation import Evaluation, score_and_report
-from src.files import copy_atomic
-from src.metrics import load_coco_ground_truth
 from src.model.weights import CheckpointError
 from src.text import listed
 

@@ -31,7 +31,6 @@ from src.engine.checkpoint import (
     find_resume_checkpoint,
     restore,
     save_checkpoint,
-    state_entries,
 )
 from src.engine.evaluation import Evaluation
 from src.engine.hooks import EpochEnd, HookBase, default_hooks
@@ -45,6 +44,7 @@ from src.engine.step_feed import host_steps, sunk_steps
 from src.engine.train_step import create_train_step
 from src.lr_schedule import lr_from_config, peak_lr
 from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
+from src.model.metadata import metadata_entries
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
 
@@ -184,7 +184,7 @@ class Trainer:
         if not self.main:
             return path
         position = self.position
-        return save_checkpoint(self.train_step, path, state_entries(
+        return save_checkpoint(self.train_step, path, metadata_entries(
             self.config, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
             global_step=position.global_step, seed=self.config.seed,
             steps_per_epoch=self.steps_per_epoch,

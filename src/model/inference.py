@@ -9,6 +9,7 @@ from src.anchors import default_boxes_from_config
 from src.config import Config
 from src.model.fold import fold_batch_norm
 from src.model.layers import Layers
+from src.model.metadata import INFERENCE_ADVICE
 from src.model.ssd import build_ssd
 from src.model.weights import check_default_boxes, load_weights, read_checkpoint
 
@@ -37,9 +38,6 @@ class SsdInferWithDecoder(nn.Cell):
         return ops.clamp(boxes, 0.0, 1.0), scores
 
 
-INFERENCE_ADVICE = ("Its offsets would be decoded against boxes it did not learn: give the "
-                    "settings it was trained with (the --config file of its training run, or "
-                    "{flags})")
 
 
 def build_inference_network(config: Config, checkpoint_path: Optional[str] = None,
