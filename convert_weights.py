@@ -24,8 +24,8 @@ def main(argv=None):
 
     def convert(config):
         from src.device import init_device
-        from src.engine.pretrained import convert_backbone
         from src.model import build_ssd
+        from src.train.pretrained import convert_backbone
 
         init_device(config.run_platform, config.device_id, config.seed)
         written, skipped = convert_backbone(build_ssd(config), args.input, args.output)

@@ -8,7 +8,7 @@ import sys
 from src.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run("src.engine.evaluator:evaluate", __doc__, what="eval.py",
+    sys.exit(run("src.infer.evaluator:evaluate", __doc__, what="eval.py",
                  default_output_dir="outputs/eval",
                  kept="none of its results are in {output_dir} (they are written once every "
                       "image is scored; an earlier run's are as they were)"))

@@ -37,15 +37,15 @@ def main(argv=None):
         parser.error(f"--batch_size {args.batch_size}: an export takes 1 to 1024 images")
 
     def export(config):
-        from src.deploy import export_model, opencv_compatible
         from src.device import init_device
+        from src.infer.deploy import export_model, opencv_compatible
 
         platform = init_device(config.run_platform, config.device_id, config.seed)
         if config.quantize == "int8":
             if explicit_format:
                 raise ConfigError("--quantize int8 exports OpenVINO IR (<file_name>.xml and "
                                   ".bin): leave --file_format out")
-            from src.engine.quantize import export_int8
+            from src.infer.quantize import export_int8
 
             path = export_int8(config, args.ckpt_file, args.file_name, args.batch_size)
             print(f"Exported {path} (batch {args.batch_size}, int8, OpenVINO IR with its .bin)")

@@ -29,7 +29,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.drop:
         rest = [*rest, "--drop_crowd", "true"]
     def score(config):
-        from src.engine.evaluator import evaluate_result_files
+        from src.infer.evaluator import evaluate_result_files
 
         return evaluate_result_files(config, args.result_path, args.img_path, args.anno_file)
 

@@ -35,7 +35,7 @@ def main(argv: Optional[list] = None) -> int:
     if not 0 <= args.draw_threshold <= 1:
         parser.error("--draw_threshold must be within 0..1")
     def predict(config):
-        from src.engine.predictor import predict as draw
+        from src.infer.predictor import predict as draw
 
         return draw(config, args.image, args.draw_threshold, args.recursive == "true")
 

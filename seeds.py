@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     if any(f.split("=")[0] in ("--seed", "--checkpoint_path") for f in flags):
         parser.error("--seed and --checkpoint_path are set per run by seeds.py")
     from src.cli import run_interruptible
-    from src.engine.seeds import SeedRunError, run_seeds
+    from src.train.seeds import SeedRunError, run_seeds
 
     def work() -> int:
         try:

@@ -7,7 +7,7 @@ import sys
 from src.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run("src.engine.trainer:train", __doc__, what="train.py",
+    sys.exit(run("src.train.trainer:train", __doc__, what="train.py",
                  default_output_dir="outputs/train",
                  kept="{output_dir} keeps its config.yaml and the checkpoints saved so far; a "
                       "MindRecord conversion under way is removed. Run the same command again "

@@ -124,7 +124,7 @@ def forward_backward(config, files):
 def export(config, folder):
     import mindspore as ms
 
-    from src.deploy import export_model
+    from src.infer.deploy import export_model
 
     ms.set_context(mode=ms.GRAPH_MODE)
     path = export_model(config, None, os.path.join(folder, "ssd"), "MINDIR", 1)

@@ -215,12 +215,12 @@ def init_distributed():
 
     Returns (rank, world size), read from MindSpore, never from flags that could disagree.
     The CPU collectives' timeout gets this project's default unless the environment sets it
-    (``src.engine.agreement.set_collective_timeout``; an unusable value is refused here).
+    (``src.train.agreement.set_collective_timeout``; an unusable value is refused here).
     """
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
-    from src.engine.agreement import set_collective_timeout
+    from src.train.agreement import set_collective_timeout
 
     set_collective_timeout(os.environ)
     init()

@@ -122,8 +122,8 @@ def benchmark_train(config: Config, steps, warmup):
     """One full training step (forward, loss, backward, update) of the real model."""
     import mindspore as ms
 
-    from src.engine.train_step import create_train_step
     from src.model import build_ssd, count_trainable_params
+    from src.train.train_step import create_train_step
 
     network = build_ssd(config)
     step, _ = create_train_step(config, network, np.full(10, 1e-3, np.float32),
@@ -144,14 +144,14 @@ def benchmark_train(config: Config, steps, warmup):
 
 def benchmark_infer(config: Config, steps, warmup, peers=(), int8=False, workdir=None):
     """Eval-mode forward pass with in-graph decoding, batch 1 latency and batch-8 throughput,
-    images in and boxes and scores out as numpy (``src.engine.backends``); then each engine of
+    images in and boxes and scores out as numpy (``src.infer.backends``); then each engine of
     ``peers`` (onnxruntime, openvino) on the same weights exported to ONNX, with as many
     threads and the arithmetic of ``conv_dtype`` where it offers it (``peer_<name>_precision``
     says which ran), and our ratios to it (above 1: we are faster). ``int8``: also the int8
     model (``--quantize int8``: NNCF, OpenVINO) of the same weights, calibrated on the
     configured training split or, without one, on demo data made in ``workdir``;
     ``int8_speedup_bs8`` is its batch-8 throughput over ours."""
-    from src.engine.backends import create_detector, engine_threads
+    from src.infer.backends import create_detector, engine_threads
 
     result: dict = {"mode": "infer", "threads": engine_threads(config)}
     for name in ("mindspore", *peers):
@@ -181,8 +181,8 @@ def benchmark_infer(config: Config, steps, warmup, peers=(), int8=False, workdir
 
 def benchmark_int8(config: Config, steps, warmup, workdir, ours) -> dict:
     """int8 batch-1 latency and batch-8 throughput (``benchmark_infer``'s ``int8``)."""
-    from src.engine.backends import create_detector
-    from src.engine.quantize import versions
+    from src.infer.backends import create_detector
+    from src.infer.quantize import versions
 
     if not config.data_root:
         from src.demo_data import generate
@@ -218,7 +218,7 @@ def benchmark_eval(config: Config, workdir, images):
 
     from src.data.sources import prepare_split
     from src.demo_data import generate
-    from src.engine.evaluation import Evaluation
+    from src.infer.evaluation import Evaluation
 
     if not config.coco_root:
         root = os.path.join(workdir, "eval-data")
@@ -491,7 +491,7 @@ def benchmark_epochs(config: Config, workdir, epochs):
     import io
 
     from src.demo_data import generate
-    from src.engine.trainer import train
+    from src.train.trainer import train
 
     root = os.path.join(workdir, "epochs-data")
     generate(root, config.batch_size, 1, seed=0, image_size=(640, 480))
@@ -519,7 +519,7 @@ def overfit_batch(config: Config, prepared):
     evaluation feeds them (resize, normalise) and their boxes encoded by the real BoxCoder."""
     from src.box_coder import BoxCoder
     from src.data.transforms import network_input, normalize_boxes
-    from src.engine.predictor import read_image
+    from src.infer.predictor import read_image
 
     coder = BoxCoder.from_config(config)
     images, targets = [], []
@@ -544,11 +544,11 @@ def benchmark_overfit(config: Config, workdir, steps, images=8, check_every=25):
 
     from src.data.sources import prepare_split
     from src.demo_data import generate
-    from src.engine.evaluation import Evaluation
-    from src.engine.train_step import create_train_step
+    from src.infer.evaluation import Evaluation
     from src.lr_schedule import warmup_cosine_lr
     from src.model import build_ssd
     from src.model.weights import copy_weights
+    from src.train.train_step import create_train_step
 
     root = os.path.join(workdir, "overfit-data")
     # Shapes of at least 0.2 of the shorter side: each then overlaps a default box with IoU

@@ -69,7 +69,7 @@ def plot_training_curves(rows, png_path):
     """Loss (total, classification, localisation) per step with per-epoch means, the lr, and
     the mAP of evaluations during training if there were any.
 
-    ``rows``: the training log's rows (``src.engine.run_log``); writes the PNG atomically.
+    ``rows``: the training log's rows (``src.train.run_log``); writes the PNG atomically.
     Returns its path, or None when the log has no steps yet. Beyond PLOT_POINTS steps the
     per-step lines are ``thinned``; the epoch means use every step.
     """

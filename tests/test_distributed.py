@@ -127,7 +127,7 @@ def test_a_dead_rank_fails_the_job_quickly(runs, demo_root):
     assert f"first failing rank: 1, log {root / 'doomed' / 'logs' / 'worker_1.log'}" in stderr
 
 
-# Agreement of the ranks at the start (src.engine.agreement), the collective timeout, and the
+# Agreement of the ranks at the start (src.train.agreement), the collective timeout, and the
 # rank-table launcher's checks.
 
 def agreeing_values(**changes):
@@ -138,7 +138,7 @@ def agreeing_values(**changes):
 
 def gather_of(*others):
     """A stand-in for the all-gather: this rank's row first, then the other ranks' rows."""
-    from src.engine.agreement import COMPARED, encode
+    from src.train.agreement import COMPARED, encode
 
     def gather(row):
         import numpy as np
@@ -151,7 +151,7 @@ def gather_of(*others):
 def test_values_cross_the_collective_exactly_as_float32():
     import numpy as np
 
-    from src.engine.agreement import decode, encode
+    from src.train.agreement import decode, encode
 
     values = [0, 1, 2 ** 24 + 1, 2 ** 53 + 3, 2 ** 64 - 1]
     assert encode(values).dtype == np.float32
@@ -161,7 +161,7 @@ def test_values_cross_the_collective_exactly_as_float32():
 
 
 def test_agreeing_ranks_pass_and_different_data_names_the_rank():
-    from src.engine.agreement import RankDisagreementError, check_ranks_agree
+    from src.train.agreement import RankDisagreementError, check_ranks_agree
 
     check_ranks_agree(agreeing_values(), 0, 2, gather_of(agreeing_values()))
     check_ranks_agree(agreeing_values(), 0, 1, gather=None)   # one process: nothing to compare
@@ -177,7 +177,7 @@ def test_agreeing_ranks_pass_and_different_data_names_the_rank():
 
 
 def test_a_resume_on_rank_zero_only_is_named_with_what_to_do():
-    from src.engine.agreement import RankDisagreementError, check_ranks_agree
+    from src.train.agreement import RankDisagreementError, check_ranks_agree
 
     resumed = agreeing_values(global_step=6, resumed=1, weights=11)
     with pytest.raises(RankDisagreementError) as caught:
@@ -194,7 +194,7 @@ def test_a_resume_on_rank_zero_only_is_named_with_what_to_do():
 
 
 def test_the_odd_rank_out_is_named_even_when_it_is_rank_zero():
-    from src.engine.agreement import RankDisagreementError, check_ranks_agree
+    from src.train.agreement import RankDisagreementError, check_ranks_agree
 
     fresh = agreeing_values()
     with pytest.raises(RankDisagreementError) as caught:
@@ -210,7 +210,7 @@ def test_weights_digest_sees_every_bit_of_every_parameter(graph_cpu):
     import numpy as np
     from mindspore import nn
 
-    from src.engine.agreement import weights_digest
+    from src.train.agreement import weights_digest
 
     ms.set_seed(5)
     first = nn.Dense(4, 3)
@@ -227,7 +227,7 @@ def test_data_digest_sees_the_boxes_not_the_paths():
     from types import SimpleNamespace
 
     from src.data.records import ImageRecord
-    from src.engine.agreement import data_digest
+    from src.train.agreement import data_digest
 
     def prepared(root, box_top=1.0):
         records = [ImageRecord(7, f"{root}/a.jpg", 20, 30, [[box_top, 2, 10, 12]], [1]),
@@ -241,7 +241,7 @@ def test_data_digest_sees_the_boxes_not_the_paths():
 
 
 def test_collective_timeout_setting():
-    from src.engine.agreement import (
+    from src.train.agreement import (
         COLLECTIVE_TIMEOUT_VARIABLE,
         DEFAULT_COLLECTIVE_TIMEOUT,
         collective_timeout,
@@ -260,7 +260,7 @@ def test_collective_timeout_setting():
 
 
 def test_a_failed_collective_becomes_a_message_naming_rank_and_timeout():
-    from src.engine.agreement import CollectiveError, collective_failures_named
+    from src.train.agreement import CollectiveError, collective_failures_named
 
     kernel_error = RuntimeError("\n- Kernel error:\nLaunch kernel failed: Default/AllReduce-op0")
     with pytest.raises(CollectiveError) as caught:
@@ -319,7 +319,7 @@ def test_a_rank_that_never_joins_is_bounded_by_the_collective_timeout(tmp_path):
     script.write_text("\n".join([
         "import os, sys, time",
         f"sys.path.insert(0, {ROOT!r})",
-        "import src.engine.agreement as agreement",
+        "import src.train.agreement as agreement",
         "from src.device import init_device, init_distributed",
         "agreement.DEFAULT_COLLECTIVE_TIMEOUT = 3",
         "init_device('CPU')",

@@ -123,7 +123,7 @@ def test_every_engine_gives_the_mindspore_detections(trained, demo_root):
     from src.data.transforms import network_input
     from src.detections import PostProcessor
     from src.device import init_device
-    from src.engine.backends import BACKENDS, create_detector
+    from src.infer.backends import BACKENDS, create_detector
 
     out, _ = trained
     init_device("CPU")

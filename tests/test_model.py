@@ -140,7 +140,7 @@ def test_weight_decay_groups_of_the_real_detector(network):
     """create_optimizer on SSD-ResNet34: every convolution weight (backbone, extra blocks, both
     heads' depthwise and pointwise convolutions) and every head bias decays; BatchNorm gamma and
     beta (41 BatchNorm layers) do not; BatchNorm statistics are not optimised at all."""
-    from src.engine.train_step import create_optimizer
+    from src.train.train_step import create_optimizer
 
     optimizer = create_optimizer(network, np.full(4, 0.1, np.float32), weight_decay=4e-5)
     names = [p.name for p in optimizer.parameters]
@@ -197,8 +197,8 @@ def test_in_graph_decoder_matches_numpy(network):
 
 
 def test_summary_states_the_reference_numbers(network):
-    from src.engine.run_plan import create_run_plan
-    from src.engine.trainer import model_summary
+    from src.train.run_plan import create_run_plan
+    from src.train.trainer import model_summary
 
     text = model_summary(Config(), network, create_run_plan(Config(), "CPU"), 117266, 3664,
                          "out")

@@ -65,8 +65,8 @@ def test_a_full_disk_leaves_no_partial_file_and_names_what_it_could_not_write(sm
                                                                               graph_cpu):
     from mindspore import nn
 
-    from src.engine.checkpoint import CheckpointError, save_checkpoint
-    from src.engine.run_log import RunLog
+    from src.train.checkpoint import CheckpointError, save_checkpoint
+    from src.train.run_log import RunLog
 
     run = small_disk / "run"
     config = Config(lr=0.01)
@@ -105,7 +105,7 @@ def test_a_checkpoint_writers_own_temporary_file_goes_on_enospc(tmp_path, graph_
     import mindspore as ms
     from mindspore import nn
 
-    from src.engine.checkpoint import CheckpointError, save_checkpoint
+    from src.train.checkpoint import CheckpointError, save_checkpoint
 
     def full_disk(cell, name, **kwargs):
         with open(name[:-len(".ckpt")] + ".tmp", "wb") as partial:
@@ -123,7 +123,7 @@ def test_a_checkpoint_writers_own_temporary_file_goes_on_enospc(tmp_path, graph_
 HOLDER = """
 import sys
 sys.path.insert(0, {root!r})
-from src.engine.run_folder import claim_run_folder
+from src.train.run_folder import claim_run_folder
 claim_run_folder({out!r}, "", False)
 print("held", flush=True)
 sys.stdin.read()        # holds the folder until the test closes its input
@@ -151,7 +151,7 @@ def test_a_training_into_a_folder_another_run_holds_is_refused_naming_it(demo_ro
         assert os.listdir(out) == locks == [".train.lock"]     # nothing of the second run
     finally:
         holder.communicate("", timeout=60)
-    from src.engine.run_folder import claim_run_folder, release_run_folder
+    from src.train.run_folder import claim_run_folder, release_run_folder
 
     assert claim_run_folder(str(out), "", False) == ""      # free once its holder ended
     assert json.loads((out / ".train.lock").read_text())["pid"] == os.getpid()
@@ -256,7 +256,7 @@ def two_class_checkpoint(graph_cpu, tmp_path_factory):
 
 def test_eval_names_the_checkpoints_class_count_and_the_datas(two_class_checkpoint, demo_root,
                                                               tmp_path):
-    from src.engine.evaluator import evaluate
+    from src.infer.evaluator import evaluate
     from src.model.weights import CheckpointError
 
     config = load_config(DEMO_CONFIG, coco_root=demo_root, classes=(),
@@ -301,9 +301,9 @@ def test_outputs_follow_the_umask(tmp_path, umask_022, demo_root, graph_cpu):
 
     from src.data.coco import read_coco
     from src.data.mindrecord import write_set
-    from src.engine.checkpoint import save_checkpoint
-    from src.engine.run_log import RunLog
     from src.files import write_json
+    from src.train.checkpoint import save_checkpoint
+    from src.train.run_log import RunLog
     from src.visualize import plot_training_curves
 
     Config().save(str(tmp_path / "config.yaml"))
@@ -353,11 +353,11 @@ def test_an_onnx_export_leaves_its_folders_mode_and_follows_the_umask(onnx_expor
 def test_predict_pictures_keep_the_inputs_name_extension_and_format(tmp_path, umask_022):
     import cv2
 
-    from src.engine.predictor import picture_name
+    from src.infer.predictor import picture_name
 
     assert picture_name("in/a.jpg") == "a.jpg" and picture_name("in/a.png") == "a.png"
     assert picture_name("shot.1.JPG") == "shot.1.JPG"
-    from src.engine.predictor import write_picture
+    from src.infer.predictor import write_picture
 
     picture = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     for name in ("a.jpg", "a.png", "b.JPEG", "c.bmp"):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src.engine.predictor import Input, list_inputs
+from src.infer.predictor import Input, list_inputs
 from tests.conftest import run_script
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from src.config import Config
-from src.engine import quantize
+from src.infer import quantize
 
 
 def demo_config(demo_root, **changes):
@@ -92,8 +92,8 @@ def test_int8_outputs_follow_the_float32_model(demo_root, graph_cpu):
     box corners within 0.05 of the image, and most scores far closer."""
     from src.data.readers import read_source
     from src.data.transforms import network_input
-    from src.engine.backends import create_detector
-    from src.engine.predictor import read_image
+    from src.infer.backends import create_detector
+    from src.infer.predictor import read_image
 
     config = demo_config(demo_root, calibration_images=8, num_classes=4)
     int8 = create_detector(config, None, "openvino", batch_size=4)

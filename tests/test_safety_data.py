@@ -289,7 +289,7 @@ def test_an_image_that_cannot_be_decoded_is_named_when_the_pipeline_meets_it(
         demo_root, tmp_path, graph_cpu):
     from src.cli import is_expected
     from src.data.pipeline import batches, create_eval_dataset, create_train_dataset
-    from src.engine.step_feed import sunk_steps
+    from src.train.step_feed import sunk_steps
     from tests.test_step_feed import host_sink
 
     root = copy_demo(demo_root, tmp_path)

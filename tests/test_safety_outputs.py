@@ -27,7 +27,7 @@ def test_predict_decodes_pixels_as_stored_like_mindspore(tmp_path):
     import cv2
     from mindspore.dataset import vision
 
-    from src.engine.predictor import read_image
+    from src.infer.predictor import read_image
 
     path = str(rotated_jpeg(tmp_path / "upright.jpg"))
     assert cv2.imread(path, cv2.IMREAD_COLOR).shape[:2] == (600, 300)   # OpenCV's default turns
@@ -40,7 +40,7 @@ def test_predict_decodes_pixels_as_stored_like_mindspore(tmp_path):
 
 
 def test_picture_names_keep_a_jpg_and_a_png_apart():
-    from src.engine.predictor import picture_name
+    from src.infer.predictor import picture_name
 
     assert picture_name("in/a.jpg") == "a.jpg" and picture_name("in/a.png") == "a.png"
     assert picture_name("shot.1.JPG") == "shot.1.JPG"
@@ -54,7 +54,7 @@ def inputs(folder, *names):
 
 
 def test_predict_refuses_the_inputs_folder_as_output(tmp_path):
-    from src.engine.predictor import check_outputs
+    from src.infer.predictor import check_outputs
 
     files = inputs(tmp_path / "in", "a.jpg", "a.png")
     with pytest.raises(ValueError, match=r"--output_dir .*in is the folder of the input .*a\.jpg"):
@@ -69,7 +69,7 @@ def test_predict_refuses_the_inputs_folder_as_output(tmp_path):
 
 
 def test_predict_refuses_an_output_file_that_is_an_input(tmp_path):
-    from src.engine.predictor import check_outputs
+    from src.infer.predictor import check_outputs
 
     files = inputs(tmp_path / "in", "a.jpg", "b.jpg")
     (tmp_path / "out").mkdir()

@@ -59,7 +59,7 @@ def test_overwrite_moves_the_earlier_run_aside_and_trains_afresh(one_run, demo_r
 
 
 def test_a_torn_last_log_line_is_left_out_with_a_warning_naming_file_and_line(tmp_path):
-    from src.engine.run_log import RunLog, read_log
+    from src.train.run_log import RunLog, read_log
 
     path = tmp_path / "train_log.jsonl"
     rows = [{"kind": "step", "global_step": step, "loss": 1.0} for step in (1, 2, 3)]

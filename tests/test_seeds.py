@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from src.engine.seeds import spread
+from src.train.seeds import spread
 from tests.conftest import run_script
 
 

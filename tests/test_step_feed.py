@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from src.config import Config, ConfigError
-from src.engine.step_feed import ACCELERATOR_READ_EVERY, host_steps, loop_plan, sunk_steps
+from src.train.step_feed import ACCELERATOR_READ_EVERY, host_steps, loop_plan, sunk_steps
 
 
 def host_sink(fn, data):
@@ -126,10 +126,10 @@ def test_a_run_trains_every_epoch_from_one_pipeline_closed_at_its_end(monkeypatc
 
     import mindspore as ms
 
-    from src.engine import trainer as trainer_module
-    from src.engine.checkpoint import Position
-    from src.engine.hooks import HookBase
-    from src.engine.step_feed import LoopPlan
+    from src.train import trainer as trainer_module
+    from src.train.checkpoint import Position
+    from src.train.hooks import HookBase
+    from src.train.step_feed import LoopPlan
 
     made, ends = [], []
 
@@ -208,7 +208,7 @@ def test_the_run_plan_settles_every_auto_once_per_platform():
     """create_run_plan: CPU trains fp32 from host-fed float32 batches in threads, read every
     step; GPU fp16 with processes, uint8 and the sink, read every 10; a refusal of the parts
     (a sink on CPU) comes from the plan, before anything is built."""
-    from src.engine.run_plan import create_run_plan
+    from src.train.run_plan import create_run_plan
 
     cpu = create_run_plan(Config(conv_impl="mindspore"), "CPU")
     assert (cpu.precision.precision, cpu.processes, cpu.uint8, cpu.loop.sink) == (

@@ -48,7 +48,7 @@ def weights(net):
 
 def test_weight_decay_groups(parts):
     ms, tiny_cls = parts
-    from src.engine.train_step import create_optimizer
+    from src.train.train_step import create_optimizer
 
     net = tiny_cls()
     optimizer = create_optimizer(net, np.full(10, 0.1, np.float32), weight_decay=4e-5)
@@ -66,7 +66,7 @@ def test_finite_step_updates_and_poisoned_step_is_skipped(parts, finite_check):
     """Each overflow check: 'mindspore' is ms.amp.all_finite, here on its CPU path (GPU and
     Ascend take the same call)."""
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1.0,
@@ -88,7 +88,7 @@ def test_finite_step_updates_and_poisoned_step_is_skipped(parts, finite_check):
 def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
     import mindspore as ms
 
-    from src.engine.train_step import fused_all_finite
+    from src.train.train_step import fused_all_finite
 
     check = fused_all_finite()
     rng = np.random.default_rng(1)
@@ -103,7 +103,7 @@ def test_our_finite_check_finds_one_bad_value_anywhere(graph_cpu):
 
 def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     step = TrainStep(net, create_optimizer(net, np.full(10, 0.01, np.float32)), loss_scale=1024.0,
@@ -124,7 +124,7 @@ def test_dynamic_scale_halves_on_overflow_and_grows_after_window(parts):
 
 def test_scaled_gradients_give_the_same_update(parts):
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     results = []
     for scale in (1.0, 1024.0):
@@ -141,7 +141,7 @@ def test_scaled_gradients_give_the_same_update(parts):
 
 def test_optimizer_reads_lr_at_global_step(parts):
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     table = np.array([0.0, 0.0, 0.5], np.float32)
@@ -161,8 +161,8 @@ def platform_train_step(monkeypatch, platform, **changes):
     import mindspore as ms
 
     from src.config import Config
-    from src.engine.train_step import create_train_step
     from src.model import build_ssd
+    from src.train.train_step import create_train_step
 
     real = ms.get_context
     monkeypatch.setattr(ms, "get_context",
@@ -228,7 +228,7 @@ def test_precision_plans_follow_the_flags(graph_cpu, monkeypatch):
     is refused with our kernels (they take float32: the loss came out NaN) and allowed with
     MindSpore's layers."""
     from src.config import Config
-    from src.engine.precision import precision_plan
+    from src.train.precision import precision_plan
 
     _, step, plan = platform_train_step(monkeypatch, "GPU", amp_level="O3",
                                         loss_scale_mode="static")
@@ -273,8 +273,8 @@ def test_the_gpu_plan_trains_here_in_fp16(parts):
     updates them, an overflowing one is skipped and halves the scale."""
     ms, tiny_cls = parts
     from src.config import Config
-    from src.engine.precision import apply_precision, precision_plan
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.precision import apply_precision, precision_plan
+    from src.train.train_step import TrainStep, create_optimizer
 
     plan = precision_plan(Config(), "GPU")
     net = tiny_cls()
@@ -302,8 +302,8 @@ def test_all_reduce_fusion_groups_and_jit_level(graph_cpu, monkeypatch):
 
     from src.config import Config
     from src.device import init_device
-    from src.engine.train_step import create_train_step, fusion_splits
     from src.model import Layers, build_ssd
+    from src.train.train_step import create_train_step, fusion_splits
 
     network = build_ssd(Config(num_classes=4), Layers.create("mindspore"))
     params = network.trainable_params()
@@ -339,7 +339,7 @@ init_device("CPU", 0, 1)
 import mindspore as ms
 ms.set_context(save_graphs=True, save_graphs_path={out!r})
 from tests.test_train_step import inputs, tiny_with_loss_class
-from src.engine.train_step import TrainStep, create_optimizer
+from src.train.train_step import TrainStep, create_optimizer
 net = tiny_with_loss_class()()
 step = TrainStep(net, create_optimizer(net, np.full(10, 0.1, np.float32)), loss_scale=1024.0,
                  dynamic=True, finite_check={check!r})
@@ -376,7 +376,7 @@ def test_the_lr_in_use_is_the_tables_entry_at_the_position_over_skipped_steps(pa
     that reads index 2 (the third, after a skipped second) moves the weights; one that reads
     index 1 would not."""
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     optimizer = create_optimizer(net, np.array([0.0, 0.0, 0.5], np.float32))
@@ -393,7 +393,7 @@ def test_the_lr_in_use_is_the_tables_entry_at_the_position_over_skipped_steps(pa
 
 def test_the_dynamic_scale_never_reaches_inf_and_never_drops_below_one(parts):
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     net = tiny_cls()
     top = float(np.finfo(np.float32).max) / 1.5
@@ -412,7 +412,7 @@ def test_a_fixed_scale_is_divided_out_by_the_optimizer(parts):
     """As the reference's nn.Momentum(loss_scale=...): no division in the step, the same
     update as the step's own division (scale a power of two: bit for bit)."""
     ms, tiny_cls = parts
-    from src.engine.train_step import TrainStep, create_optimizer
+    from src.train.train_step import TrainStep, create_optimizer
 
     results = []
     for folded in (1.0, 1024.0):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from src.config import Config
-from src.engine.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
-from src.engine.pretrained import backbone_name, load_backbone
+from src.train.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
+from src.train.pretrained import backbone_name, load_backbone
 from tests.conftest import ROOT, run_script
 
 
@@ -205,9 +205,9 @@ def test_checkpoints_store_their_default_boxes_and_refuse_others(tmp_path, graph
 
     from src.anchors import box_flags, box_settings
     from src.config_loader import load_config, parse_config
-    from src.engine.checkpoint import restore
     from src.model.metadata import INFERENCE_ADVICE, metadata_entries
     from src.model.weights import DEFAULT_BOXES, check_default_boxes, read_checkpoint
+    from src.train.checkpoint import restore
 
     demo = load_config(os.path.join(ROOT, "configs", "demo.yaml"))
     cell = nn.Dense(2, 2)

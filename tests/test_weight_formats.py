@@ -85,8 +85,8 @@ def test_each_format_loads_every_backbone_tensor(tmp_path, graph_cpu, form):
     import mindspore as ms
 
     from src.config import Config
-    from src.engine.pretrained import backbone_name, load_backbone, load_pretrained
     from src.model import build_ssd
+    from src.train.pretrained import backbone_name, load_backbone, load_pretrained
 
     state = torchvision_state()
     if form == "torchvision_pth":

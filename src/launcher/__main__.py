@@ -23,7 +23,7 @@ def job_environment(options: Options, base: Mapping[str, str]) -> dict[str, str]
     """The environment every process of the job gets."""
     env = dict(base)
     if options.comm_timeout is not None:
-        # The CPU collectives read it when the job starts (src.engine.agreement); unset,
+        # The CPU collectives read it when the job starts (src.train.agreement); unset,
         # train.py sets its default.
         env["MS_CPU_COMM_OP_TIMEOUT"] = str(options.comm_timeout)
     if options.worker_num is not None:

@@ -27,10 +27,10 @@ from src.config import Config
 from src.data.transforms import network_input
 from src.detections import PostProcessor
 from src.device import start_run
-from src.engine.backends import create_detector
-from src.engine.progress import Progress
 from src.files import atomic_path, write_atomic, write_json
+from src.infer.backends import create_detector
 from src.model.metadata import check_inference_boxes, read_class_names, with_checkpoint_classes
+from src.progress import Progress
 from src.text import listed
 from src.visualize import draw_detections
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from src.config import Config
 from src.device import current_rss_mb
-from src.engine.checkpoint import checkpoint_name, prune_checkpoints
-from src.engine.progress import format_duration
-from src.engine.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER
 from src.model.weights import copy_weights
+from src.progress import format_duration
+from src.train.checkpoint import checkpoint_name, prune_checkpoints
+from src.train.run_folder import BEST_NAME, CURVE_NAME, EVAL_FOLDER
 from src.visualize import plot_training_curves
 
 TENSORBOARD_FOLDER = "tensorboard"

@@ -9,9 +9,8 @@ from src.config import Config
 from src.data.pipeline import batches, create_eval_dataset
 from src.detection_store import DetectionStore
 from src.detections import PostProcessor
-from src.engine.backends import create_detector
-from src.engine.progress import Progress
 from src.files import write_json
+from src.infer.backends import create_detector
 from src.metrics import (
     coco_evaluate,
     load_coco_ground_truth,
@@ -19,6 +18,7 @@ from src.metrics import (
     reference_protocol_images,
     stats_dict,
 )
+from src.progress import Progress
 from src.visualize import plot_pr_curves
 
 
@@ -59,7 +59,7 @@ class Evaluation:
     ``checkpoint_path``: weights of the inference network built here; ``fold_bn`` False keeps
     BatchNorm unfolded for a network whose weights are copied in before each use
     (evaluation during training, ``src.model.weights.copy_weights``). ``backend``: the engine
-    (``src.engine.backends``); ``net`` is the MindSpore network, None with the ONNX engines.
+    (``src.infer.backends``); ``net`` is the MindSpore network, None with the ONNX engines.
     """
 
     def __init__(self, config: Config, prepared, checkpoint_path: Optional[str] = None,

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from src.config import Config
 from src.data.feed import feed_settings
-from src.engine.precision import PrecisionPlan, precision_plan
-from src.engine.step_feed import LoopPlan, loop_plan
 from src.model.layers import Layers
+from src.train.precision import PrecisionPlan, precision_plan
+from src.train.step_feed import LoopPlan, loop_plan
 
 
 @dataclass(frozen=True)

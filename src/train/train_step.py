@@ -12,7 +12,9 @@ from mindspore.nn.optim.momentum import _momentum_opt
 
 from src.config import Config
 from src.device import kernel_op
-from src.engine.precision import (
+from src.loss import SSDWithLossCell
+from src.lr_schedule import TableSchedule
+from src.train.precision import (
     CONCAT_CHECK,
     FINITE_CHECKS,
     MINDSPORE_CHECK,
@@ -21,8 +23,6 @@ from src.engine.precision import (
     apply_precision,
     precision_plan,
 )
-from src.loss import SSDWithLossCell
-from src.lr_schedule import TableSchedule
 
 _unscale = ops.MultitypeFuncGraph("unscale")
 
@@ -126,7 +126,7 @@ class TrainStep(nn.Cell):
     (GPU, Ascend O0) a tensor-valued ``if`` would stop the launch queue and read the flag back
     to the host before the optimizer's hundreds of launches.
 
-    ``finite_check`` (``src.engine.precision``): 'ours', our one-pass CPU op (the network runs
+    ``finite_check`` (``src.train.precision``): 'ours', our one-pass CPU op (the network runs
     our kernels); 'concat', one ``isfinite`` over the gradients laid end to end (CPU);
     'mindspore', ``ms.amp.all_finite`` (GPU, Ascend: the NPU's float status in saturation
     mode, cleared before the forward, read and cleared again by ``all_finite``), its verdict
@@ -241,7 +241,7 @@ def create_train_step(config: Config, network, lr_table, platform: str, world: i
                       uint8_input: bool = False,
                       precision: Optional[PrecisionPlan] = None) -> tuple:
     """The train step of ``config`` for a detector on ``platform``: its precision plan applied
-    (``precision``, else ``src.engine.precision.precision_plan``'s), the reference's loss and
+    (``precision``, else ``src.train.precision.precision_plan``'s), the reference's loss and
     optimizer; ``uint8_input``: images come as uint8 and are normalised in the graph. Returns
     (TrainStep in training mode, PrecisionPlan)."""
     ours = network.layers.ours

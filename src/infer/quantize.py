@@ -1,6 +1,6 @@
-"""int8 inference (``--quantize int8``): the checkpoint exported to ONNX (``src.deploy``, decoder
-included), quantized after training by NNCF for OpenVINO, calibrated on training images, run
-by OpenVINO.
+"""int8 inference (``--quantize int8``): the checkpoint exported to ONNX
+(``src.infer.deploy``, decoder included), quantized after training by NNCF for OpenVINO,
+calibrated on training images, run by OpenVINO.
 
 Calibration takes ``calibration_images`` images of the training split (spread evenly over it,
 the same ones every time), preprocessed as evaluation does (``network_input``). The quantized
@@ -138,7 +138,7 @@ def quantize_into(config: Config, checkpoint_path: Optional[str], batch_size: in
     import nncf
     import openvino
 
-    from src.deploy import export_model
+    from src.infer.deploy import export_model
 
     with tempfile.TemporaryDirectory(prefix="ssd-int8-onnx-") as scratch:
         onnx_path = export_model(config, checkpoint_path, os.path.join(scratch, "ssd"), "ONNX",

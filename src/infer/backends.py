@@ -1,8 +1,8 @@
 """Inference engines of eval.py, predict.py and the benchmark: this repository's MindSpore
-network, or the same checkpoint exported to ONNX (``src.deploy.export_model``, in-graph decoder
-included) and run by onnxruntime or OpenVINO, the engines CPU users deploy SSD with.
+network, or the same checkpoint exported to ONNX (``src.infer.deploy.export_model``, in-graph
+decoder included) and run by onnxruntime or OpenVINO, the engines CPU users deploy SSD with.
 
-``--quantize int8``: OpenVINO on the checkpoint quantized by NNCF (``src.engine.quantize``).
+``--quantize int8``: OpenVINO on the checkpoint quantized by NNCF (``src.infer.quantize``).
 
 Each is a ``Detector``: images (B, 3, H, W) float32, normalised -> (boxes (B, A, 4) corner form
 normalised, scores (B, A, C)) numpy, the inference network's outputs, so that every engine feeds
@@ -92,7 +92,7 @@ def create_detector(config: Config, checkpoint_path: Optional[str], backend: str
             return tuple(x.asnumpy() for x in net(ms.Tensor(images)))
 
         return Detector(backend, run, net=net, precision=config.conv_dtype)
-    from src.deploy import export_model
+    from src.infer.deploy import export_model
 
     threads = engine_threads(config)
     with tempfile.TemporaryDirectory(prefix="ssd-engine-") as folder:
@@ -106,8 +106,8 @@ def create_detector(config: Config, checkpoint_path: Optional[str], backend: str
 
 
 def int8_detector(config: Config, checkpoint_path: Optional[str], batch_size: int) -> Detector:
-    """OpenVINO running the int8 model of ``checkpoint_path`` (``src.engine.quantize``)."""
-    from src.engine.quantize import int8_model
+    """OpenVINO running the int8 model of ``checkpoint_path`` (``src.infer.quantize``)."""
+    from src.infer.quantize import int8_model
 
     path = int8_model(config, checkpoint_path, batch_size)
     run, _ = _openvino_model(path, engine_threads(config), "float32")

@@ -21,14 +21,14 @@ import socket
 import sys
 import time
 
-from src.engine.checkpoint import CHECKPOINT_PREFIX
-from src.engine.run_log import LOG_NAME
+from src.train.checkpoint import CHECKPOINT_PREFIX
+from src.train.run_log import LOG_NAME
 
 CURVE_NAME = "loss_curve.png"
 BEST_NAME = "best.ckpt"
 EVAL_FOLDER = "eval"   # evaluation during training writes eval.py's files here
 CONFIG_NAME = "config.yaml"
-TENSORBOARD_NAME = "tensorboard"   # the TensorBoard hook's event files (src.engine.hooks)
+TENSORBOARD_NAME = "tensorboard"   # the TensorBoard hook's event files (src.train.hooks)
 PREVIOUS_PREFIX = "previous-"
 LOCK_NAME = ".train.lock"
 _HELD: dict = {}   # real path of a folder -> the open lock file this process holds it by

@@ -1,5 +1,5 @@
 """eval.py and postprocess.py: a checkpoint, or the C++ program's result files, scored with
-COCO mAP (``src.engine.evaluation``)."""
+COCO mAP (``src.infer.evaluation``)."""
 import os
 import time
 
@@ -10,8 +10,8 @@ from src.cpu import cpu_info
 from src.data.sources import prepare_split, with_data_classes
 from src.detections import PostProcessor
 from src.device import save_run_config, start_run
-from src.engine.evaluation import Evaluation, score_and_report
 from src.files import copy_atomic
+from src.infer.evaluation import Evaluation, score_and_report
 from src.metrics import load_coco_ground_truth
 from src.model.metadata import (
     check_inference_boxes,

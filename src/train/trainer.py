@@ -19,32 +19,32 @@ from src.data.pipeline import create_train_dataset
 from src.data.records import DatasetError
 from src.data.sources import check_split, prepare_split, with_data_classes
 from src.device import Run, save_run_config, start_run
-from src.engine.agreement import (
+from src.infer.evaluation import Evaluation
+from src.lr_schedule import lr_from_config, peak_lr
+from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
+from src.model.metadata import metadata_entries
+from src.progress import Progress, format_duration
+from src.train.agreement import (
     check_ranks_agree,
     collective_failures_named,
     data_digest,
     weights_digest,
 )
-from src.engine.checkpoint import (
+from src.train.checkpoint import (
     Position,
     checkpoint_name,
     find_resume_checkpoint,
     restore,
     save_checkpoint,
 )
-from src.engine.evaluation import Evaluation
-from src.engine.hooks import EpochEnd, HookBase, default_hooks
-from src.engine.pretrained import load_pretrained
-from src.engine.progress import Progress, format_duration
-from src.engine.run_folder import CURVE_NAME, claim_run_folder, hold_run_folder
-from src.engine.run_log import LOG_NAME, RunLog
-from src.engine.run_plan import RunPlan, create_run_plan
-from src.engine.signals import StopRequest
-from src.engine.step_feed import host_steps, sunk_steps
-from src.engine.train_step import create_train_step
-from src.lr_schedule import lr_from_config, peak_lr
-from src.model import build_ssd, conv_description, count_trainable_params, freeze_batch_norm
-from src.model.metadata import metadata_entries
+from src.train.hooks import EpochEnd, HookBase, default_hooks
+from src.train.pretrained import load_pretrained
+from src.train.run_folder import CURVE_NAME, claim_run_folder, hold_run_folder
+from src.train.run_log import LOG_NAME, RunLog
+from src.train.run_plan import RunPlan, create_run_plan
+from src.train.signals import StopRequest
+from src.train.step_feed import host_steps, sunk_steps
+from src.train.train_step import create_train_step
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "train")
 
@@ -272,7 +272,7 @@ class Trainer:
         return losses, skipped, False
 
     def end_of_epoch(self, epoch: int, losses: list, skipped: int, seconds: float) -> None:
-        """Every hook's job after a complete epoch (``src.engine.hooks``), in order."""
+        """Every hook's job after a complete epoch (``src.train.hooks``), in order."""
         end = EpochEnd(epoch, losses, skipped, seconds)
         for hook in self.hooks:
             hook.after_epoch(end)

@@ -1,1 +1,0 @@
-"""Training and evaluation engines: train step, optimizer, checkpoints, training and eval loops."""
