@@ -51,6 +51,28 @@ def timed(function, repeats, warmup):
     return seconds
 
 
+def demo_config(config: Config, workdir: str, name: str, train: int, val: int, seed: int = 0,
+                size=(640, 480), **options) -> Config:
+    """``config`` reading demo data (4 classes, COCO layout) generated into ``workdir/name``:
+    ``train`` training and ``val`` validation images of ``size`` (None: the generator's sizes),
+    ``options`` for the generator (``src.demo_data.generate``). Every mode's data is made here."""
+    from src.demo_data import generate
+
+    root = os.path.join(workdir, name)
+    generate(root, train, val, seed=seed, image_size=size, **options)
+    return config.replace(dataset="coco", coco_root=root, num_classes=4)
+
+
+def quiet_split(config: Config, workdir: str, name: str, split: str):
+    """``prepare_split`` of ``split`` into ``workdir`` (MindRecord in ``workdir/<name>-mr``),
+    printing nothing."""
+    from src.data.sources import prepare_split
+
+    return prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, f"{name}-mr")),
+                         split, os.path.join(workdir, name), progress=False,
+                         log=lambda m: None)
+
+
 def benchmark_data(config: Config, workdir, images=96, batches=10, warmup=2, size=(640, 480)):
     """Training pipeline throughput on generated JPEGs (read, decode, crop, resize, flip,
     colour jitter, encode to the default boxes, normalise or not): the configured feed
@@ -61,16 +83,11 @@ def benchmark_data(config: Config, workdir, images=96, batches=10, warmup=2, siz
     from src.box_coder import BoxCoder
     from src.data.feed import feed_settings
     from src.data.pipeline import create_train_dataset
-    from src.data.sources import prepare_split
-    from src.demo_data import generate
 
     if not config.coco_root:   # one epoch holds every batch timed (an epoch's end stops it)
-        root = os.path.join(workdir, "data")
-        generate(root, max(images, (batches + warmup) * config.batch_size), 1, seed=0,
-                 image_size=size)
-        config = config.replace(coco_root=root, num_classes=4)
-    files = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "mr")), "train",
-                          workdir, progress=False, log=lambda m: None).files
+        config = demo_config(config, workdir, "data",
+                             max(images, (batches + warmup) * config.batch_size), 1, size=size)
+    files = quiet_split(config, workdir, "data-run", "train").files
     coder = BoxCoder.from_config(config)
 
     def rate(workers, processes, uint8):
@@ -185,11 +202,8 @@ def benchmark_int8(config: Config, steps, warmup, workdir, ours) -> dict:
     from src.infer.quantize import versions
 
     if not config.data_root:
-        from src.demo_data import generate
-
-        root = os.path.join(workdir or tempfile.mkdtemp(prefix="ssd-int8-"), "calibration")
-        generate(root, max(config.calibration_images, 8), 1, seed=0)
-        config = config.replace(dataset="coco", coco_root=root)
+        config = demo_config(config, workdir or tempfile.mkdtemp(prefix="ssd-int8-"),
+                             "calibration", max(config.calibration_images, 8), 1, size=None)
     quantized = config.replace(quantize="int8")
     result = {}
     for batch in (1, 8):
@@ -216,17 +230,12 @@ def benchmark_eval(config: Config, workdir, images):
     import contextlib
     import io
 
-    from src.data.sources import prepare_split
-    from src.demo_data import generate
     from src.infer.evaluation import Evaluation
 
     if not config.coco_root:
-        root = os.path.join(workdir, "eval-data")
-        generate(root, 1, images, seed=0, image_size=(640, 480))
-        config = config.replace(coco_root=root, num_classes=4)
+        config = demo_config(config, workdir, "eval-data", 1, images)
     output_dir = os.path.join(workdir, "eval")
-    prepared = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "eval-mr")),
-                             "eval", output_dir, progress=False, log=lambda m: None)
+    prepared = quiet_split(config, workdir, "eval", "eval")
     evaluation = Evaluation(config.replace(progress="off"), prepared,
                             config.checkpoint_path or None)
     samples = []
@@ -359,12 +368,10 @@ def network_outputs(config: Config, workdir, count=4):
     import mindspore as ms
 
     from src.data.transforms import network_input
-    from src.demo_data import generate
     from src.model import build_inference_network
 
-    root = os.path.join(workdir, "outputs-data")
-    generate(root, 1, count, seed=7, image_size=(640, 480))
-    folder = os.path.join(root, "val2017")
+    folder = os.path.join(demo_config(config, workdir, "outputs-data", 1, count,
+                                      seed=7).coco_root, "val2017")
     net = build_inference_network(config, config.checkpoint_path)
     samples = []
     for name in sorted(os.listdir(folder))[:count]:
@@ -490,16 +497,13 @@ def benchmark_epochs(config: Config, workdir, epochs):
     import contextlib
     import io
 
-    from src.demo_data import generate
     from src.train.trainer import train
 
-    root = os.path.join(workdir, "epochs-data")
-    generate(root, config.batch_size, 1, seed=0, image_size=(640, 480))
     out = os.path.join(workdir, "epochs-run")
-    run_config = config.replace(coco_root=root, num_classes=4, output_dir=out,
-                                mindrecord_dir=os.path.join(workdir, "epochs-mr"),
-                                epoch_size=epochs, save_checkpoint_epochs=epochs,
-                                eval_interval=0, progress="off", resume="", pre_trained="")
+    run_config = demo_config(config, workdir, "epochs-data", config.batch_size, 1).replace(
+        output_dir=out, mindrecord_dir=os.path.join(workdir, "epochs-mr"), epoch_size=epochs,
+        save_checkpoint_epochs=epochs, eval_interval=0, progress="off", resume="",
+        pre_trained="")
     with contextlib.redirect_stdout(io.StringIO()):
         train(run_config)
     with open(os.path.join(out, "train_log.jsonl"), encoding="utf-8") as log:
@@ -542,23 +546,18 @@ def benchmark_overfit(config: Config, workdir, steps, images=8, check_every=25):
 
     import mindspore as ms
 
-    from src.data.sources import prepare_split
-    from src.demo_data import generate
     from src.infer.evaluation import Evaluation
     from src.lr_schedule import warmup_cosine_lr
     from src.model import build_ssd
     from src.model.weights import copy_weights
     from src.train.train_step import create_train_step
 
-    root = os.path.join(workdir, "overfit-data")
     # Shapes of at least 0.2 of the shorter side: each then overlaps a default box with IoU
     # >= 0.5 (smaller ones often do not, and would cap AP50 whatever the chain did).
-    generate(root, 1, images, seed=5, image_size=(640, 480), min_shape_fraction=0.2)
-    config = config.replace(coco_root=root, num_classes=4, progress="off",
-                            eval_batch_size=images)
+    config = demo_config(config, workdir, "overfit-data", 1, images, seed=5,
+                         min_shape_fraction=0.2).replace(progress="off", eval_batch_size=images)
     output_dir = os.path.join(workdir, "overfit")
-    prepared = prepare_split(config.replace(mindrecord_dir=os.path.join(workdir, "overfit-mr")),
-                             "eval", output_dir, progress=False, log=lambda m: None)
+    prepared = quiet_split(config, workdir, "overfit", "eval")
     inputs = [ms.Tensor(x) for x in overfit_batch(config, prepared)]
     peak = config.lr or 0.02
     lr = warmup_cosine_lr(config.lr_init, peak, peak * config.lr_end_rate,
