@@ -84,6 +84,7 @@ check-aarch64:
 
 test: setup setup-cpp
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -rs tests
 
 # Generated files only (git ignores each of them; tests/test_tree.py checks): the demo data,

@@ -112,7 +112,7 @@ class ShapeObject:
     mask: np.ndarray
     bbox: list
     area: float
-    visible: np.ndarray = field(repr=False, default=None)
+    visible: Optional[np.ndarray] = field(repr=False, default=None)
 
 
 @dataclass
@@ -218,7 +218,7 @@ def rasterize(polygon, width, height):
     """Anti-aliased coverage mask of ``polygon``; weights below ``MASK_ALPHA_FLOOR`` are dropped."""
     mask = np.zeros((height, width), np.uint8)
     fixed = np.rint(polygon * (1 << DRAW_SHIFT)).astype(np.int32)
-    cv2.fillPoly(mask, [fixed], 255, cv2.LINE_AA, shift=DRAW_SHIFT)
+    cv2.fillPoly(mask, [fixed], (255,), cv2.LINE_AA, shift=DRAW_SHIFT)
     mask[mask < MASK_ALPHA_FLOOR] = 0
     return mask
 
@@ -266,10 +266,10 @@ def pick_color(rng, canvas, mask, bbox, objects):
     references = [canvas[window][covered].mean(axis=0)]
     references += [np.array(obj.color, float) for obj in objects
                    if np.any(obj.visible[window] & covered)]
-    best, best_distance = None, -1.0
+    best, best_distance = np.zeros(3), -1.0
     for _ in range(32):
         color = rng.integers(0, 256, size=3).astype(float)
-        distance = min(np.linalg.norm(color - ref) for ref in references)
+        distance = float(min(np.linalg.norm(color - ref) for ref in references))
         if distance >= MIN_COLOR_DISTANCE:
             return tuple(int(c) for c in color)
         if distance > best_distance:
@@ -333,7 +333,7 @@ def render_sample(seed, split_index, image_index, min_size=DEFAULT_OPTIONS["min_
         width, height = (int(v) for v in image_size)
     background = make_background(rng, width, height)
     canvas = background.copy()
-    objects = []
+    objects: list = []
     empty = rng.random() < empty_fraction
     target = 0 if empty else int(rng.integers(1, max_objects + 1))
     for _ in range(target):
@@ -390,7 +390,9 @@ def write_split(out_dir, split_index, first_image_id, count, seed, options):
     image_dir = os.path.join(out_dir, split)
     os.makedirs(image_dir, exist_ok=True)
     empty_fraction = options["empty_fraction"] if split_index == 0 else 0.0
-    images, annotations, empty = [], [], 0
+    images: list = []
+    annotations: list = []
+    empty = 0
     for index in range(count):
         image_id = first_image_id + index
         sample = render_sample(seed, split_index, index, options["min_size"], options["max_size"],
@@ -585,7 +587,8 @@ def generate(out_dir: str, num_train: int, num_val: int, seed: int, **options) -
     for path in ann_paths:
         if os.path.exists(path):
             os.remove(path)
-    summary = {"out_dir": os.path.abspath(out_dir), "seed": seed, "options": options, "splits": {}}
+    summary: dict = {"out_dir": os.path.abspath(out_dir), "seed": seed, "options": options,
+                     "splits": {}}
     documents = []
     for split_index, (count, first_id) in enumerate([(num_train, 1), (num_val, num_train + 1)]):
         images, annotations, empty = write_split(
